@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Make sure the services the test suite talks to are up and answering: RabbitMQ on 127.0.0.1:5672.
+# Postgres comes from the pip-installed pgserver, so nothing is needed for it here.
+# "Up" means the broker completes an AMQP handshake, not just that its port is open: a broker that
+# accepts TCP but never answers is restarted.
+set -euo pipefail
+
+amqp_answers() {
+  # Send the AMQP 0-9-1 protocol header and expect a Connection.Start frame (type 1) back.
+  timeout 10 python3 - <<'PY'
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", 5672), timeout=5) as sock:
+        sock.settimeout(5)
+        sock.sendall(b"AMQP\x00\x00\x09\x01")
+        frame = sock.recv(7)
+except OSError:
+    sys.exit(1)
+sys.exit(0 if frame[:1] == b"\x01" else 1)
+PY
+}
+
+start_broker() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rabbitmq-server
+    else
+      echo "RabbitMQ is not answering on 127.0.0.1:5672 and rabbitmq-server is not installed" >&2; exit 1
+    fi
+  fi
+  rabbitmq-server -detached || true
+  for _ in $(seq 1 90); do amqp_answers && return 0; sleep 1; done
+  echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1
+}
+
+if amqp_answers; then
+  exit 0
+fi
+if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  echo "RabbitMQ accepts connections but does not answer; restarting it" >&2
+  timeout 30 rabbitmqctl -q stop >/dev/null 2>&1 || pkill -9 -f 'beam.smp.*-sname rabbit@' || true
+  for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || break; sleep 1; done
+fi
+start_broker

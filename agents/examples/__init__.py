@@ -1,0 +1,1 @@
+"""Example agents referenced from docs/agent-sdk.md."""

@@ -1,0 +1,188 @@
+"""The wire contract between the control plane and agents.
+
+Every message on the broker is one of the pydantic models below, serialised as JSON with a
+``v`` (schema version) field. The control plane imports these models; nothing here imports the
+control plane. AMQP headers carry the W3C ``traceparent`` next to the body, never inside it.
+
+Flows:
+
+* ``TaskMessage``: control plane -> ``devart.tasks`` exchange, routing key = pool id.
+  An agent acks it only after its terminal event (succeeded / failed / cancelled) was confirmed by
+  the broker. The same ``(task_id, attempt)`` may be delivered more than once; handlers are
+  idempotent per that pair.
+* ``Event``: agent -> ``devart.events`` (topic), routing key ``task.<task_id>.<kind>`` or
+  ``agent.<agent_id>.<kind>``. ``seq`` increases per ``(task_id, attempt)`` for task events and per
+  agent instance for agent events, so the control plane can drop duplicates.
+* ``ControlCommand``: control plane -> ``devart.control`` (topic), routing key ``agent.<agent_id>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+WIRE_VERSION = 1
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def pool_id(skills: list[str] | set[str] | tuple[str, ...], types: list[str] | set[str] | tuple[str, ...]) -> str:
+    """Stable id of the pool formed by agents with this skill set and these task types.
+
+    Agents that declare the same skills and handle the same task types compete on one queue.
+    The types are part of the key so that a queue never holds a task its consumers cannot run.
+    """
+    key = ",".join(sorted(set(skills))) + "|" + ",".join(sorted(set(types)))
+    return "pool-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    v: int = WIRE_VERSION
+
+
+class TaskMessage(_Wire):
+    """One attempt of a task, as delivered to an agent of a pool."""
+
+    task_id: UUID
+    attempt: int = Field(ge=1)
+    type: str
+    input: dict[str, Any] = Field(default_factory=dict)
+    requires: list[str] = Field(default_factory=list)
+    timeout_s: float = Field(gt=0, description="wall-clock budget for this attempt, enforced by the sandbox")
+    max_attempts: int = Field(ge=1, default=3)
+    pool_id: str
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="per-task sandbox overrides")
+    submitted_at: datetime = Field(default_factory=utcnow)
+
+
+class LogLine(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    seq: int = Field(ge=0, description="position of the line within the attempt's log")
+    ts: datetime
+    stream: Literal["stdout", "stderr", "system"] = "stdout"
+    text: str
+
+
+class RunningTask(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    task_id: UUID
+    attempt: int
+    progress: float | None = None
+    message: str | None = None
+
+
+AgentState = Literal["active", "paused", "draining"]
+
+
+class _EventBase(_Wire):
+    agent_id: str
+    seq: int = Field(ge=0)
+    ts: datetime = Field(default_factory=utcnow)
+
+
+class AgentHello(_EventBase):
+    kind: Literal["hello"] = "hello"
+    name: str
+    pool_id: str
+    skills: list[str]
+    types: list[str]
+    slots: int = Field(ge=1)
+    host: str = ""
+    pid: int = 0
+    version: str = ""
+
+
+class AgentHeartbeat(_EventBase):
+    kind: Literal["heartbeat"] = "heartbeat"
+    pool_id: str
+    state: AgentState = "active"
+    free_slots: int = Field(ge=0)
+    running: list[RunningTask] = Field(default_factory=list)
+
+
+class AgentBye(_EventBase):
+    """Sent when an agent leaves on purpose (drain finished, SIGTERM)."""
+
+    kind: Literal["bye"] = "bye"
+    pool_id: str
+
+
+class _TaskEventBase(_EventBase):
+    task_id: UUID
+    attempt: int = Field(ge=1)
+
+
+class TaskStarted(_TaskEventBase):
+    kind: Literal["started"] = "started"
+    pool_id: str
+
+
+class TaskProgress(_TaskEventBase):
+    kind: Literal["progress"] = "progress"
+    progress: float | None = Field(default=None, ge=0, le=1)
+    message: str | None = None
+
+
+class TaskLog(_TaskEventBase):
+    kind: Literal["log"] = "log"
+    lines: list[LogLine]
+
+
+class TaskSucceeded(_TaskEventBase):
+    kind: Literal["succeeded"] = "succeeded"
+    result: dict[str, Any] = Field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+FailureReason = Literal["error", "timeout", "cancelled"]
+
+
+class TaskFailed(_TaskEventBase):
+    """A failed attempt. ``reason`` says why: ``timeout`` maps to ``timed_out``, ``cancelled`` to a
+    cancelled attempt; ``error`` is retried when ``retryable`` and attempts remain."""
+
+    kind: Literal["failed"] = "failed"
+    reason: FailureReason = "error"
+    error: str
+    error_type: str = ""
+    retryable: bool = True
+    retry_delay_s: float | None = Field(default=None, ge=0)
+    result: dict[str, Any] = Field(default_factory=dict)
+    duration_s: float = 0.0
+
+
+Event = Annotated[
+    AgentHello | AgentHeartbeat | AgentBye | TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed,
+    Field(discriminator="kind"),
+]
+EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
+
+TERMINAL_EVENT_KINDS = frozenset({"succeeded", "failed"})
+
+
+def event_routing_key(event: Event) -> str:
+    if isinstance(event, _TaskEventBase):
+        return f"task.{event.task_id}.{event.kind}"
+    return f"agent.{event.agent_id}.{event.kind}"
+
+
+class ControlCommand(_Wire):
+    """Control plane -> one agent. ``cancel`` names the task attempt to stop."""
+
+    action: Literal["drain", "pause", "resume", "cancel"]
+    task_id: UUID | None = None
+    attempt: int | None = None
+    reason: str = ""
+
+
+# AMQP header names shared by both sides.
+HEADER_TRACEPARENT = "traceparent"
+HEADER_TRACESTATE = "tracestate"
+HEADER_DEAD_REASON = "x-devart-dead-reason"

@@ -1,0 +1,188 @@
+"""The AIOps step: spans of one closed step -> RED signals -> detectors -> incidents, in one transaction.
+
+Every tracked series is observed at every step (an operation without requests has rate 0 and no
+latency), so an anomaly can always recover. Detector state is written in the step's transaction
+with the incidents and the progress mark, so a restart resumes exactly where the last committed
+step ended; an interrupted step is simply processed again.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import asyncpg
+
+from aiops.detection import Alerter, AlerterSettings, RobustSettings, make_detector
+from aiops.incidents import series as series_store
+from aiops.incidents.grouping import CallGraph
+from aiops.incidents.lifecycle import LifecyclePolicy, Observation, StepReport, apply_step
+from aiops.incidents.series import SeriesKey, TrackedSeries
+from aiops.settings import AiopsSettings
+from aiops.signals import SignalFrame, SpanColumns, compute_signals
+from aiops.traces.model import Span
+from aiops.traces.source import SpanSource
+
+log = logging.getLogger("devart.aiops.incidents")
+
+_NS_PER_S = 1_000_000_000
+_LOCK_KEY = 0x61696F70  # 'aiop': one processor of steps at a time across processes
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    """One processed step: its start and what happened to incidents."""
+
+    step_start_ns: int
+    report: StepReport
+
+
+class IncidentPipeline:
+    """Turns closed steps of spans into incidents; holds the tracked series between steps."""
+
+    def __init__(
+        self,
+        settings: AiopsSettings,
+        *,
+        pool: asyncpg.Pool,
+        source: SpanSource,
+        detector_settings: RobustSettings | None = None,
+        alerter_settings: AlerterSettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self._pool = pool
+        self._source = source
+        self._detector_settings = detector_settings if detector_settings is not None else RobustSettings()
+        self._alerter_settings = alerter_settings if alerter_settings is not None else AlerterSettings()
+        self.step_ns = settings.signal_step_s * _NS_PER_S
+        self._policy = LifecyclePolicy(
+            step_ns=self.step_ns,
+            correlation_window_ns=int(settings.incident_correlation_window_s * _NS_PER_S),
+            excerpt_max_points=2 * settings.incident_excerpt_points,
+        )
+        self.graph = CallGraph(int(settings.incident_call_graph_ttl_s * _NS_PER_S))
+        self._series: OrderedDict[SeriesKey, TrackedSeries] | None = None
+        self._progress: int | None = None
+
+    @property
+    def tracked(self) -> int:
+        """How many series are tracked in memory."""
+        return len(self._series or ())
+
+    async def run_until(self, now_ns: int) -> list[StepResult]:
+        """Process every closed step not yet processed (at most ``incident_max_catchup_steps``)."""
+        last_closed = (now_ns - int(self.settings.incident_lag_s * _NS_PER_S)) // self.step_ns * self.step_ns - self.step_ns
+        results: list[StepResult] = []
+        while True:
+            result = await self._step(last_closed)
+            if result is None:
+                return results
+            results.append(result)
+
+    async def _step(self, last_closed: int) -> StepResult | None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+            progress = await series_store.get_progress(conn)
+            if progress is not None and progress >= last_closed:
+                return None
+            step = last_closed if progress is None else max(
+                progress + self.step_ns, last_closed - (self.settings.incident_max_catchup_steps - 1) * self.step_ns
+            )
+            try:
+                if self._series is None or self._progress != progress:
+                    await self._load(conn, progress, step)
+                report = await self._process(conn, step)
+            except BaseException:
+                self._series = None  # memory may be ahead of the rolled-back database: reload next time
+                raise
+            self._progress = step
+            return StepResult(step, report)
+
+    async def _load(self, conn: asyncpg.Connection, progress: int | None, step: int) -> None:
+        points = self.settings.incident_excerpt_points
+        stored = await series_store.load_series(conn, recent_points=points)
+        self._series = OrderedDict((s.key, s) for s in stored)
+        if progress is None and not stored and self.settings.incident_warmup_steps > 0:
+            await self._warm_up(step)
+
+    async def _warm_up(self, step: int) -> None:
+        start = step - self.settings.incident_warmup_steps * self.step_ns
+        spans = await self._source.spans_between(start, step)
+        self.graph.observe(spans)
+        frame = self._frame(spans, start, step)
+        for j, t in enumerate(frame.timestamps_ns.tolist()):
+            self._observe_all(frame, j, t, evicted=[])
+        # history only teaches the detectors: an alert still active there fires again on live data
+        assert self._series is not None
+        for tracked in self._series.values():
+            tracked.alerter = Alerter(tracked.alerter.detector, self._alerter_settings)
+        log.info("warmed up %d series from %d spans of history", len(self._series), len(spans))
+
+    async def _process(self, conn: asyncpg.Connection, step: int) -> StepReport:
+        spans = await self._source.spans_between(step, step + self.step_ns)
+        self.graph.observe(spans)
+        self.graph.expire(step)
+        frame = self._frame(spans, step, step + self.step_ns)
+        evicted: list[SeriesKey] = []
+        observations = self._observe_all(frame, 0, step, evicted=evicted)
+        report = await apply_step(
+            conn, step_start_ns=step, observations=observations, graph=self.graph, policy=self._policy
+        )
+        assert self._series is not None
+        await series_store.save_series(conn, [self._series[o.series] for o in observations])
+        if evicted:
+            await series_store.delete_series(conn, evicted)
+        await series_store.set_progress(conn, step)
+        if report.suppressed:
+            log.info("suppressed %d anomalies by silences or maintenance windows", len(report.suppressed))
+        return report
+
+    def _frame(self, spans: list[Span], start: int, end: int) -> SignalFrame:
+        return compute_signals(
+            SpanColumns.from_spans(spans),
+            step_ns=self.step_ns,
+            start_ns=start,
+            end_ns=end,
+            max_cells=self.settings.signal_max_cells,
+        )
+
+    def _observe_all(self, frame: SignalFrame, column: int, t: int, *, evicted: list[SeriesKey]) -> list[Observation]:
+        """Observe every tracked series and every new one in ``frame`` at column ``column`` (time ``t``)."""
+        assert self._series is not None
+        present = {
+            (service, operation, signal): float(frame.values[signal][row, column])
+            for row, (service, operation) in enumerate(frame.keys)
+            for signal in self.settings.incident_signals
+            if frame.values["count"][row, column] > 0
+        }
+        for key in present:
+            if key in self._series:
+                self._series.move_to_end(key)
+        untracked = 0
+        for key in present:
+            if key in self._series:
+                continue
+            if len(self._series) >= self.settings.incident_max_series:
+                oldest = next(iter(self._series))
+                if oldest in present:  # every tracked series is live: evicting would only thrash
+                    untracked += 1
+                    continue
+                del self._series[oldest]
+                evicted.append(oldest)
+            self._series[key] = TrackedSeries(
+                key,
+                Alerter(make_detector(self._detector_settings), self._alerter_settings),
+                recent_points=self.settings.incident_excerpt_points,
+            )
+        if untracked:
+            log.warning(
+                "%d live series not tracked: all %d tracked series are live (raise DEVART_AIOPS_INCIDENT_MAX_SERIES)",
+                untracked, self.settings.incident_max_series,
+            )
+        return [
+            tracked.observe(t, present.get(key, 0.0 if key[2] == "rate" else math.nan))
+            for key, tracked in self._series.items()
+        ]
+

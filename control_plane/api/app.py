@@ -1,0 +1,156 @@
+"""The FastAPI application factory; its lifespan owns the control plane's components."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from control_plane.api import agents, health, incidents, rca, stream, tasks, tokens, traces
+from control_plane.api.hub import EventHub
+from control_plane.auth import TokenCache
+from control_plane.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
+from control_plane.service import ControlPlane
+from control_plane.settings import Settings
+from control_plane.telemetry import RequestSpans
+
+log = logging.getLogger("devart.api")
+
+_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unauthorized: 401}
+_CODES = {404: "not_found", 409: "conflict", 422: "invalid_input", 403: "forbidden", 401: "unauthorized",
+          413: "too_large", 400: "bad_request", 405: "method_not_allowed", 415: "unsupported_media_type"}
+
+
+def _error(status: int, message: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    body = {"status": status, "code": _CODES.get(status, "error"), "message": message, "field": field,
+            "errors": errors or []}
+    return JSONResponse({"error": body}, status_code=status, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc)
+
+
+async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = _STATUS.get(type(exc), 400)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return _error(status, exc.message, field=exc.field, headers=headers)
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        {"field": _field(e["loc"]), "message": e["msg"], "type": e["type"]} for e in exc.errors()
+    ]
+    first = errors[0] if errors else {"field": None, "message": "invalid request"}
+    if first.get("type") == "json_invalid":
+        message = f"request body is not valid JSON: {first['message']}"
+    else:
+        message = f"{first['field']}: {first['message']}"
+    return _error(422, message, field=first["field"], errors=errors)
+
+
+async def _http_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+class BodyLimit:
+    """Refuses request bodies over ``max_bytes`` with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+        self.exempt = exempt
+        """Paths that enforce a limit of their own (the OTLP receiver)."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _BodyTooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = _error(413, f"request body is larger than {self.max_bytes} bytes", field="body")
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
+def create_app(settings: Settings | None = None, *, control_plane: ControlPlane | None = None) -> FastAPI:
+    """Build the API. Without ``control_plane`` the lifespan creates and owns one from ``settings``."""
+    settings = settings or (control_plane.settings if control_plane else Settings())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if control_plane is not None:
+            app.state.control_plane = control_plane
+            async with _hub(app, control_plane):
+                yield
+            return
+        async with ControlPlane(settings) as cp:
+            app.state.control_plane = cp
+            async with _hub(app, cp):
+                yield
+
+    app = FastAPI(
+        title="devart",
+        version="0.1.0",
+        description="Control plane of devart: tasks, agents, pools and live events.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.token_cache = TokenCache()
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({traces.OTLP_TRACES_PATH}))
+    app.add_middleware(RequestSpans, untraced=frozenset({traces.OTLP_TRACES_PATH}))
+    app.add_exception_handler(DomainError, _domain_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    for module in (health, tasks, agents, tokens, stream, traces, rca, incidents):
+        app.include_router(module.router)
+    return app
+
+
+@asynccontextmanager
+async def _hub(app: FastAPI, cp: ControlPlane) -> AsyncIterator[None]:
+    hub = EventHub(cp.pool)
+    await hub.start()
+    app.state.hub = hub
+    try:
+        yield
+    finally:
+        await hub.stop()

@@ -1,0 +1,77 @@
+"""Dependencies shared by the routers: the database, the caller, and permission checks."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from control_plane.api.hub import EventHub
+from control_plane.auth import Principal, TokenCache
+from control_plane.errors import Forbidden, Unauthorized
+from control_plane.service import ControlPlane
+from control_plane.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="an API token created with `devart token create`")
+
+
+async def _control_plane(request: Request) -> ControlPlane:
+    return request.app.state.control_plane
+
+
+async def _settings(request: Request) -> Settings:
+    return request.app.state.control_plane.settings
+
+
+async def _hub(request: Request) -> EventHub:
+    return request.app.state.hub
+
+
+async def _connection(cp: Annotated[ControlPlane, Depends(_control_plane)]) -> AsyncIterator[asyncpg.Connection]:
+    async with cp.pool.acquire() as conn:
+        yield conn
+
+
+async def _principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    conn: Annotated[asyncpg.Connection, Depends(_connection)],
+) -> Principal:
+    # The token is checked on the request's own connection: a second one per request would let
+    # concurrent requests exhaust the pool while each holds its first.
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)", field="Authorization")
+    cache: TokenCache = request.app.state.token_cache
+    principal = await cache.authenticate(conn, credentials.credentials)
+    if principal is None:
+        raise Unauthorized("invalid or revoked token", field="Authorization")
+    return principal
+
+
+def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """A dependency that admits callers whose role has ``permission``.
+
+    Dependencies here are ``async`` although they do not await: FastAPI would run a plain ``def``
+    in a worker thread, which costs more than the check itself.
+    """
+
+    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+        if not principal.can(permission):
+            raise Forbidden(f"role '{principal.role}' may not do this (needs {permission})")
+        return principal
+
+    return check
+
+
+async def remote_address(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+ControlPlaneDep = Annotated[ControlPlane, Depends(_control_plane)]
+SettingsDep = Annotated[Settings, Depends(_settings)]
+HubDep = Annotated[EventHub, Depends(_hub)]
+DbConn = Annotated[asyncpg.Connection, Depends(_connection)]
+Remote = Annotated[str, Depends(remote_address)]

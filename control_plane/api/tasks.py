@@ -1,0 +1,206 @@
+"""/api/v1/tasks: create, list, get, cancel, retry, logs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, Depends, Header, Query, Response, status
+
+from control_plane import tasks as task_store
+from control_plane.api.deps import ControlPlaneDep, DbConn, HubDep, Remote, SettingsDep, require
+from control_plane.api.models import (
+    LogLinePublic,
+    LogPage,
+    TaskCreate,
+    TaskDetail,
+    TaskPage,
+    TaskPublic,
+    TaskStatus,
+)
+from control_plane.api.sse import KEEPALIVE, KEEPALIVE_S, sse_frame, sse_response
+from control_plane.audit import audit
+from control_plane.auth import CREATE_TASKS, OPERATE_TASKS, READ, Principal
+from control_plane.errors import InvalidInput
+from control_plane.settings import Settings
+from control_plane.telemetry import server_traceparent
+
+router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
+
+Reader = Annotated[Principal, Depends(require(READ))]
+Creator = Annotated[Principal, Depends(require(CREATE_TASKS))]
+Operator = Annotated[Principal, Depends(require(OPERATE_TASKS))]
+
+
+def _public(row: asyncpg.Record) -> TaskPublic:
+    return TaskPublic.model_validate(dict(row))
+
+
+def _new_task(body: TaskCreate, settings: Settings) -> task_store.NewTask:
+    if len(json.dumps(body.input, separators=(",", ":"))) > settings.max_input_bytes:
+        raise InvalidInput(f"input is larger than {settings.max_input_bytes} bytes", field="body.input")
+    if body.timeout_s is not None and body.timeout_s > settings.max_timeout_s:
+        raise InvalidInput(f"timeout_s must be at most {settings.max_timeout_s}", field="body.timeout_s")
+    if body.max_attempts is not None and body.max_attempts > settings.max_attempts_limit:
+        raise InvalidInput(f"max_attempts must be at most {settings.max_attempts_limit}", field="body.max_attempts")
+    backoff = body.backoff.model_dump(exclude_none=True) if body.backoff else {}
+    return task_store.NewTask(
+        type=body.type,
+        input=body.input,
+        requires=sorted(set(body.requires)),
+        timeout_s=body.timeout_s or settings.default_timeout_s,
+        max_attempts=body.max_attempts or settings.default_max_attempts,
+        backoff={
+            "base_s": backoff.get("base_s", settings.backoff_base_s),
+            "factor": backoff.get("factor", settings.backoff_factor),
+            "cap_s": backoff.get("cap_s", settings.backoff_cap_s),
+            "jitter": backoff.get("jitter", settings.backoff_jitter),
+        },
+        sandbox=body.sandbox,
+    )
+
+
+@router.post(
+    "", status_code=status.HTTP_201_CREATED, response_model=TaskPublic, operation_id="create_task",
+    summary="Submit a task",
+)
+async def create_task(
+    body: TaskCreate,
+    response: Response,
+    conn: DbConn,
+    cp: ControlPlaneDep,
+    who: Creator,
+    remote: Remote,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same task")] = None,
+    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> TaskPublic:
+    new = _new_task(body, cp.settings)
+    row, replayed = await task_store.create_task(
+        # the request's server span (itself a child of the client's traceparent, if any) parents the publish
+        conn, new, created_by=who.name, idempotency_key=idempotency_key,
+        traceparent=server_traceparent() or traceparent,
+        topology=cp.topology, agent_ttl_s=cp.settings.heartbeat_ttl_s, remote=remote,
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/api/v1/tasks/{row['id']}"
+    return _public(row)
+
+
+@router.get("", response_model=TaskPage, operation_id="list_tasks", summary="List tasks, newest first")
+async def list_tasks(
+    conn: DbConn,
+    settings: SettingsDep,
+    _: Reader,
+    status: TaskStatus | None = None,
+    type: str | None = None,
+    agent: str | None = None,
+    pool: str | None = None,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+) -> TaskPage:
+    size = limit or settings.page_size_default
+    if size > settings.page_size_max:
+        raise InvalidInput(f"limit must be at most {settings.page_size_max}", field="query.limit")
+    rows, next_cursor = await task_store.list_tasks(
+        conn, limit=size, cursor=cursor, status=status, type=type, agent_id=agent, pool_id=pool
+    )
+    return TaskPage(items=[_public(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.get("/{task_id}", response_model=TaskDetail, operation_id="get_task", summary="One task with its history")
+async def get_task(task_id: UUID, conn: DbConn, _: Reader) -> TaskDetail:
+    row = await task_store.get_task(conn, task_id)
+    return TaskDetail.model_validate(
+        dict(row)
+        | {
+            "attempts": [dict(a) for a in await task_store.attempts(conn, task_id)],
+            "transitions": [dict(t) for t in await task_store.transitions(conn, task_id)],
+        }
+    )
+
+
+@router.post("/{task_id}/cancel", response_model=TaskPublic, operation_id="cancel_task", summary="Cancel a task")
+async def cancel_task(task_id: UUID, conn: DbConn, cp: ControlPlaneDep, who: Operator, remote: Remote) -> TaskPublic:
+    row = await task_store.cancel_task(
+        conn, task_id, actor=who.name, reason=f"cancelled by {who.name}", topology=cp.topology
+    )
+    await audit(conn, actor=who.name, action="task.cancel", target=str(task_id), remote=remote)
+    return _public(row)
+
+
+@router.post("/{task_id}/retry", response_model=TaskPublic, operation_id="retry_task", summary="Retry a finished task")
+async def retry_task(task_id: UUID, conn: DbConn, cp: ControlPlaneDep, who: Operator, remote: Remote) -> TaskPublic:
+    row = await task_store.retry_task(
+        conn, task_id, actor=who.name, topology=cp.topology, agent_ttl_s=cp.settings.heartbeat_ttl_s,
+        attempts_budget=cp.settings.default_max_attempts,
+    )
+    await audit(conn, actor=who.name, action="task.retry", target=str(task_id), remote=remote)
+    return _public(row)
+
+
+def _parse_after(after: str | None) -> tuple[int, int] | None:
+    if after is None:
+        return None
+    try:
+        attempt, seq = after.split(":")
+        return int(attempt), int(seq)
+    except ValueError as exc:
+        raise InvalidInput("after must look like '<attempt>:<seq>' as returned in next_after", field="query.after") from exc
+
+
+@router.get(
+    "/{task_id}/logs", response_model=LogPage, operation_id="task_logs",
+    summary="Task log lines; ?follow=true streams them as server-sent events until the task ends",
+)
+async def task_logs(
+    task_id: UUID,
+    conn: DbConn,
+    cp: ControlPlaneDep,
+    hub: HubDep,
+    _: Reader,
+    after: Annotated[str | None, Query(max_length=40)] = None,
+    limit: Annotated[int | None, Query(ge=1)] = None,
+    follow: bool = False,
+) -> LogPage | Response:
+    settings = cp.settings
+    size = min(limit or settings.log_page_max, settings.log_page_max)
+    position = _parse_after(after)
+    await task_store.get_task(conn, task_id)
+    if follow:
+        return sse_response(_follow_logs(cp, hub, task_id, position, size))
+    rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
+    return LogPage(
+        lines=[LogLinePublic.model_validate(dict(r)) for r in rows],
+        next_after=f"{rows[-1]['attempt']}:{rows[-1]['seq']}" if rows else None,
+    )
+
+
+async def _follow_logs(
+    cp: ControlPlaneDep, hub: HubDep, task_id: UUID, position: tuple[int, int] | None, size: int
+) -> AsyncIterator[bytes]:
+    key = str(task_id)
+    async with hub.subscribe() as queue:
+        while True:
+            async with cp.pool.acquire() as conn:
+                rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
+                task = await task_store.get_task(conn, task_id)
+            for row in rows:
+                position = (row["attempt"], row["seq"])
+                yield sse_frame("log", LogLinePublic.model_validate(dict(row)).model_dump(mode="json"),
+                                id=f"{row['attempt']}:{row['seq']}")
+            if len(rows) == size:
+                continue
+            if task["status"] in task_store.TERMINAL:
+                yield sse_frame("end", {"status": task["status"]})
+                return
+            async for item in hub.notifications(queue, idle_s=KEEPALIVE_S):
+                if item is None:
+                    yield KEEPALIVE
+                elif (item[0] == "devart_logs" and item[1] == key) or (item[0] == "devart_events" and key in item[1]):
+                    break
+            else:
+                return

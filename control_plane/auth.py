@@ -1,0 +1,110 @@
+"""API tokens and roles. Tokens are random, shown once, and stored only as SHA-256 digests."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+from uuid import UUID
+
+import asyncpg
+
+from control_plane.errors import Conflict, InvalidInput, NotFound
+
+Role = Literal["admin", "supervisor", "viewer", "ci", "agent"]
+ROLES: tuple[Role, ...] = ("admin", "supervisor", "viewer", "ci", "agent")
+TOKEN_PREFIX = "dvt_"
+
+CREATE_TASKS = "tasks:create"
+OPERATE_TASKS = "tasks:operate"
+OPERATE_AGENTS = "agents:operate"
+MANAGE_TOKENS = "tokens:manage"
+INGEST_TRACES = "traces:ingest"
+OPERATE_INCIDENTS = "incidents:operate"
+READ = "read"
+
+PERMISSIONS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({READ}),
+    "ci": frozenset({READ, CREATE_TASKS}),
+    "supervisor": frozenset({READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS}),
+    "admin": frozenset(
+        {READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, MANAGE_TOKENS, INGEST_TRACES}
+    ),
+    # agent tokens exist only so agent processes can export their spans to the built-in receiver
+    "agent": frozenset({INGEST_TRACES}),
+}
+
+
+@dataclass(frozen=True)
+class Principal:
+    token_id: UUID
+    name: str
+    role: Role
+
+    def can(self, permission: str) -> bool:
+        return permission in PERMISSIONS[self.role]
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+async def create_token(conn: asyncpg.Connection, *, name: str, role: str, created_by: str) -> tuple[UUID, str]:
+    """Create a token; returns its id and the secret, which is never stored or shown again."""
+    if role not in ROLES:
+        raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
+    if not name.strip():
+        raise InvalidInput("name must not be empty", field="name")
+    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token_id = uuid.uuid4()
+    try:
+        await conn.execute(
+            "INSERT INTO api_tokens (id, name, role, token_hash, created_by) VALUES ($1, $2, $3, $4, $5)",
+            token_id, name, role, hash_token(token), created_by,
+        )
+    except asyncpg.UniqueViolationError as exc:
+        raise Conflict(f"a token named {name!r} already exists", field="name") from exc
+    return token_id, token
+
+
+async def revoke_token(conn: asyncpg.Connection, token_id: UUID) -> None:
+    status = await conn.execute(
+        "UPDATE api_tokens SET revoked_at = now() WHERE id = $1 AND revoked_at IS NULL", token_id
+    )
+    if status == "UPDATE 0":
+        raise NotFound(f"no active token {token_id}", field="token_id")
+
+
+class TokenCache:
+    """Verified tokens for a few seconds, so a request costs no token lookup on the hot path.
+
+    Revocation takes effect within ``ttl_s`` on every API process.
+    """
+
+    def __init__(self, ttl_s: float = 5.0, max_entries: int = 10_000) -> None:
+        self._ttl_s = ttl_s
+        self._max = max_entries
+        self._entries: dict[str, tuple[float, Principal | None]] = {}
+
+    async def authenticate(self, conn: asyncpg.Connection, token: str) -> Principal | None:
+        digest = hash_token(token)
+        now = time.monotonic()
+        cached = self._entries.get(digest)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        row = await conn.fetchrow(
+            """UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL
+               RETURNING id, name, role""",
+            digest,
+        )
+        principal = Principal(row["id"], row["name"], row["role"]) if row else None
+        if len(self._entries) >= self._max:
+            self._entries.clear()
+        self._entries[digest] = (now + self._ttl_s, principal)
+        return principal
+
+    def forget(self) -> None:
+        self._entries.clear()

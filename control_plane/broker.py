@@ -1,0 +1,138 @@
+"""RabbitMQ: find the configured broker, or start a private one when none answers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+log = logging.getLogger("devart.broker")
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and errors."""
+    parsed = urlparse(url)
+    if parsed.password is None:
+        return url
+    return url.replace(f":{parsed.password}@", ":***@", 1)
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _hand_to_broker_user(path: Path) -> None:
+    """Debian's rabbitmq-server drops root privileges to the ``rabbitmq`` user: let it write here."""
+    if os.geteuid() != 0:
+        return
+    try:
+        entry = pwd.getpwnam("rabbitmq")
+    except KeyError:
+        return
+    for directory, _dirs, files in os.walk(path):
+        os.chown(directory, entry.pw_uid, entry.pw_gid)
+        for name in files:
+            os.chown(os.path.join(directory, name), entry.pw_uid, entry.pw_gid)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class PrivateRabbitMQ:
+    """A rabbitmq-server node of our own: own node name, data under ``home``, free ports."""
+
+    home: Path
+    node_port: int = 0
+    dist_port: int = 0
+    node_name: str = ""
+    _env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.node_port}/"
+
+    def _environment(self) -> dict[str, str]:
+        base = self.home / "rabbitmq"
+        (base / "log").mkdir(parents=True, exist_ok=True)
+        plugins = base / "enabled_plugins"
+        plugins.write_text("[].\n")
+        env = dict(os.environ)
+        env.update(
+            RABBITMQ_NODENAME=self.node_name,
+            RABBITMQ_NODE_IP_ADDRESS="127.0.0.1",
+            RABBITMQ_NODE_PORT=str(self.node_port),
+            RABBITMQ_DIST_PORT=str(self.dist_port),
+            RABBITMQ_MNESIA_BASE=str(base / "mnesia"),
+            RABBITMQ_LOG_BASE=str(base / "log"),
+            RABBITMQ_ENABLED_PLUGINS_FILE=str(plugins),
+            RABBITMQ_PID_FILE=str(base / "rabbit.pid"),
+            RABBITMQ_CONFIG_FILE=str(base / "rabbitmq"),
+        )
+        (base / "rabbitmq.conf").write_text("loopback_users = none\n")
+        (base / "mnesia").mkdir(exist_ok=True)
+        env["RABBITMQ_FEATURE_FLAGS_FILE"] = str(base / "feature_flags")
+        env["ERL_CRASH_DUMP"] = str(base / "log" / "erl_crash.dump")
+        _hand_to_broker_user(base)
+        return env
+
+    async def start(self, timeout_s: float = 90.0) -> str:
+        if shutil.which("rabbitmq-server") is None:
+            raise BrokerUnavailable("rabbitmq-server is not installed")
+        self.node_port = self.node_port or _free_port()
+        self.dist_port = self.dist_port or _free_port()
+        self.node_name = self.node_name or f"devart-{self.node_port}@localhost"
+        self._env = self._environment()
+        await asyncio.to_thread(
+            subprocess.run, ["rabbitmq-server", "-detached"], env=self._env, check=True,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        await asyncio.to_thread(
+            subprocess.run, ["rabbitmqctl", "-n", self.node_name, "--timeout", str(int(timeout_s)), "wait", self._env["RABBITMQ_PID_FILE"]],
+            env=self._env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        log.info("started private RabbitMQ %s on port %d", self.node_name, self.node_port)
+        return self.url
+
+    async def stop(self) -> None:
+        if not self.node_name:
+            return
+        await asyncio.to_thread(
+            subprocess.run, ["rabbitmqctl", "-n", self.node_name, "stop"], env=self._env, check=False,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        log.info("stopped private RabbitMQ %s", self.node_name)
+
+
+async def resolve_broker(amqp_url: str, home: Path, *, allow_private: bool) -> tuple[str, PrivateRabbitMQ | None]:
+    """The URL to use, and the private node started for it (to stop on exit), if any."""
+    parsed = urlparse(amqp_url)
+    host, port = parsed.hostname or "127.0.0.1", parsed.port or 5672
+    if await asyncio.to_thread(_port_open, host, port):
+        return amqp_url, None
+    if allow_private and shutil.which("rabbitmq-server"):
+        private = PrivateRabbitMQ(home)
+        return await private.start(), private
+    raise BrokerUnavailable(
+        f"no RabbitMQ answers at {redact(amqp_url)}. Start one (e.g. `rabbitmq-server -detached`, "
+        "`apt-get install rabbitmq-server`, or `docker compose -f infra/compose.yml up rabbitmq`) "
+        "or point AMQP_URL at yours."
+    )

@@ -1,0 +1,118 @@
+"""The dead-letter consumer: messages that reached ``devart.dead`` mark their task ``dead``.
+
+Messages get there because an agent refused them as poison (undecodable, unknown task type; the
+reason is in the ``x-devart-dead-reason`` header), because the pool queue's delivery limit was
+exceeded (``x-death`` reason ``delivery_limit``), or because the control plane gave up on a task
+(attempts exhausted; the task is already ``dead``). Every one is kept in ``dead_letters``; a task
+that is still waiting for the dead attempt moves to ``dead`` with the reason, and ``retry`` replays it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+
+from agents.sdk.messages import HEADER_DEAD_REASON
+from agents.sdk.topology import Topology, declare_dead_queue, declare_exchanges
+from control_plane.dispatch import record_transition
+
+log = logging.getLogger("devart.dead")
+
+
+def dead_reason(headers: dict[str, Any]) -> str:
+    if reason := headers.get(HEADER_DEAD_REASON):
+        return str(reason)
+    deaths = headers.get("x-death") or []
+    if deaths:
+        first = deaths[0]
+        why = first.get("reason", "unknown")
+        why = why.decode() if isinstance(why, bytes) else str(why)
+        queue = first.get("queue", "")
+        queue = queue.decode() if isinstance(queue, bytes) else str(queue)
+        if why == "delivery_limit":
+            return f"poison: delivery limit exceeded on {queue}"
+        return f"dead-lettered by the broker ({why}) from {queue}"
+    return "dead-lettered (no reason given)"
+
+
+def _task_ref(body: bytes) -> tuple[UUID, int | None] | None:
+    try:
+        data = json.loads(body)
+        return UUID(str(data["task_id"])), (int(data["attempt"]) if "attempt" in data else None)
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, str | int | float | bool) or value is None:
+        return value
+    return str(value)
+
+
+async def record_dead_letter(conn: asyncpg.Connection, body: bytes, headers: dict[str, Any]) -> UUID | None:
+    """Keep the message and mark its task dead when the task still waits for that attempt."""
+    reason = dead_reason(headers)
+    ref = _task_ref(body)
+    task_id = ref[0] if ref else None
+    async with conn.transaction():
+        if ref is not None:
+            task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", ref[0])
+            if task is None:
+                task_id = None
+            elif task["status"] in ("pending", "queued", "running") and ref[1] in (None, max(1, task["attempt"])):
+                await conn.execute(
+                    """UPDATE tasks SET status = 'dead', status_reason = $2, finished_at = now(), updated_at = now(),
+                              lease_expires_at = NULL, error = $3
+                       WHERE id = $1""",
+                    task["id"], reason[:500], {"message": reason, "type": "DeadLetter", "reason": "dead"},
+                )
+                await conn.execute(
+                    """UPDATE attempts SET status = 'dead', finished_at = now()
+                       WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
+                    task["id"], task["attempt"],
+                )
+                await record_transition(conn, task["id"], task["attempt"], task["status"], "dead", "dead-letter", reason)
+        await conn.execute(
+            "INSERT INTO dead_letters (task_id, reason, body, headers) VALUES ($1, $2, $3, $4)",
+            task_id, reason[:1000], body, _plain(headers),
+        )
+    return task_id
+
+
+class DeadLetterConsumer:
+    def __init__(self, pool: asyncpg.Pool, connection: AbstractRobustConnection, topology: Topology) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._topology = topology
+        self._queue: AbstractQueue | None = None
+
+    async def start(self) -> None:
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=32)
+        await declare_exchanges(channel, self._topology)
+        self._queue = await declare_dead_queue(channel, self._topology)
+        await self._queue.consume(self._on_message)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        try:
+            async with self._pool.acquire() as conn:
+                task_id = await record_dead_letter(conn, message.body, dict(message.headers or {}))
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("cannot record a dead letter yet (%s); it goes back to the queue", exc)
+            await asyncio.sleep(1.0)
+            await message.nack(requeue=True)
+            return
+        log.warning("dead letter for task %s: %s", task_id, dead_reason(dict(message.headers or {})))
+        await message.ack()

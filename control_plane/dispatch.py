@@ -1,0 +1,172 @@
+"""Capability-aware dispatch: which pool gets a task, and queuing an attempt through the outbox.
+
+A pool can take a task when its skills cover the task's ``requires`` and it handles the task's
+``type``, and it has at least one live agent (active or paused; draining agents take nothing new).
+Among those, pools with free capacity (free slots beyond what is already queued) come first, then
+the most specialised (fewest skills), then the shortest queue.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from agents.sdk.messages import HEADER_TRACEPARENT, TaskMessage
+from agents.sdk.topology import Topology
+from control_plane.loops import LoopService
+from control_plane.outbox import OutboxMessage, enqueue, retry_bucket_ms
+
+NO_POOL_REASON = "no live agent pool has skills {requires} and handles type '{type}'"
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    base_s: float
+    factor: float
+    cap_s: float
+    jitter: float
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Delay before ``attempt + 1`` after ``attempt`` failed: exponential, capped, jittered."""
+        raw = min(self.cap_s, self.base_s * self.factor ** max(0, attempt - 1))
+        spread = raw * self.jitter
+        return max(0.0, raw + (rng or random).uniform(-spread, spread))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BackoffPolicy:
+        return cls(float(data["base_s"]), float(data["factor"]), float(data["cap_s"]), float(data["jitter"]))
+
+
+_CANDIDATES = """
+WITH candidates AS (
+    SELECT p.id, cardinality(p.skills) AS n_skills,
+           coalesce(sum(a.free_slots) FILTER (WHERE a.state = 'active'), 0) AS free
+    FROM pools p
+    JOIN agents a ON a.pool_id = p.id AND a.state IN ('active', 'paused')
+                 AND a.last_heartbeat > now() - make_interval(secs => $3)
+    WHERE p.skills @> $1::text[] AND $2 = ANY (p.types) AND ($4::text IS NULL OR p.id <> $4)
+    GROUP BY p.id
+)
+SELECT c.id
+FROM candidates c
+CROSS JOIN LATERAL (SELECT count(*) AS n FROM tasks t WHERE t.pool_id = c.id AND t.status = 'queued') queued
+ORDER BY c.free - queued.n > 0 DESC, c.n_skills, queued.n, c.id
+LIMIT 1
+"""
+
+
+async def choose_pool(
+    conn: asyncpg.Connection, *, type: str, requires: list[str], agent_ttl_s: float, exclude: str | None = None
+) -> str | None:
+    return await conn.fetchval(_CANDIDATES, requires, type, agent_ttl_s, exclude)
+
+
+def task_message(task: asyncpg.Record, *, attempt: int, pool_id: str) -> TaskMessage:
+    return TaskMessage(
+        task_id=task["id"],
+        attempt=attempt,
+        type=task["type"],
+        input=task["input"],
+        requires=list(task["requires"]),
+        timeout_s=task["timeout_s"],
+        max_attempts=task["max_attempts"],
+        pool_id=pool_id,
+        sandbox=task["sandbox"],
+        submitted_at=task["created_at"],
+    )
+
+
+def outbox_for_attempt(
+    task: asyncpg.Record, *, attempt: int, pool_id: str, topology: Topology, delay_s: float = 0.0
+) -> OutboxMessage:
+    """The message delivering ``attempt`` to ``pool_id``: direct, or through a delay queue."""
+    body = task_message(task, attempt=attempt, pool_id=pool_id).model_dump_json().encode()
+    headers: dict[str, Any] = {}
+    if task["traceparent"]:
+        headers[HEADER_TRACEPARENT] = task["traceparent"]
+    if delay_s <= 0:
+        return OutboxMessage(topology.tasks, pool_id, body, headers)
+    headers["BCC"] = [topology.retry_bucket(retry_bucket_ms(delay_s))]
+    return OutboxMessage(topology.retry, pool_id, body, headers)
+
+
+async def record_transition(
+    conn: asyncpg.Connection, task_id: UUID, attempt: int, from_status: str | None, to_status: str,
+    actor: str, reason: str = "",
+) -> None:
+    await conn.execute(
+        """INSERT INTO task_transitions (task_id, attempt, from_status, to_status, actor, reason)
+           VALUES ($1, $2, $3, $4, $5, $6)""",
+        task_id, attempt, from_status, to_status, actor, reason,
+    )
+
+
+async def queue_attempt(
+    conn: asyncpg.Connection,
+    task: asyncpg.Record,
+    *,
+    attempt: int,
+    pool_id: str,
+    topology: Topology,
+    actor: str,
+    reason: str,
+    delay_s: float = 0.0,
+) -> None:
+    """Move ``task`` to ``queued`` for ``attempt`` on ``pool_id`` and enqueue its message (caller's tx)."""
+    await conn.execute(
+        """UPDATE tasks SET status = 'queued', status_reason = $3, pool_id = $2, attempt = $4, agent_id = NULL,
+                  lease_expires_at = NULL, deadline_at = NULL, updated_at = now()
+           WHERE id = $1""",
+        task["id"], pool_id, reason, attempt,
+    )
+    await conn.execute(
+        """INSERT INTO attempts (task_id, attempt, pool_id, status, retry_at)
+           VALUES ($1, $2, $3, 'queued', CASE WHEN $4 > 0 THEN now() + make_interval(secs => $4) END)
+           ON CONFLICT (task_id, attempt) DO UPDATE SET pool_id = EXCLUDED.pool_id""",
+        task["id"], attempt, pool_id, delay_s,
+    )
+    await record_transition(conn, task["id"], attempt, task["status"], "queued", actor, reason)
+    await enqueue(conn, [outbox_for_attempt(task, attempt=attempt, pool_id=pool_id, topology=topology, delay_s=delay_s)])
+
+
+async def dispatch_pending(
+    conn: asyncpg.Connection, *, topology: Topology, agent_ttl_s: float, limit: int = 500
+) -> int:
+    """Queue pending tasks that a live pool can now take; returns how many were dispatched."""
+    dispatched = 0
+    async with conn.transaction():
+        pending = await conn.fetch(
+            """SELECT * FROM tasks WHERE status = 'pending' ORDER BY created_at LIMIT $1 FOR UPDATE SKIP LOCKED""",
+            limit,
+        )
+        for task in pending:
+            pool = await choose_pool(conn, type=task["type"], requires=list(task["requires"]), agent_ttl_s=agent_ttl_s)
+            if pool is None:
+                continue
+            await queue_attempt(
+                conn, task, attempt=max(1, task["attempt"]), pool_id=pool, topology=topology,
+                actor="dispatcher", reason=f"dispatched to {pool}",
+            )
+            dispatched += 1
+    return dispatched
+
+
+class Dispatcher(LoopService):
+    """Dispatches pending tasks when pools appear (woken by agent hellos) and on a slow sweep."""
+
+    name = "dispatcher"
+
+    def __init__(self, pool: asyncpg.Pool, topology: Topology, *, interval_s: float, agent_ttl_s: float) -> None:
+        super().__init__(interval_s)
+        self._pool = pool
+        self._topology = topology
+        self._agent_ttl_s = agent_ttl_s
+
+    async def run_once(self) -> None:
+        async with self._pool.acquire() as conn:
+            while await dispatch_pending(conn, topology=self._topology, agent_ttl_s=self._agent_ttl_s) > 0:
+                pass

@@ -1,0 +1,32 @@
+"""Domain errors: plain exceptions that the API maps to HTTP status codes in one place."""
+
+from __future__ import annotations
+
+
+class DomainError(Exception):
+    """Base of errors a client caused; ``field`` names the offending input when there is one."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(DomainError):
+    pass
+
+
+class Conflict(DomainError):
+    """The request contradicts current state (wrong status, reused idempotency key)."""
+
+
+class InvalidInput(DomainError):
+    pass
+
+
+class Forbidden(DomainError):
+    pass
+
+
+class Unauthorized(DomainError):
+    pass

@@ -1,0 +1,371 @@
+"""Applying agent events to Postgres: the control plane is the only writer of task state.
+
+Events arrive at least once and possibly out of order across agents. Each is applied in a
+transaction guarded by the task's current ``(status, attempt)``, so a duplicate or a stale event
+changes nothing; log lines are keyed by ``(task, attempt, seq)``. Events are applied in batches (one
+transaction per batch) and acknowledged only after the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from uuid import UUID
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from pydantic import ValidationError
+
+from agents.sdk.messages import (
+    EVENT_ADAPTER,
+    HEADER_DEAD_REASON,
+    AgentBye,
+    AgentHeartbeat,
+    AgentHello,
+    Event,
+    TaskFailed,
+    TaskLog,
+    TaskProgress,
+    TaskStarted,
+    TaskSucceeded,
+)
+from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
+from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt, record_transition
+from control_plane.outbox import OutboxMessage, enqueue
+from control_plane.tasks import TERMINAL, cancel_command
+
+log = logging.getLogger("devart.events")
+
+_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+
+
+@dataclass
+class EventsConfig:
+    lease_s: float
+    agent_ttl_s: float
+    topology: Topology
+
+
+@dataclass
+class _Effects:
+    """What to do after a batch committed."""
+
+    agents_joined: bool = False
+    log_tasks: set[UUID] = field(default_factory=set)
+
+
+class EventApplier:
+    """Applies decoded events inside a caller's transaction.
+
+    ``started_at`` and ``finished_at`` are the agent's own times (never later than ours), so they say
+    when the work ran, not when the control plane heard of it.
+    """
+
+    def __init__(self, config: EventsConfig) -> None:
+        self._config = config
+
+    async def apply(self, conn: asyncpg.Connection, event: Event, effects: _Effects) -> None:
+        match event:
+            case AgentHello():
+                await self._hello(conn, event)
+                effects.agents_joined = True
+            case AgentHeartbeat():
+                await self._heartbeat(conn, event)
+            case AgentBye():
+                await conn.execute(
+                    "UPDATE agents SET state = 'gone', free_slots = 0, running = '[]' WHERE id = $1", event.agent_id
+                )
+            case TaskStarted():
+                await self._started(conn, event)
+            case TaskProgress():
+                await conn.execute(
+                    "UPDATE attempts SET progress = $3, progress_msg = $4 WHERE task_id = $1 AND attempt = $2",
+                    event.task_id, event.attempt, event.progress, event.message,
+                )
+            case TaskLog():
+                await self._log(conn, event)
+                effects.log_tasks.add(event.task_id)
+            case TaskSucceeded():
+                await self._succeeded(conn, event)
+            case TaskFailed():
+                await self._failed(conn, event)
+
+    async def _hello(self, conn: asyncpg.Connection, ev: AgentHello) -> None:
+        await conn.execute(
+            "INSERT INTO pools (id, skills, types) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+            ev.pool_id, sorted(set(ev.skills)), sorted(set(ev.types)),
+        )
+        await conn.execute(
+            """INSERT INTO agents (id, name, pool_id, slots, free_slots, state, host, pid, version, last_seq)
+               VALUES ($1, $2, $3, $4, $4, 'active', $5, $6, $7, $8)
+               ON CONFLICT (id) DO UPDATE SET state = 'active', slots = EXCLUDED.slots,
+                   last_heartbeat = now(), last_seq = greatest(agents.last_seq, EXCLUDED.last_seq)""",
+            ev.agent_id, ev.name, ev.pool_id, ev.slots, ev.host, ev.pid, ev.version, ev.seq,
+        )
+
+    async def _heartbeat(self, conn: asyncpg.Connection, ev: AgentHeartbeat) -> None:
+        running = [r.model_dump(mode="json") for r in ev.running]
+        updated = await conn.execute(
+            """UPDATE agents SET last_heartbeat = now(), free_slots = $2, state = $3, running = $4,
+                      last_seq = greatest(last_seq, $5)
+               WHERE id = $1 AND last_seq < $5""",
+            ev.agent_id, ev.free_slots, ev.state, running, ev.seq,
+        )
+        if updated == "UPDATE 0" or not ev.running:
+            return
+        await conn.execute(
+            """UPDATE tasks t SET lease_expires_at = now() + make_interval(secs => $2)
+               FROM unnest($3::uuid[], $4::int[]) AS r(task_id, attempt)
+               WHERE t.id = r.task_id AND t.attempt = r.attempt AND t.status = 'running' AND t.agent_id = $1""",
+            ev.agent_id, self._config.lease_s, [r.task_id for r in ev.running], [r.attempt for r in ev.running],
+        )
+        await conn.execute(
+            """UPDATE attempts a SET progress = r.progress, progress_msg = r.message
+               FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[]) AS r(task_id, attempt, progress, message)
+               WHERE a.task_id = r.task_id AND a.attempt = r.attempt AND r.progress IS NOT NULL""",
+            [r.task_id for r in ev.running], [r.attempt for r in ev.running],
+            [r.progress for r in ev.running], [r.message for r in ev.running],
+        )
+
+    async def _lock(self, conn: asyncpg.Connection, task_id: UUID) -> asyncpg.Record | None:
+        return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+
+    async def _started(self, conn: asyncpg.Connection, ev: TaskStarted) -> None:
+        task = await self._lock(conn, ev.task_id)
+        if task is None:
+            log.warning("started event for unknown task %s", ev.task_id)
+            return
+        current = task["attempt"] == ev.attempt
+        if not current or task["status"] in TERMINAL:
+            # A stale or cancelled attempt is running somewhere: tell that agent to stop it.
+            reason = "task is " + task["status"] if current else f"attempt {ev.attempt} is superseded"
+            await enqueue(conn, [cancel_command(self._config.topology, ev.agent_id, ev.task_id, ev.attempt, reason)])
+            return
+        if task["status"] == "running" and task["agent_id"] == ev.agent_id:
+            return  # duplicate event
+        await conn.execute(
+            """UPDATE tasks SET status = 'running', status_reason = '', agent_id = $2,
+                      started_at = coalesce(started_at, least(now(), $4)), updated_at = now(),
+                      lease_expires_at = now() + make_interval(secs => $3),
+                      deadline_at = now() + make_interval(secs => timeout_s)
+               WHERE id = $1""",
+            ev.task_id, ev.agent_id, self._config.lease_s, ev.ts,
+        )
+        await conn.execute(
+            """UPDATE attempts SET status = 'running', agent_id = $3,
+                      started_at = coalesce(started_at, least(now(), $4)), deliveries = deliveries + 1
+               WHERE task_id = $1 AND attempt = $2""",
+            ev.task_id, ev.attempt, ev.agent_id, ev.ts,
+        )
+        reason = f"started on {ev.agent_id}" if task["status"] != "running" else f"redelivered to {ev.agent_id}"
+        await record_transition(conn, ev.task_id, ev.attempt, task["status"], "running", ev.agent_id, reason)
+
+    async def _log(self, conn: asyncpg.Connection, ev: TaskLog) -> None:
+        await conn.execute(
+            """INSERT INTO task_logs (task_id, attempt, seq, ts, stream, line)
+               SELECT $1, $2, s, ts, st, l FROM unnest($3::int[], $4::timestamptz[], $5::text[], $6::text[])
+                   AS x(s, ts, st, l)
+               WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1)
+               ON CONFLICT DO NOTHING""",
+            ev.task_id, ev.attempt, [ln.seq for ln in ev.lines], [ln.ts for ln in ev.lines],
+            [ln.stream for ln in ev.lines], [ln.text for ln in ev.lines],
+        )
+
+    async def _finish(
+        self, conn: asyncpg.Connection, task: asyncpg.Record, ev: TaskSucceeded | TaskFailed, status: str,
+        reason: str, *, error: dict | None,
+    ) -> None:
+        await conn.execute(
+            """UPDATE tasks SET status = $2, status_reason = $3, result = $4, error = $5,
+                      finished_at = least(now(), $6), updated_at = now(), lease_expires_at = NULL
+               WHERE id = $1""",
+            task["id"], status, reason, ev.result, error, ev.ts,
+        )
+        await record_transition(conn, task["id"], ev.attempt, task["status"], status, ev.agent_id, reason)
+
+    async def _close_attempt(self, conn: asyncpg.Connection, ev: TaskSucceeded | TaskFailed, status: str,
+                             error: dict | None) -> None:
+        await conn.execute(
+            """UPDATE attempts SET status = $3, finished_at = least(now(), $7), result = $4, error = $5,
+                      agent_id = coalesce(agent_id, $6)
+               WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
+            ev.task_id, ev.attempt, status, ev.result, error, ev.agent_id, ev.ts,
+        )
+
+    async def _succeeded(self, conn: asyncpg.Connection, ev: TaskSucceeded) -> None:
+        task = await self._lock(conn, ev.task_id)
+        if task is None:
+            return
+        await self._close_attempt(conn, ev, "succeeded", None)
+        if task["attempt"] == ev.attempt and task["status"] in ("queued", "running"):
+            await self._finish(conn, task, ev, "succeeded", f"succeeded on {ev.agent_id}", error=None)
+
+    async def _failed(self, conn: asyncpg.Connection, ev: TaskFailed) -> None:
+        task = await self._lock(conn, ev.task_id)
+        if task is None:
+            return
+        error = {"message": ev.error, "type": ev.error_type, "reason": ev.reason, "retryable": ev.retryable}
+        attempt_status = {"timeout": "timed_out", "cancelled": "cancelled"}.get(ev.reason, "failed")
+        await self._close_attempt(conn, ev, attempt_status, error)
+        if task["attempt"] != ev.attempt or task["status"] not in ("queued", "running"):
+            return
+        if ev.reason != "error":
+            await self._finish(conn, task, ev, attempt_status, f"{ev.reason}: {ev.error}"[:500], error=error)
+            return
+        if not ev.retryable:
+            await self._finish(conn, task, ev, "failed", ev.error[:500], error=error)
+            return
+        if ev.attempt >= task["max_attempts"]:
+            reason = f"attempts exhausted ({ev.attempt}/{task['max_attempts']}): {ev.error}"[:500]
+            await self._finish(conn, task, ev, "dead", reason, error=error)
+            await enqueue(conn, [_dead_copy(self._config.topology, task, ev, reason)])
+            return
+        await self._finish(conn, task, ev, "failed", ev.error[:500], error=error)
+        delay = ev.retry_delay_s if ev.retry_delay_s is not None else BackoffPolicy.from_json(task["backoff"]).delay(ev.attempt)
+        pool = await choose_pool(
+            conn, type=task["type"], requires=list(task["requires"]), agent_ttl_s=self._config.agent_ttl_s
+        ) or task["pool_id"]
+        failed_task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task["id"])
+        await queue_attempt(
+            conn, failed_task, attempt=ev.attempt + 1, pool_id=pool, topology=self._config.topology,
+            actor="retry", reason=f"retry {ev.attempt + 1}/{task['max_attempts']} in {delay:.2f}s", delay_s=delay,
+        )
+
+
+def _dead_copy(topology: Topology, task: asyncpg.Record, ev: TaskFailed, reason: str) -> OutboxMessage:
+    body = json.dumps({"task_id": str(task["id"]), "attempt": ev.attempt, "type": task["type"]}).encode()
+    return OutboxMessage(topology.dead, "", body, {HEADER_DEAD_REASON: reason})
+
+
+class EventsConsumer:
+    """Consumes ``devart.control.events`` and applies events in batched transactions."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        connection: AbstractRobustConnection,
+        config: EventsConfig,
+        *,
+        batch: int = 256,
+        prefetch: int = 512,
+        on_agents_joined: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._connection = connection
+        self._config = config
+        self._applier = EventApplier(config)
+        self._batch = batch
+        self._prefetch = prefetch
+        self._on_agents_joined = on_agents_joined
+        self._buffer: list[AbstractIncomingMessage] = []
+        self._ready = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        self._queue: AbstractQueue | None = None
+        self._tag: str | None = None
+        self.applied = 0
+
+    async def start(self) -> None:
+        channel = await self._connection.channel()
+        await channel.set_qos(prefetch_count=self._prefetch)
+        await declare_exchanges(channel, self._config.topology)
+        self._queue = await declare_events_queue(channel, self._config.topology)
+        self._worker = asyncio.create_task(self._work(), name="events-consumer")
+        self._tag = await self._queue.consume(self._on_message)
+
+    async def stop(self) -> None:
+        if self._queue is not None and self._tag is not None:
+            try:
+                await self._queue.cancel(self._tag)
+            except Exception as exc:  # the channel may already be gone with the broker
+                log.debug("cancelling events consumer: %s", exc)
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._buffer.append(message)
+        self._ready.set()
+
+    async def _work(self) -> None:
+        while True:
+            await self._ready.wait()
+            self._ready.clear()
+            while self._buffer:
+                batch, self._buffer = self._buffer[: self._batch], self._buffer[self._batch :]
+                try:
+                    await self._apply_batch(batch)
+                except (aio_pika.exceptions.AMQPError, RuntimeError) as exc:
+                    # The channel went away with the broker: these deliveries come again after the
+                    # reconnect, and applying an event twice changes nothing.
+                    log.warning("could not acknowledge %d event(s) (%s); they will be redelivered", len(batch), exc)
+
+    async def _apply_batch(self, messages: list[AbstractIncomingMessage]) -> None:
+        decoded: list[tuple[AbstractIncomingMessage, Event]] = []
+        set_aside: list[tuple[AbstractIncomingMessage, str]] = []
+        for message in messages:
+            try:
+                decoded.append((message, EVENT_ADAPTER.validate_json(message.body)))
+            except ValidationError as exc:
+                set_aside.append((message, f"undecodable: {exc}"))
+        while True:
+            try:
+                effects = await self._apply_all([ev for _, ev in decoded])
+                break
+            except _TRANSIENT as exc:
+                log.warning("database unavailable while applying events, retrying: %s", exc)
+                await asyncio.sleep(1.0)
+            except (asyncpg.PostgresError, ValueError) as exc:
+                log.error("batch of %d events failed (%s); applying one by one", len(decoded), exc)
+                effects = await self._apply_one_by_one(decoded, set_aside)
+                break
+        if set_aside:
+            await self._store_bad_events(set_aside)
+        for message in messages:
+            await message.ack()
+        self.applied += len(decoded)
+        await self._after_commit(effects)
+
+    async def _apply_all(self, events: list[Event]) -> _Effects:
+        effects = _Effects()
+        async with self._pool.acquire() as conn, conn.transaction():
+            for event in events:
+                await self._applier.apply(conn, event, effects)
+            for task_id in effects.log_tasks:
+                await conn.execute("SELECT pg_notify('devart_logs', $1)", str(task_id))
+        return effects
+
+    async def _apply_one_by_one(
+        self, decoded: list[tuple[AbstractIncomingMessage, Event]], set_aside: list[tuple[AbstractIncomingMessage, str]]
+    ) -> _Effects:
+        effects = _Effects()
+        for message, event in decoded:
+            try:
+                one = await self._apply_all([event])
+            except _TRANSIENT:
+                raise
+            except (asyncpg.PostgresError, ValueError) as exc:
+                set_aside.append((message, f"{event.kind} event could not be applied: {exc}"))
+                continue
+            effects.agents_joined |= one.agents_joined
+            effects.log_tasks |= one.log_tasks
+        return effects
+
+    async def _store_bad_events(self, bad: list[tuple[AbstractIncomingMessage, str]]) -> None:
+        for _, reason in bad:
+            log.error("agent event set aside in dead_letters: %s", reason[:300])
+        async with self._pool.acquire() as conn:
+            await conn.executemany(
+                "INSERT INTO dead_letters (reason, body, headers) VALUES ($1, $2, '{}')",
+                [(f"agent event: {reason}"[:1000], message.body) for message, reason in bad],
+            )
+
+    async def _after_commit(self, effects: _Effects) -> None:
+        if effects.agents_joined and self._on_agents_joined is not None:
+            await self._on_agents_joined()

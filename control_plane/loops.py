@@ -1,0 +1,65 @@
+"""The one shape of every background loop: ``run_once()`` on an interval with jitter."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from abc import ABC, abstractmethod
+
+log = logging.getLogger("devart.loops")
+
+
+class LoopService(ABC):
+    """Calls ``run_once`` every ``interval_s`` (+/- jitter) until stopped; ``wake()`` runs it early.
+
+    An iteration that raises is logged and retried at the next tick; one that overruns the
+    interval is logged as a warning. Tests call ``run_once()`` directly.
+    """
+
+    name = "loop"
+
+    def __init__(self, interval_s: float, *, jitter: float = 0.1) -> None:
+        self.interval_s = interval_s
+        self.jitter = jitter
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @abstractmethod
+    async def run_once(self) -> None: ...
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def stop(self) -> None:
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            started = time.monotonic()
+            self._wake.clear()  # a wake() during run_once() makes the next wait return at once
+            try:
+                await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s iteration failed", self.name)
+            elapsed = time.monotonic() - started
+            if elapsed > self.interval_s:
+                log.warning("%s iteration took %.2fs, over its %.2fs interval", self.name, elapsed, self.interval_s)
+            pause = self.interval_s * (1 + random.uniform(-self.jitter, self.jitter))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, pause - elapsed))
+            except TimeoutError:
+                pass

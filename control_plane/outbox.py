@@ -1,0 +1,195 @@
+"""The transactional outbox: messages are rows first, and a relay publishes them.
+
+``enqueue`` writes a row inside the caller's transaction, so a message exists if and only if the
+state change that needs it committed. The relay claims rows with ``FOR UPDATE SKIP LOCKED`` (several
+relays may run), publishes them concurrently with publisher confirms, persistent delivery and
+``mandatory``, deletes what the broker confirmed and reschedules the rest. A crash between publish
+and delete republishes: delivery is at-least-once and consumers deduplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from opentelemetry import trace
+
+from agents.sdk.telemetry import extract_context, inject_headers
+from agents.sdk.topology import Topology, declare_retry_queue
+from control_plane.loops import LoopService
+
+log = logging.getLogger("devart.outbox")
+_tracer = trace.get_tracer("devart.outbox")
+
+NOTIFY_CHANNEL = "devart_outbox"
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    exchange: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any] = field(default_factory=dict)
+
+
+async def enqueue(conn: asyncpg.Connection, messages: Iterable[OutboxMessage]) -> None:
+    rows = list(messages)
+    if not rows:
+        return
+    await conn.execute(
+        """INSERT INTO outbox (exchange, routing_key, body, headers)
+           SELECT * FROM unnest($1::text[], $2::text[], $3::bytea[], $4::jsonb[])""",
+        [m.exchange for m in rows], [m.routing_key for m in rows], [m.body for m in rows], [m.headers for m in rows],
+    )
+
+
+def retry_bucket_ms(delay_s: float) -> int:
+    """Quantise a delay onto a geometric ladder (about 6% apart) so a bounded set of TTL queues serves
+    every delay from 50 ms to hours."""
+    ms = max(50.0, delay_s * 1000.0)
+    step = round(math.log(ms / 50.0) / math.log(1.12))
+    return int(round(50.0 * 1.12**step))
+
+
+@dataclass
+class RelayStats:
+    published: int = 0
+    failed: int = 0
+    last_error: str = ""
+
+
+class OutboxRelay(LoopService):
+    """Publishes outbox rows; woken by NOTIFY on insert and by a periodic sweep."""
+
+    name = "outbox-relay"
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        connection: AbstractRobustConnection,
+        topology: Topology,
+        *,
+        batch: int = 500,
+        sweep_s: float = 1.0,
+        retry_s: float = 2.0,
+    ) -> None:
+        super().__init__(sweep_s)
+        self._pool = pool
+        self._connection = connection
+        self._topology = topology
+        self._batch = batch
+        self._retry_s = retry_s
+        self._channel: AbstractChannel | None = None
+        self._retry_queues: set[int] = set()
+        self._listener: asyncpg.Connection | None = None
+        self.stats = RelayStats()
+
+    async def _on_notify(self, *_: object) -> None:
+        self.wake()
+
+    async def listen(self) -> None:
+        """Subscribe to inserts (one dedicated connection; re-established by ``run_once`` if lost)."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        self._listener = await self._pool.acquire()
+        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._listener is not None:
+            try:
+                await self._listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                pass
+            await self._pool.release(self._listener)
+            self._listener = None
+
+    async def _channel_ready(self) -> AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)
+            self._retry_queues.clear()
+        return self._channel
+
+    async def run_once(self) -> None:
+        try:
+            await self.listen()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("outbox relay cannot listen for notifications: %s", exc)
+        while await self.publish_batch() >= self._batch:
+            pass
+
+    async def publish_batch(self) -> int:
+        """Claim up to one batch of due rows and publish them; returns how many were claimed."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                """SELECT id, exchange, routing_key, body, headers FROM outbox
+                   WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
+                self._batch,
+            )
+            if not rows:
+                return 0
+            try:
+                channel = await self._channel_ready()
+                results = await asyncio.gather(*(self._publish(channel, row) for row in rows), return_exceptions=True)
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                results = [exc] * len(rows)
+            done = [row["id"] for row, res in zip(rows, results, strict=True) if not isinstance(res, BaseException)]
+            failed = [(row["id"], res) for row, res in zip(rows, results, strict=True) if isinstance(res, BaseException)]
+            if done:
+                await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
+            if failed:
+                await conn.execute(
+                    """UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                              available_at = now() + make_interval(secs => $3)
+                       WHERE id = ANY($1::bigint[])""",
+                    [row_id for row_id, _ in failed], repr(failed[0][1])[:500], self._retry_s,
+                )
+                self.stats.failed += len(failed)
+                self.stats.last_error = repr(failed[0][1])[:500]
+                log.warning("outbox: %d message(s) not published, retrying in %.1fs: %s",
+                            len(failed), self._retry_s, self.stats.last_error)
+            self.stats.published += len(done)
+            return len(rows)
+
+    async def _publish(self, channel: AbstractChannel, row: asyncpg.Record) -> None:
+        headers = dict(row["headers"])
+        # A PRODUCER span continuing the trace stored with the row (the submitting request's);
+        # consumers see this span as their parent.
+        with _tracer.start_as_current_span(
+            f"publish {row['exchange']}",
+            context=extract_context(headers),
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": row["exchange"],
+                "messaging.rabbitmq.destination.routing_key": row["routing_key"],
+                "messaging.message.id": str(row["id"]),
+            },
+        ):
+            inject_headers(headers)
+            if row["exchange"] == self._topology.retry:
+                await self._ensure_retry_queue(channel, headers)
+            message = aio_pika.Message(
+                body=bytes(row["body"]),
+                headers=headers,
+                content_type="application/json",
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                message_id=str(row["id"]),
+            )
+            exchange = await channel.get_exchange(row["exchange"], ensure=False)
+            await exchange.publish(message, routing_key=row["routing_key"], mandatory=True)
+
+    async def _ensure_retry_queue(self, channel: AbstractChannel, headers: dict[str, Any]) -> None:
+        for bucket in headers.get("BCC", []):
+            delay_ms = int(bucket)
+            if delay_ms not in self._retry_queues:
+                await declare_retry_queue(channel, self._topology, delay_ms)
+                self._retry_queues.add(delay_ms)

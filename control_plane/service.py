@@ -1,0 +1,241 @@
+"""The control plane's composition root: connections and background workers, started and closed together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING
+
+import aio_pika
+import asyncpg
+from aio_pika.abc import AbstractRobustConnection
+from opentelemetry.sdk.trace import SpanProcessor
+
+from agents.sdk.telemetry import API_SERVICE, Telemetry, TelemetrySettings, batch_processor, start_telemetry
+from agents.sdk.topology import declare_dead_queue, declare_events_queue, declare_exchanges
+from aiops.settings import AiopsSettings
+from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
+from control_plane.db import EmbeddedPostgres, create_pool, migrate_database
+from control_plane.dead_letters import DeadLetterConsumer
+from control_plane.dispatch import Dispatcher
+from control_plane.events import EventsConfig, EventsConsumer
+from control_plane.outbox import OutboxRelay
+from control_plane.reaper import Reaper
+from control_plane.settings import Settings
+from control_plane.span_retention import SpanRetention
+from control_plane.telemetry import ControlPlaneMetrics, ObservabilitySettings, SpanStoreExporter
+
+if TYPE_CHECKING:
+    from control_plane.k8s_sweeper import JobSweeper
+
+log = logging.getLogger("devart.control_plane")
+
+
+async def resolve_database(settings: Settings) -> str:
+    """The database URL to use: ``DATABASE_URL``, or the embedded pgserver under ``DEVART_HOME``."""
+    if settings.database_url:
+        return settings.database_url
+    return await EmbeddedPostgres(settings.home).start()
+
+
+@dataclass
+class Workers:
+    relay: OutboxRelay
+    events: EventsConsumer
+    dead: DeadLetterConsumer
+    reaper: Reaper
+    dispatcher: Dispatcher
+    sweeper: JobSweeper | None = None
+    span_retention: SpanRetention | None = None
+    metrics: ControlPlaneMetrics | None = None
+
+
+class ControlPlane:
+    """Owns the database pool, the broker connection and the background workers.
+
+    ``async with ControlPlane(settings) as cp:`` migrates, connects and starts everything;
+    leaving the block stops it all in reverse order. Using it outside the block is an error.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        workers: bool = True,
+        telemetry: TelemetrySettings | None = None,
+        aiops: AiopsSettings | None = None,
+        observability: ObservabilitySettings | None = None,
+    ) -> None:
+        self.settings = settings
+        self.telemetry_settings = telemetry or TelemetrySettings()
+        self.aiops = aiops or AiopsSettings()
+        self.observability = observability or ObservabilitySettings()
+        self.telemetry: Telemetry | None = None
+        self._span_sink: SpanProcessor | None = None
+        self._span_pool: asyncpg.Pool | None = None
+        self.topology = settings.broker.topology()
+        self._run_workers = workers
+        self._pool: asyncpg.Pool | None = None
+        self._connection: AbstractRobustConnection | None = None
+        self._private_broker: PrivateRabbitMQ | None = None
+        self.workers: Workers | None = None
+        self.database_url = ""
+        self.amqp_url = ""
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        if self._pool is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._pool
+
+    @property
+    def span_pool(self) -> asyncpg.Pool:
+        """Connections for the span store, without the JSON codecs of ``pool`` (the store encodes
+        attributes itself) and apart from it, so span traffic never starves the API."""
+        if self._span_pool is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._span_pool
+
+    @property
+    def connection(self) -> AbstractRobustConnection:
+        if self._connection is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._connection
+
+    async def __aenter__(self) -> ControlPlane:
+        s = self.settings
+        self.database_url = await resolve_database(s)
+        applied = await migrate_database(self.database_url)
+        if applied:
+            log.info("applied migrations: %s", ", ".join(applied))
+        self._pool = await create_pool(self.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        self._span_pool = await asyncpg.create_pool(
+            self.database_url, min_size=1, max_size=self.observability.span_pool_max
+        )
+        self._start_telemetry()
+        try:
+            self.amqp_url, self._private_broker = await resolve_broker(
+                s.broker.amqp_url, s.home, allow_private=s.embedded_broker
+            )
+            try:
+                self._connection = await aio_pika.connect_robust(self.amqp_url)
+            except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
+                raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact(self.amqp_url)}: {exc}") from exc
+            channel = await self._connection.channel()
+            await declare_exchanges(channel, self.topology)
+            await declare_events_queue(channel, self.topology)
+            await declare_dead_queue(channel, self.topology)
+            await channel.close()
+            if self._run_workers:
+                await self._start_workers()
+        except BaseException:
+            await self._close()
+            raise
+        return self
+
+    async def _start_workers(self) -> None:
+        s = self.settings
+        pool, connection = self.pool, self.connection
+        dispatcher = Dispatcher(pool, self.topology, interval_s=s.dispatch_interval_s, agent_ttl_s=s.heartbeat_ttl_s)
+
+        async def agents_joined() -> None:
+            dispatcher.wake()
+
+        self.workers = Workers(
+            relay=OutboxRelay(
+                pool, connection, self.topology, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s
+            ),
+            events=EventsConsumer(
+                pool, connection, EventsConfig(lease_s=s.lease_s, agent_ttl_s=s.heartbeat_ttl_s, topology=self.topology),
+                batch=s.events_batch, prefetch=s.events_prefetch, on_agents_joined=agents_joined,
+            ),
+            dead=DeadLetterConsumer(pool, connection, self.topology),
+            reaper=Reaper(
+                pool, connection, self.topology, interval_s=s.reaper_interval_s, agent_ttl_s=s.heartbeat_ttl_s,
+                deadline_grace_s=s.deadline_grace_s,
+            ),
+            dispatcher=dispatcher,
+            sweeper=self._job_sweeper(),
+            span_retention=SpanRetention(
+                self.span_pool, self.aiops, interval_s=self.observability.retention_interval_s
+            ),
+            metrics=ControlPlaneMetrics(pool, interval_s=self.observability.metrics_poll_s),
+        )
+        await self.workers.relay.listen()
+        self.workers.relay.start()
+        await self.workers.events.start()
+        await self.workers.dead.start()
+        self.workers.reaper.start()
+        dispatcher.start()
+        if self.workers.sweeper is not None:
+            self.workers.sweeper.start()
+        if self.telemetry_settings.enabled:
+            self.workers.metrics.start()
+        if self.aiops.span_source == "postgres":
+            self.workers.span_retention.start()
+
+    def _start_telemetry(self) -> None:
+        """Join the process's telemetry; without an OTLP endpoint, this process's spans go straight
+        into the span store (no HTTP hop)."""
+        settings = self.telemetry_settings
+        if not settings.enabled:
+            return
+        self.telemetry = start_telemetry(API_SERVICE, settings)
+        if not self.telemetry.exports_remotely:
+            exporter = SpanStoreExporter(
+                self.span_pool, asyncio.get_running_loop(), limits=self.aiops.otlp_limits,
+                timeout_s=settings.export_timeout_s,
+            )
+            self._span_sink = batch_processor(exporter, settings)
+            self.telemetry.add_span_processor(self._span_sink)
+
+    async def _stop_telemetry(self) -> None:
+        if self._span_sink is not None and self.telemetry is not None:
+            self.telemetry.remove_span_processor(self._span_sink)
+            # shutdown() exports what is queued, waiting on this loop from its own thread
+            await asyncio.to_thread(self._span_sink.shutdown)
+            self._span_sink = None
+
+    def _job_sweeper(self) -> JobSweeper | None:
+        s = self.settings
+        if not s.job_sweeper_enabled:
+            return None
+        # Imported here: only a control plane that sweeps Jobs loads the Kubernetes client.
+        from agents.sandbox.kubernetes import KubernetesSandboxSettings
+        from control_plane.k8s_sweeper import JobSweeper
+
+        sandbox = KubernetesSandboxSettings(namespace=s.job_sweeper_namespace)
+        return JobSweeper(self.pool, sandbox, interval_s=s.job_sweeper_interval_s)
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._close()
+
+    async def _close(self) -> None:
+        if self.workers is not None:
+            if self.workers.sweeper is not None:
+                await self.workers.sweeper.stop()
+            for loop in (self.workers.metrics, self.workers.span_retention):
+                if loop is not None:
+                    await loop.stop()
+            await self.workers.dispatcher.stop()
+            await self.workers.reaper.stop()
+            await self.workers.events.stop()
+            await self.workers.relay.stop()
+            self.workers = None
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+        await self._stop_telemetry()
+        if self._span_pool is not None:
+            await self._span_pool.close()
+            self._span_pool = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+        if self._private_broker is not None:
+            await self._private_broker.stop()
+            self._private_broker = None

@@ -1,0 +1,84 @@
+"""Typed settings of the control plane, read from the environment (``DEVART_`` prefix)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agents.sdk.settings import BrokerSettings
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEVART_", extra="ignore")
+
+    environment: Literal["development", "production"] = Field(
+        default="development", description="production refuses embedded defaults that are unsafe to expose"
+    )
+    home: Path = Field(default=Path(".devart"), description="where embedded Postgres, RabbitMQ and sandboxes keep data")
+    database_url: str | None = Field(
+        default=None,
+        validation_alias=AliasChoices("DATABASE_URL", "DEVART_DATABASE_URL"),
+        description="Postgres 15+ with pgvector; unset = embedded pgserver under DEVART_HOME",
+    )
+    db_pool_min: int = Field(default=2, ge=1, description="minimum connections in the API's pool")
+    db_pool_max: int = Field(default=10, ge=1, description="maximum connections in the API's pool")
+    embedded_broker: bool = Field(
+        default=True, description="start a private rabbitmq-server under DEVART_HOME when AMQP_URL does not answer"
+    )
+
+    host: str = Field(default="127.0.0.1", description="address the API listens on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port the API listens on")
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest accepted request body")
+    max_input_bytes: int = Field(default=262_144, ge=16, description="largest task input (JSON) accepted")
+    page_size_default: int = Field(default=50, ge=1, description="tasks per page when limit is not given")
+    page_size_max: int = Field(default=500, ge=1, description="largest page a client may ask for")
+    log_page_max: int = Field(default=1000, ge=1, description="most log lines returned by one page")
+
+    default_timeout_s: float = Field(default=600.0, gt=0, description="task timeout when the request names none")
+    max_timeout_s: float = Field(default=24 * 3600.0, gt=0, description="longest timeout a task may ask for")
+    default_max_attempts: int = Field(default=3, ge=1, description="attempts when the request names none")
+    max_attempts_limit: int = Field(default=20, ge=1, description="most attempts a task may ask for")
+    backoff_base_s: float = Field(default=1.0, gt=0, description="first retry delay")
+    backoff_factor: float = Field(default=2.0, ge=1, description="growth of the delay per attempt")
+    backoff_cap_s: float = Field(default=300.0, gt=0, description="longest retry delay")
+    backoff_jitter: float = Field(default=0.2, ge=0, le=1, description="fraction of the delay randomised (+/-)")
+
+    heartbeat_ttl_s: float = Field(
+        default=20.0, gt=0, description="an agent silent this long is gone; its pool may lose its tasks"
+    )
+    lease_s: float = Field(
+        default=60.0, gt=0, description="a running task whose agent has not reported it for this long is timed out"
+    )
+    deadline_grace_s: float = Field(default=30.0, ge=0, description="slack past a task's deadline before the reaper acts")
+    reaper_interval_s: float = Field(default=2.0, gt=0, description="period of the reaper loop")
+    dispatch_interval_s: float = Field(default=2.0, gt=0, description="period of the pending-task dispatch sweep")
+
+    outbox_batch: int = Field(default=500, ge=1, description="outbox rows claimed per relay round")
+    outbox_sweep_s: float = Field(default=1.0, gt=0, description="relay poll period when no NOTIFY arrives")
+    outbox_retry_s: float = Field(default=2.0, gt=0, description="delay before re-publishing a failed outbox row")
+    events_batch: int = Field(default=256, ge=1, description="agent events applied per transaction")
+    events_prefetch: int = Field(default=512, ge=1, description="unacked agent events held by the consumer")
+
+    job_sweeper_enabled: bool = Field(
+        default=False,
+        description="delete sandbox Jobs whose task is terminal; needs the Kubernetes API (DEVART_K8S_KUBECONFIG "
+        "or the in-cluster service account) with list/delete on Jobs in the sandbox namespace",
+    )
+    job_sweeper_interval_s: float = Field(default=60.0, gt=0, description="period of the sandbox Job sweeper")
+    job_sweeper_namespace: str = Field(
+        default="devart-sandbox", min_length=1, description="namespace whose devart Jobs the sweeper looks at"
+    )
+
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("db_pool_min must not exceed db_pool_max")
+        if self.environment == "production" and self.database_url is None:
+            raise ValueError("DATABASE_URL is required in production (embedded Postgres is for development)")
+        return self

@@ -1,0 +1,238 @@
+"""The task aggregate: creating, reading, listing, cancelling and retrying tasks (plain SQL)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from agents.sdk.messages import ControlCommand
+from agents.sdk.topology import Topology
+from control_plane.audit import audit
+from control_plane.dispatch import NO_POOL_REASON, choose_pool, queue_attempt, record_transition
+from control_plane.errors import Conflict, InvalidInput, NotFound
+from control_plane.outbox import OutboxMessage, enqueue
+
+TERMINAL = frozenset({"succeeded", "failed", "dead", "cancelled", "timed_out"})
+RETRYABLE_FROM = frozenset({"failed", "dead", "cancelled", "timed_out"})
+CANCELLABLE = frozenset({"pending", "queued", "running"})
+
+
+@dataclass(frozen=True)
+class NewTask:
+    type: str
+    input: dict[str, Any]
+    requires: list[str]
+    timeout_s: float
+    max_attempts: int
+    backoff: dict[str, float]
+    sandbox: dict[str, Any]
+
+
+def request_hash(task: NewTask) -> str:
+    canonical = json.dumps(task.__dict__, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def create_task(
+    conn: asyncpg.Connection,
+    task: NewTask,
+    *,
+    created_by: str,
+    idempotency_key: str | None,
+    traceparent: str | None,
+    topology: Topology,
+    agent_ttl_s: float,
+    remote: str = "",
+) -> tuple[asyncpg.Record, bool]:
+    """Store a task and queue it on the best live pool (or leave it pending with the reason), with
+    its audit row, in one transaction.
+
+    Returns ``(task, replayed)``: with an idempotency key already used by this caller, the same
+    body returns the existing task and a different body is a conflict.
+    """
+    digest = request_hash(task)
+    if idempotency_key is not None:
+        existing = await _by_idempotency_key(conn, created_by, idempotency_key, digest)
+        if existing is not None:
+            return existing, True
+    task_id = uuid.uuid4()
+    trace_id = traceparent.split("-")[1] if traceparent else None
+    try:
+        async with conn.transaction():
+            row = await conn.fetchrow(
+                """INSERT INTO tasks (id, type, requires, input, sandbox, status, status_reason, max_attempts,
+                                      timeout_s, backoff, idempotency_key, request_hash, created_by,
+                                      trace_id, traceparent)
+                   VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                   RETURNING *""",
+                task_id, task.type, task.requires, task.input, task.sandbox,
+                NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
+                task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, created_by,
+                trace_id, traceparent,
+            )
+            await record_transition(conn, task_id, 0, None, "pending", created_by, "created")
+            await audit(conn, actor=created_by, action="task.create", target=str(task_id),
+                        detail={"type": task.type}, remote=remote)
+            pool = await choose_pool(conn, type=task.type, requires=task.requires, agent_ttl_s=agent_ttl_s)
+            if pool is not None:
+                await queue_attempt(
+                    conn, row, attempt=1, pool_id=pool, topology=topology, actor="dispatcher",
+                    reason=f"dispatched to {pool}",
+                )
+    except asyncpg.UniqueViolationError:
+        # A concurrent request with the same key won the race: answer as a replay.
+        existing = await _by_idempotency_key(conn, created_by, idempotency_key or "", digest)
+        if existing is None:
+            raise
+        return existing, True
+    return await get_task(conn, task_id), False
+
+
+async def _by_idempotency_key(
+    conn: asyncpg.Connection, created_by: str, key: str, digest: str
+) -> asyncpg.Record | None:
+    row = await conn.fetchrow("SELECT * FROM tasks WHERE created_by = $1 AND idempotency_key = $2", created_by, key)
+    if row is None:
+        return None
+    if row["request_hash"] != digest:
+        raise Conflict(
+            f"Idempotency-Key {key!r} was already used with a different request body", field="Idempotency-Key"
+        )
+    return row
+
+
+async def get_task(conn: asyncpg.Connection, task_id: UUID) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+    if row is None:
+        raise NotFound(f"task {task_id} does not exist", field="task_id")
+    return row
+
+
+async def attempts(conn: asyncpg.Connection, task_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM attempts WHERE task_id = $1 ORDER BY attempt", task_id)
+
+
+async def transitions(conn: asyncpg.Connection, task_id: UUID) -> list[asyncpg.Record]:
+    return await conn.fetch("SELECT * FROM task_transitions WHERE task_id = $1 ORDER BY id", task_id)
+
+
+def encode_cursor(created_at: datetime, task_id: UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), str(task_id)]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        created_at, task_id = json.loads(raw)
+        return datetime.fromisoformat(created_at), UUID(task_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInput("cursor is not a cursor returned by this API", field="cursor") from exc
+
+
+async def list_tasks(
+    conn: asyncpg.Connection,
+    *,
+    limit: int,
+    cursor: str | None = None,
+    status: str | None = None,
+    type: str | None = None,
+    agent_id: str | None = None,
+    pool_id: str | None = None,
+) -> tuple[list[asyncpg.Record], str | None]:
+    """Newest first; returns the page and the cursor of the next one (None at the end)."""
+    after = decode_cursor(cursor) if cursor else (None, None)
+    rows = await conn.fetch(
+        """SELECT * FROM tasks
+           WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR type = $2)
+             AND ($3::text IS NULL OR agent_id = $3) AND ($4::text IS NULL OR pool_id = $4)
+             AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::uuid))
+           ORDER BY created_at DESC, id DESC LIMIT $7""",
+        status, type, agent_id, pool_id, after[0], after[1], limit + 1,
+    )
+    next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
+    return rows[:limit], next_cursor
+
+
+def cancel_command(topology: Topology, agent_id: str, task_id: UUID, attempt: int, reason: str) -> OutboxMessage:
+    body = ControlCommand(action="cancel", task_id=task_id, attempt=attempt, reason=reason).model_dump_json().encode()
+    return OutboxMessage(topology.control, f"agent.{agent_id}", body)
+
+
+async def cancel_task(
+    conn: asyncpg.Connection, task_id: UUID, *, actor: str, reason: str, topology: Topology
+) -> asyncpg.Record:
+    """Cancel a task that has not finished; a running attempt is told to stop (its process tree is killed)."""
+    async with conn.transaction():
+        task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} does not exist", field="task_id")
+        if task["status"] not in CANCELLABLE:
+            raise Conflict(f"task {task_id} is {task['status']}; only pending, queued or running tasks can be cancelled")
+        await conn.execute(
+            """UPDATE tasks SET status = 'cancelled', status_reason = $2, finished_at = now(), updated_at = now(),
+                      lease_expires_at = NULL
+               WHERE id = $1""",
+            task_id, reason,
+        )
+        await conn.execute(
+            "UPDATE attempts SET status = 'cancelled', finished_at = now() WHERE task_id = $1 AND attempt = $2 "
+            "AND finished_at IS NULL",
+            task_id, task["attempt"],
+        )
+        await record_transition(conn, task_id, task["attempt"], task["status"], "cancelled", actor, reason)
+        if task["status"] == "running" and task["agent_id"]:
+            await enqueue(conn, [cancel_command(topology, task["agent_id"], task_id, task["attempt"], reason)])
+    return await get_task(conn, task_id)
+
+
+async def retry_task(
+    conn: asyncpg.Connection, task_id: UUID, *, actor: str, topology: Topology, agent_ttl_s: float,
+    attempts_budget: int,
+) -> asyncpg.Record:
+    """Start a new attempt of a finished, unsuccessful task, with a fresh attempt budget."""
+    async with conn.transaction():
+        task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+        if task is None:
+            raise NotFound(f"task {task_id} does not exist", field="task_id")
+        if task["status"] not in RETRYABLE_FROM:
+            raise Conflict(
+                f"task {task_id} is {task['status']}; only failed, dead, cancelled or timed_out tasks can be retried"
+            )
+        attempt = task["attempt"] + 1
+        await conn.execute(
+            """UPDATE tasks SET max_attempts = $2, result = NULL, error = NULL, finished_at = NULL, attempt = $3,
+                      status = 'pending', status_reason = $4, updated_at = now()
+               WHERE id = $1""",
+            task_id, task["attempt"] + attempts_budget, attempt,
+            NO_POOL_REASON.format(requires=sorted(task["requires"]), type=task["type"]),
+        )
+        await record_transition(conn, task_id, attempt, task["status"], "pending", actor, "retry requested")
+        task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+        pool = await choose_pool(conn, type=task["type"], requires=list(task["requires"]), agent_ttl_s=agent_ttl_s)
+        if pool is not None:
+            await queue_attempt(
+                conn, task, attempt=attempt, pool_id=pool, topology=topology, actor=actor,
+                reason=f"retry dispatched to {pool}",
+            )
+    return await get_task(conn, task_id)
+
+
+async def task_logs(
+    conn: asyncpg.Connection, task_id: UUID, *, after: tuple[int, int] | None, limit: int
+) -> list[asyncpg.Record]:
+    """Log lines in (attempt, seq) order after the given position."""
+    attempt, seq = after or (0, -1)
+    return await conn.fetch(
+        """SELECT attempt, seq, ts, stream, line FROM task_logs
+           WHERE task_id = $1 AND (attempt, seq) > ($2, $3) ORDER BY attempt, seq LIMIT $4""",
+        task_id, attempt, seq, limit,
+    )

@@ -1,0 +1,179 @@
+"""Test-side broker helpers: play the control plane (publish tasks and commands, read events)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from agents.sdk import ControlCommand, Event, TaskMessage
+from agents.sdk.messages import EVENT_ADAPTER, HEADER_TRACEPARENT
+from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges, declare_pool_queue
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class Received:
+    """Every event read so far, with the AMQP headers it came with."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[Event, dict[str, Any]]] = []
+        self._changed = asyncio.Condition()
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        async with message.process():
+            event = EVENT_ADAPTER.validate_json(message.body)
+            async with self._changed:
+                self.events.append((event, dict(message.headers or {})))
+                self._changed.notify_all()
+
+    async def wait_for(self, predicate: Callable[[Event], bool], within: float = 15.0) -> Event:
+        """The first event (already read or yet to come) matching ``predicate``."""
+        async with self._changed:
+            await asyncio.wait_for(
+                self._changed.wait_for(lambda: any(predicate(e) for e, _ in self.events)), within
+            )
+            return next(e for e, _ in self.events if predicate(e))
+
+    def matching(self, predicate: Callable[[Event], bool]) -> list[Event]:
+        return [e for e, _ in self.events if predicate(e)]
+
+    def headers_of(self, event: Event) -> dict[str, Any]:
+        return next(h for e, h in self.events if e is event)
+
+
+class ControlPlane:
+    """Publishes tasks and commands like the real control plane and records every event."""
+
+    def __init__(self, channel: AbstractChannel, topology: Topology, received: Received) -> None:
+        self.channel = channel
+        self.topology = topology
+        self.received = received
+
+    async def submit(
+        self,
+        pool_id: str,
+        type: str,
+        input: dict[str, Any] | None = None,
+        *,
+        timeout_s: float = 30.0,
+        **fields: Any,
+    ) -> TaskMessage:
+        task = TaskMessage(
+            task_id=fields.pop("task_id", uuid.uuid4()),
+            attempt=fields.pop("attempt", 1),
+            type=type,
+            input=input or {},
+            timeout_s=timeout_s,
+            pool_id=pool_id,
+            **fields,
+        )
+        await self.publish_raw(pool_id, task.model_dump_json().encode())
+        return task
+
+    async def publish_raw(self, pool_id: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
+        exchange = await self.channel.get_exchange(self.topology.tasks)
+        await exchange.publish(
+            aio_pika.Message(
+                body,
+                headers={HEADER_TRACEPARENT: TRACEPARENT, **(headers or {})},
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=pool_id,
+            mandatory=True,
+        )
+
+    async def command(self, agent_id: str, command: ControlCommand) -> None:
+        exchange = await self.channel.get_exchange(self.topology.control)
+        await exchange.publish(
+            aio_pika.Message(command.model_dump_json().encode()),
+            routing_key=f"agent.{agent_id}",
+            mandatory=True,
+        )
+
+    async def pool_depth(self, pool_id: str) -> int:
+        """Messages ready in the pool queue (a delivered, unacked one returns here when its agent goes)."""
+        queue = await self.channel.declare_queue(self.topology.pool_queue(pool_id), passive=True)
+        return queue.declaration_result.message_count
+
+    async def prepare_pool(self, pool_id: str) -> None:
+        await declare_pool_queue(self.channel, self.topology, pool_id)
+
+
+@asynccontextmanager
+async def control_plane(amqp_url: str, topology: Topology) -> AsyncIterator[ControlPlane]:
+    connection = await aio_pika.connect_robust(amqp_url)
+    async with connection:
+        channel = await connection.channel(on_return_raises=True)
+        await declare_exchanges(channel, topology)
+        events = await declare_events_queue(channel, topology)
+        received = Received()
+        await events.consume(received.on_message)
+        yield ControlPlane(channel, topology, received)
+
+
+async def until(condition: Callable[[], Any], within: float = 15.0, what: str = "condition") -> None:
+    """Poll an async or sync ``condition`` until it is truthy, failing after ``within`` seconds."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        value = condition()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class TcpProxy:
+    """A TCP relay in front of the broker whose connections the test can cut, like a network fault."""
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream = (upstream_host, upstream_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    def cut(self) -> None:
+        """Drop every relayed connection; new ones are accepted again."""
+        for writer in list(self._writers):
+            writer.transport.abort()
+
+    async def close(self) -> None:
+        self.cut()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _relay(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        upstream_reader, upstream_writer = await asyncio.open_connection(*self.upstream)
+        self._writers |= {client_writer, upstream_writer}
+        try:
+            await asyncio.gather(
+                _pipe(client_reader, upstream_writer),
+                _pipe(upstream_reader, client_writer),
+                return_exceptions=True,
+            )
+        finally:
+            for writer in (client_writer, upstream_writer):
+                self._writers.discard(writer)
+                writer.transport.abort()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    finally:
+        writer.transport.abort()

@@ -1,0 +1,18 @@
+"""Fixtures of the SDK tests: a stand-in control plane (in-process agents come from tests/conftest.py)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from agents.sdk.topology import Topology
+from tests.agents.sdk.broker import ControlPlane, control_plane
+
+
+@pytest.fixture
+async def cp(amqp_url: str, topology: Topology) -> AsyncIterator[ControlPlane]:
+    async with control_plane(amqp_url, topology) as plane:
+        yield plane
+
+

@@ -1,0 +1,65 @@
+"""The dispatch benchmark on a tiny load, so it cannot rot: every system runs, figures are sane,
+and the broker names it used are gone afterwards."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import aio_pika
+import pytest
+from pydantic import ValidationError
+
+from bench.dispatch import DispatchBenchSettings, report, run
+
+
+async def _queue_exists(amqp_url: str, name: str) -> bool:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+        return True
+
+
+async def test_every_system_completes_a_tiny_load_and_cleans_up(
+    amqp_url: str, database_url: str, tmp_path: Path
+) -> None:
+    settings = DispatchBenchSettings(
+        amqp_url=amqp_url, database_url=database_url, tasks=50, concurrency=8, light_tasks=10, warmup_tasks=5,
+        light_rate=200, slots=4, phase_timeout_s=60,
+    )
+    prefix = f"t-bench-{uuid.uuid4().hex[:8]}."
+
+    results, profile = await run(settings, tmp_path, prefix=prefix)
+
+    assert profile is None
+    by_name = {r.system: r for r in results}
+    assert set(by_name) == {"raw aio-pika", "celery", "devart"}
+    for result in results:
+        assert result.tasks_per_s > 0
+        assert len(result.done_ms) == 10
+        assert all(ms > 0 for ms in result.done_ms)
+        assert result.cpu_ms and all(ms >= 0 for ms in result.cpu_ms.values())
+    for system in ("celery", "devart"):
+        started, done = by_name[system].start_ms, by_name[system].done_ms
+        assert len(started) == 10
+        assert sorted(started)[5] <= sorted(done)[5]
+    assert "control plane" in by_name["devart"].cpu_ms
+    printed = report(results, settings)
+    assert "devart / celery" in printed and "target submit->start p50 <= 5 ms" in printed
+    for name in ("raw.requests", "raw.replies", "celery", "devart.control.events", "devart.dead"):
+        assert not await _queue_exists(amqp_url, prefix + name), f"{prefix}{name} left on the broker"
+
+
+def test_unknown_system_is_refused_naming_the_field() -> None:
+    with pytest.raises(ValidationError, match="systems") as caught:
+        DispatchBenchSettings(systems="raw,kafka")
+    assert "kafka" in str(caught.value)
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValidationError, match="tasks"):
+        DispatchBenchSettings(tasks=0)

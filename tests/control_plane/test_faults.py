@@ -1,0 +1,173 @@
+"""Failure on purpose: poison messages, a killed agent, cancel and deadlines, a vanished pool."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import aio_pika
+import asyncpg
+import httpx
+
+from agents.noop import build_agent as noop_agent
+from agents.sandbox import SandboxSettings
+from agents.sdk import AgentRuntimeSettings, TaskMessage
+from agents.sdk.topology import declare_pool_queue
+from agents.shell import build_shell_agent
+from control_plane.service import ControlPlane
+from tests.control_plane.test_end_to_end import _finished
+from tests.support.system import StartAgent, wait_for
+
+
+async def _publish(amqp_url: str, exchange: str, routing_key: str, body: bytes) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        target = await channel.get_exchange(exchange)
+        await target.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                             routing_key=routing_key, mandatory=True)
+
+
+async def _dead_letters(db: asyncpg.Pool, n: int) -> list[asyncpg.Record] | None:
+    rows = await db.fetch("SELECT * FROM dead_letters ORDER BY id")
+    return rows if len(rows) >= n else None
+
+
+async def test_poison_messages_reach_dead_letters_with_reason(
+    cp: ControlPlane, admin: httpx.AsyncClient, start_agent: StartAgent, db: asyncpg.Pool, amqp_url: str
+) -> None:
+    agent = await start_agent(noop_agent(skills=["python"]))
+    pool = agent.agent.pool_id
+    await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), what="the agent's hello")
+
+    await _publish(amqp_url, cp.topology.tasks, pool, b"\x00 not json")
+    rows = await wait_for(lambda: _dead_letters(db, 1), what="the garbage message in dead_letters")
+    assert rows[0]["task_id"] is None and "undecodable" in rows[0]["reason"]
+
+    # A real task whose message names a type the pool does not handle.
+    created = (await admin.post("/api/v1/tasks", json={"type": "compile", "requires": ["python"]})).json()
+    assert created["status"] == "pending"
+    wrong = TaskMessage(task_id=uuid.UUID(created["id"]), attempt=1, type="compile", timeout_s=5, pool_id=pool)
+    await _publish(amqp_url, cp.topology.tasks, pool, wrong.model_dump_json().encode())
+    task = await _finished(admin, created["id"])
+    assert task["status"] == "dead"
+    assert "unknown task type" in task["status_reason"]
+
+
+async def test_delivery_limit_makes_a_message_poison(
+    cp: ControlPlane, admin: httpx.AsyncClient, db: asyncpg.Pool, amqp_url: str
+) -> None:
+    created = (await admin.post("/api/v1/tasks", json={"type": "noop"})).json()
+    message = TaskMessage(task_id=uuid.UUID(created["id"]), attempt=1, type="noop", timeout_s=5, pool_id="pool-crashy")
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await declare_pool_queue(channel, cp.topology, "pool-crashy")
+        await _publish(amqp_url, cp.topology.tasks, "pool-crashy", message.model_dump_json().encode())
+        # A consumer that crashes on every delivery: the broker counts and finally dead-letters it.
+        for _ in range(cp.topology.delivery_limit + 1):
+            delivery = await wait_for(lambda: queue.get(no_ack=False, fail=False), what="a redelivery")
+            await delivery.nack(requeue=True)
+    task = await _finished(admin, created["id"])
+    assert task["status"] == "dead"
+    assert "delivery limit" in task["status_reason"]
+
+
+def _agent_process(runtime_settings: AgentRuntimeSettings) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, **runtime_settings.broker.environment(), DEVART_AGENT_HEARTBEAT_INTERVAL_S="0.3")
+    return subprocess.Popen([sys.executable, "-m", "tests.agents.sdk.sample_agent", "--slots", "1"], env=env)
+
+
+async def test_agent_killed_mid_task_hands_it_over(
+    admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool
+) -> None:
+    processes = [_agent_process(runtime_settings) for _ in range(2)]
+    try:
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM agents WHERE state = 'active'"),
+                       what="two agents")
+        created = (await admin.post("/api/v1/tasks", json={
+            "type": "sleep", "input": {"seconds": 2}, "requires": ["test"]})).json()
+        running = await wait_for(lambda: db.fetchrow(
+            "SELECT agent_id FROM tasks WHERE id = $1 AND status = 'running'", uuid.UUID(created["id"])),
+            what="the task to start")
+        pid = await db.fetchval("SELECT pid FROM agents WHERE id = $1", running["agent_id"])
+        os.kill(pid, signal.SIGKILL)
+
+        task = await _finished(admin, created["id"], timeout_s=30)
+        assert task["status"] == "succeeded"
+        assert task["agent_id"] != running["agent_id"]
+        assert len(task["attempts"]) == 1
+        assert task["attempts"][0]["deliveries"] == 2
+        succeeded = [t for t in task["transitions"] if t["to_status"] == "succeeded"]
+        assert len(succeeded) == 1
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
+
+
+def _sandbox(tmp_path: Path) -> SandboxSettings:
+    return SandboxSettings(root=tmp_path / "sandboxes", kill_grace_s=1)
+
+
+async def test_cancel_kills_the_process_tree(
+    admin: httpx.AsyncClient, start_agent: StartAgent, tmp_path: Path
+) -> None:
+    await start_agent(build_shell_agent(slots=1, settings=_sandbox(tmp_path)))
+    created = (await admin.post("/api/v1/tasks", json={
+        "type": "shell", "requires": ["shell"], "input": {"script": "sleep 300 & echo child=$!; wait"}})).json()
+
+    async def child_pid() -> int | None:
+        for line in (await admin.get(f"/api/v1/tasks/{created['id']}/logs")).json()["lines"]:
+            if match := re.fullmatch(r"child=(\d+)", line["line"]):
+                return int(match[1])
+        return None
+
+    pid = await wait_for(child_pid, what="the grandchild's pid in the task log")
+    assert Path(f"/proc/{pid}").exists()
+    cancelled = await admin.post(f"/api/v1/tasks/{created['id']}/cancel")
+    assert cancelled.json()["status"] == "cancelled"
+
+    async def gone() -> bool:
+        return not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+    await wait_for(gone, what=f"process {pid} to be killed")
+    task = await wait_for(lambda: _attempt_closed(admin, created["id"]), what="the attempt to close")
+    assert task["attempts"][0]["status"] == "cancelled"
+
+
+async def _attempt_closed(api: httpx.AsyncClient, task_id: str) -> dict | None:
+    task = (await api.get(f"/api/v1/tasks/{task_id}")).json()
+    return task if task["attempts"] and task["attempts"][-1]["finished_at"] else None
+
+
+async def test_deadline_times_out(admin: httpx.AsyncClient, start_agent: StartAgent, tmp_path: Path) -> None:
+    await start_agent(build_shell_agent(slots=1, settings=_sandbox(tmp_path)))
+    created = (await admin.post("/api/v1/tasks", json={
+        "type": "shell", "requires": ["shell"], "timeout_s": 1, "input": {"command": ["sleep", "30"]}})).json()
+    task = await _finished(admin, created["id"])
+    assert task["status"] == "timed_out"
+    assert task["attempts"][0]["status"] == "timed_out"
+
+
+async def test_tasks_of_a_vanished_pool_move_to_another(
+    admin: httpx.AsyncClient, start_agent: StartAgent, db: asyncpg.Pool
+) -> None:
+    lonely = await start_agent(noop_agent(skills=["python"]))
+    await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), what="the first agent")
+    assert (await admin.post(f"/api/v1/agents/{lonely.agent.agent_id}/pause")).status_code == 202
+    await wait_for(lambda: db.fetchval("SELECT state = 'paused' FROM agents"), what="the pause")
+    created = (await admin.post("/api/v1/tasks", json={"type": "noop", "requires": ["python"]})).json()
+    assert created["status"] == "queued" and created["pool_id"] == lonely.agent.pool_id
+
+    other = await start_agent(noop_agent(skills=["python", "docker"]))
+    await lonely.drain()
+    task = await _finished(admin, created["id"])
+    assert task["status"] == "succeeded"
+    assert task["agent_id"] == other.agent.agent_id
+    assert any("re-dispatched" in t["reason"] for t in task["transitions"])

@@ -1,0 +1,157 @@
+"""Restarts during load: the broker, the control plane. Nothing lost, nothing run twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+
+from agents.noop import build_agent as noop_agent
+from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
+from control_plane.broker import PrivateRabbitMQ
+from control_plane.service import ControlPlane
+from tests.support.system import client, fast_settings, free_port, make_token, serve_api, wait_for
+
+BURST = 1000
+SETTLE_S = 60
+
+
+@pytest.fixture
+async def private_broker() -> AsyncIterator[PrivateRabbitMQ]:
+    home = Path(tempfile.mkdtemp(prefix="devart-test-rmq-"))
+    home.chmod(0o755)  # the broker drops root for its own user, which must reach its data
+    broker = PrivateRabbitMQ(home)
+    await broker.start()
+    yield broker
+    await broker.stop()
+
+
+async def _submit_all(base_url: str, token: str, n: int, *, started: asyncio.Event | None = None,
+                      after: int = 0, concurrency: int = 25) -> list[str]:
+    """Submit ``n`` noop tasks, retrying each (same Idempotency-Key) until the API answers 201."""
+    ids: list[str] = [""] * n
+    next_index = 0
+
+    async def worker(api: httpx.AsyncClient) -> None:
+        nonlocal next_index
+        while next_index < n:
+            i = next_index
+            next_index += 1
+            if started is not None and i == after:
+                started.set()
+            while True:
+                try:
+                    response = await api.post("/api/v1/tasks", json={"type": "noop", "requires": ["noop"]},
+                                              headers={"Idempotency-Key": f"burst-{i}"})
+                except httpx.TransportError:
+                    await asyncio.sleep(0.1)  # the API is down: a client retries, as CI would
+                    continue
+                if response.status_code == 201:
+                    ids[i] = response.json()["id"]
+                    break
+                assert response.status_code >= 500, response.text
+                await asyncio.sleep(0.1)
+
+    async with client(base_url, token) as api:
+        await asyncio.gather(*(worker(api) for _ in range(concurrency)))
+    return ids
+
+
+async def _assert_all_succeeded_once(db: asyncpg.Pool, ids: list[str], timeout_s: float = 120) -> None:
+    task_ids = [uuid.UUID(i) for i in ids]
+
+    async def all_done() -> bool:
+        return await db.fetchval(
+            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status = 'succeeded'", task_ids) == len(task_ids)
+
+    try:
+        await wait_for(all_done, timeout_s=timeout_s, interval_s=0.2, what=f"{len(ids)} tasks to succeed")
+    except AssertionError as exc:
+        counts = await db.fetch("SELECT status, status_reason, count(*) FROM tasks GROUP BY 1, 2")
+        outbox = await db.fetchval("SELECT count(*) FROM outbox")
+        raise AssertionError(f"{exc}; tasks by status: {[tuple(r) for r in counts]}; outbox rows: {outbox}") from exc
+    assert len(set(ids)) == len(ids)
+    assert await db.fetchval("SELECT count(*) FROM tasks") == len(ids), "a task was created twice"
+    twice = await db.fetchval(
+        """SELECT count(*) FROM (SELECT task_id FROM task_transitions WHERE to_status = 'succeeded'
+                                GROUP BY task_id HAVING count(*) > 1) x""")
+    assert twice == 0, "a task succeeded twice"
+    assert await db.fetchval("SELECT max(attempt) FROM attempts") == 1, "a task needed a second attempt"
+
+
+@pytest.mark.slow
+async def test_broker_restart_during_a_burst(
+    private_broker: PrivateRabbitMQ, database_url: str, db: asyncpg.Pool
+) -> None:
+    broker = BrokerSettings(amqp_url=private_broker.url, prefix="")
+    async with ControlPlane(fast_settings(database_url, broker)) as cp, serve_api(cp) as base_url:
+        runtime = AgentRuntime(noop_agent(slots=16), AgentRuntimeSettings(
+            broker=broker, heartbeat_interval_s=0.5, reconnect_interval_s=0.5))
+        async with runtime:
+            await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), what="the agent")
+            token = await make_token(database_url, "ci")
+            midway = asyncio.Event()
+            submitting = asyncio.create_task(_submit_all(base_url, token, BURST, started=midway, after=BURST // 3))
+            await midway.wait()
+            await private_broker.stop()
+            await private_broker.start()
+            ids = await submitting
+            await _assert_all_succeeded_once(db, ids, timeout_s=SETTLE_S)
+
+
+async def test_broker_down_at_submit_time(private_broker: PrivateRabbitMQ, database_url: str, db: asyncpg.Pool) -> None:
+    broker = BrokerSettings(amqp_url=private_broker.url, prefix="")
+    async with ControlPlane(fast_settings(database_url, broker)) as cp, serve_api(cp) as base_url:
+        await private_broker.stop()
+        async with client(base_url, await make_token(database_url, "ci")) as api:
+            response = await api.post("/api/v1/tasks", json={"type": "noop", "requires": ["noop"]})
+            assert response.status_code == 201
+            ready = await api.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unavailable"
+        # Nothing can take it yet; the agent arrives with the broker.
+        await private_broker.start()
+        runtime = AgentRuntime(noop_agent(slots=1), AgentRuntimeSettings(broker=broker, heartbeat_interval_s=0.5))
+        async with runtime:
+            await _assert_all_succeeded_once(db, [response.json()["id"]], timeout_s=60)
+
+
+def _control_plane_process(database_url: str, broker: BrokerSettings, port: int) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, **broker.environment(), DATABASE_URL=database_url,
+               DEVART_PORT=str(port), DEVART_EMBEDDED_BROKER="false", DEVART_OUTBOX_SWEEP_S="0.2",
+               DEVART_HEARTBEAT_TTL_S="5", DEVART_LOG_LEVEL="WARNING")
+    return subprocess.Popen([sys.executable, "-m", "control_plane.cli", "serve"], env=env)
+
+
+@pytest.mark.slow
+async def test_control_plane_killed_during_a_burst(
+    database_url: str, broker_settings: BrokerSettings, db: asyncpg.Pool
+) -> None:
+    port = free_port()
+    base_url = f"http://127.0.0.1:{port}"
+    process = _control_plane_process(database_url, broker_settings, port)
+    try:
+        async with AgentRuntime(noop_agent(slots=16), AgentRuntimeSettings(broker=broker_settings,
+                                                                          heartbeat_interval_s=0.5)):
+            await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), timeout_s=60, what="the agent")
+            token = await make_token(database_url, "ci")
+            midway = asyncio.Event()
+            submitting = asyncio.create_task(_submit_all(base_url, token, BURST, started=midway, after=BURST // 3))
+            await midway.wait()
+            process.send_signal(signal.SIGKILL)
+            await asyncio.to_thread(process.wait)
+            process = _control_plane_process(database_url, broker_settings, port)
+            ids = await submitting
+            await _assert_all_succeeded_once(db, ids, timeout_s=SETTLE_S)
+    finally:
+        process.kill()
+        process.wait()

@@ -1,0 +1,84 @@
+"""Running devart's real parts inside a test: the control plane behind a real HTTP server, agents."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import uvicorn
+
+from agents.sdk import AgentRuntime
+from control_plane.api.app import create_app
+from control_plane.auth import create_token
+from control_plane.db import connect
+from control_plane.service import ControlPlane
+from control_plane.settings import Settings
+
+StartAgent = Callable[..., Awaitable[AgentRuntime]]
+"""The ``start_agent`` fixture: ``await start_agent(agent, **runtime_setting_overrides)``."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+async def wait_for(condition: Callable[[], Awaitable[Any]], *, timeout_s: float = 20.0, interval_s: float = 0.02,
+                   what: str = "condition") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail with ``what`` after the deadline."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        value = await condition()
+        if value:
+            return value
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last value: {value!r})")
+        await asyncio.sleep(interval_s)
+
+
+@asynccontextmanager
+async def serve_api(cp: ControlPlane) -> AsyncIterator[str]:
+    """The real API on a free loopback port; yields its base URL."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(control_plane=cp), host="127.0.0.1", port=port,
+                                           log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def make_token(database_url: str, role: str, name: str | None = None) -> str:
+    conn = await connect(database_url)
+    try:
+        _, token = await create_token(conn, name=name or f"{role}-token", role=role, created_by="test")
+    finally:
+        await conn.close()
+    return token
+
+
+def client(base_url: str, token: str | None) -> httpx.AsyncClient:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.AsyncClient(base_url=base_url, headers=headers, timeout=30.0)
+
+
+def fast_settings(database_url: str, broker: Any, **overrides: Any) -> Settings:
+    """Fast timings for tests; everything else as in production."""
+    values: dict[str, Any] = dict(
+        database_url=database_url, broker=broker, embedded_broker=False, heartbeat_ttl_s=3.0, lease_s=10.0,
+        reaper_interval_s=0.2, dispatch_interval_s=0.5, outbox_sweep_s=0.2, outbox_retry_s=0.2,
+        backoff_base_s=0.2, deadline_grace_s=1.0,
+    )
+    values.update(overrides)
+    return Settings(**values)
