@@ -18,6 +18,7 @@ from uuid import UUID, uuid4
 
 import httpx
 
+from agents.sdk import eventloop
 from control_plane.settings import Settings
 
 if TYPE_CHECKING:
@@ -245,15 +246,15 @@ def main(argv: list[str] | None = None) -> int:
         os.execv(sys.executable, [sys.executable, "-m", f"agents.{args.kind}", "--slots", str(args.slots)])
     settings = _settings(args)
     if args.command == "migrate":
-        asyncio.run(_migrate(settings))
+        eventloop.run(_migrate(settings), settings.event_loop)
     elif args.command == "token":
-        asyncio.run(_token_create(settings, args.name, args.role))
+        eventloop.run(_token_create(settings, args.name, args.role), settings.event_loop)
     elif args.command == "serve":
-        asyncio.run(_serve(settings))
+        eventloop.run(_serve(settings), settings.event_loop)
     elif args.command == "up":
-        asyncio.run(_serve(settings, agents=args.agents, agent_slots=args.slots, aiops=True))
+        eventloop.run(_serve(settings, agents=args.agents, agent_slots=args.slots, aiops=True), settings.event_loop)
     elif args.command == "aiops":
-        asyncio.run(_aiops(settings))
+        eventloop.run(_aiops(settings), settings.event_loop)
     return 0
 
 

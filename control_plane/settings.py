@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.sdk.eventloop import EventLoop
 from agents.sdk.settings import BrokerSettings
 
 
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
         default=True, description="start a private rabbitmq-server under DEVART_HOME when AMQP_URL does not answer"
     )
 
+    event_loop: EventLoop = Field(default="uvloop", description="event loop of the control plane's processes: uvloop or asyncio")
     host: str = Field(default="127.0.0.1", description="address the API listens on")
     port: int = Field(default=8000, ge=0, le=65535, description="port the API listens on")
 

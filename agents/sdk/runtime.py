@@ -34,9 +34,11 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.sdk import eventloop
 from agents.sdk.agent import Agent
 from agents.sdk.context import TaskContext
 from agents.sdk.errors import NonRetryableError, RetryableError
+from agents.sdk.eventloop import EventLoop
 from agents.sdk.handlers import HandlerDefinition
 from agents.sdk.messages import (
     HEADER_DEAD_REASON,
@@ -118,6 +120,7 @@ class AgentRuntimeSettings(BaseSettings):
     reconnect_interval_s: float = Field(
         default=5.0, gt=0, description="seconds between two attempts to reconnect to a lost broker"
     )
+    event_loop: EventLoop = Field(default="uvloop", description="event loop of the agent process: uvloop or asyncio")
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="broker URL and names")
 
     def topology(self) -> Topology:
@@ -898,7 +901,8 @@ def run_agent(agent: Agent, settings: AgentRuntimeSettings | None = None) -> NoR
     Exits 0 after a clean drain, 3 when running tasks had to be abandoned to the broker.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    sys.exit(asyncio.run(_serve(agent, settings or AgentRuntimeSettings())))
+    settings = settings or AgentRuntimeSettings()
+    sys.exit(eventloop.run(_serve(agent, settings), settings.event_loop))
 
 
 async def _serve(agent: Agent, settings: AgentRuntimeSettings) -> int:
