@@ -41,7 +41,7 @@ class BackoffPolicy:
         return cls(float(data["base_s"]), float(data["factor"]), float(data["cap_s"]), float(data["jitter"]))
 
 
-_CANDIDATES = """
+CANDIDATES = """
 WITH candidates AS (
     SELECT p.id, cardinality(p.skills) AS n_skills,
            coalesce(sum(a.free_slots) FILTER (WHERE a.state = 'active'), 0) AS free
@@ -57,12 +57,13 @@ CROSS JOIN LATERAL (SELECT count(*) AS n FROM tasks t WHERE t.pool_id = c.id AND
 ORDER BY c.free - queued.n > 0 DESC, c.n_skills, queued.n, c.id
 LIMIT 1
 """
+"""The best pool for a task: $1 requires, $2 type, $3 agent TTL (s), $4 a pool to leave out or NULL."""
 
 
 async def choose_pool(
     conn: asyncpg.Connection, *, type: str, requires: list[str], agent_ttl_s: float, exclude: str | None = None
 ) -> str | None:
-    return await conn.fetchval(_CANDIDATES, requires, type, agent_ttl_s, exclude)
+    return await conn.fetchval(CANDIDATES, requires, type, agent_ttl_s, exclude)
 
 
 def task_message(task: asyncpg.Record, *, attempt: int, pool_id: str) -> TaskMessage:
@@ -80,14 +81,17 @@ def task_message(task: asyncpg.Record, *, attempt: int, pool_id: str) -> TaskMes
     )
 
 
+def message_headers(traceparent: str | None) -> dict[str, Any]:
+    """AMQP headers of a task message: the submitting request's trace context, when there is one."""
+    return {HEADER_TRACEPARENT: traceparent} if traceparent else {}
+
+
 def outbox_for_attempt(
     task: asyncpg.Record, *, attempt: int, pool_id: str, topology: Topology, delay_s: float = 0.0
 ) -> OutboxMessage:
     """The message delivering ``attempt`` to ``pool_id``: direct, or through a delay queue."""
     body = task_message(task, attempt=attempt, pool_id=pool_id).model_dump_json().encode()
-    headers: dict[str, Any] = {}
-    if task["traceparent"]:
-        headers[HEADER_TRACEPARENT] = task["traceparent"]
+    headers = message_headers(task["traceparent"])
     if delay_s <= 0:
         return OutboxMessage(topology.tasks, pool_id, body, headers)
     headers["BCC"] = [topology.retry_bucket(retry_bucket_ms(delay_s))]

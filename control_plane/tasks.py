@@ -13,10 +13,16 @@ from uuid import UUID
 
 import asyncpg
 
-from agents.sdk.messages import ControlCommand
+from agents.sdk.messages import ControlCommand, TaskMessage
 from agents.sdk.topology import Topology
-from control_plane.audit import audit
-from control_plane.dispatch import NO_POOL_REASON, choose_pool, queue_attempt, record_transition
+from control_plane.dispatch import (
+    CANDIDATES,
+    NO_POOL_REASON,
+    choose_pool,
+    message_headers,
+    queue_attempt,
+    record_transition,
+)
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.outbox import OutboxMessage, enqueue
 
@@ -41,6 +47,45 @@ def request_hash(task: NewTask) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+_CREATE = f"""
+WITH pool AS ({CANDIDATES}),
+task AS (
+    INSERT INTO tasks (id, type, requires, input, sandbox, status, status_reason, pool_id, attempt, max_attempts,
+                       timeout_s, backoff, idempotency_key, request_hash, created_by, trace_id, traceparent)
+    SELECT $5, $2, $1, $6, $7,
+           CASE WHEN pool.id IS NULL THEN 'pending' ELSE 'queued' END,
+           CASE WHEN pool.id IS NULL THEN $8 ELSE 'dispatched to ' || pool.id END,
+           pool.id, CASE WHEN pool.id IS NULL THEN 0 ELSE 1 END,
+           $9, $10, $11, $12, $13, $14, $15, $16
+    FROM (VALUES (1)) AS one LEFT JOIN pool ON true
+    RETURNING *
+),
+history AS (
+    INSERT INTO task_transitions (task_id, attempt, from_status, to_status, actor, reason)
+    SELECT id, 0, NULL, 'pending', created_by, 'created' FROM task
+    UNION ALL
+    SELECT id, 1, 'pending', 'queued', 'dispatcher', status_reason FROM task WHERE pool_id IS NOT NULL
+),
+attempt AS (
+    INSERT INTO attempts (task_id, attempt, pool_id, status)
+    SELECT id, 1, pool_id, 'queued' FROM task WHERE pool_id IS NOT NULL
+),
+message AS (
+    INSERT INTO outbox (exchange, routing_key, body, headers)
+    SELECT $17, pool_id,
+           convert_to(jsonb_set(jsonb_set($18::jsonb, '{{pool_id}}', to_jsonb(pool_id)),
+                                '{{submitted_at}}', to_jsonb(created_at))::text, 'UTF8'),
+           $19
+    FROM task WHERE pool_id IS NOT NULL
+),
+audited AS (
+    INSERT INTO audit_log (actor, action, target, detail, remote)
+    SELECT created_by, 'task.create', id::text, jsonb_build_object('type', type), $20 FROM task
+)
+SELECT * FROM task
+"""
+
+
 async def create_task(
     conn: asyncpg.Connection,
     task: NewTask,
@@ -53,7 +98,8 @@ async def create_task(
     remote: str = "",
 ) -> tuple[asyncpg.Record, bool]:
     """Store a task and queue it on the best live pool (or leave it pending with the reason), with
-    its audit row, in one transaction.
+    its transitions, first attempt, outbox message and audit row, in one statement (so one round
+    trip and one implicit transaction).
 
     Returns ``(task, replayed)``: with an idempotency key already used by this caller, the same
     body returns the existing task and a different body is a conflict.
@@ -65,35 +111,26 @@ async def create_task(
             return existing, True
     task_id = uuid.uuid4()
     trace_id = traceparent.split("-")[1] if traceparent else None
+    # The first attempt's message; the statement fills in the chosen pool and the creation time.
+    message = TaskMessage(
+        task_id=task_id, attempt=1, type=task.type, input=task.input, requires=task.requires,
+        timeout_s=task.timeout_s, max_attempts=task.max_attempts, pool_id="", sandbox=task.sandbox,
+    )
     try:
-        async with conn.transaction():
-            row = await conn.fetchrow(
-                """INSERT INTO tasks (id, type, requires, input, sandbox, status, status_reason, max_attempts,
-                                      timeout_s, backoff, idempotency_key, request_hash, created_by,
-                                      trace_id, traceparent)
-                   VALUES ($1, $2, $3, $4, $5, 'pending', $6, $7, $8, $9, $10, $11, $12, $13, $14)
-                   RETURNING *""",
-                task_id, task.type, task.requires, task.input, task.sandbox,
-                NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
-                task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, created_by,
-                trace_id, traceparent,
-            )
-            await record_transition(conn, task_id, 0, None, "pending", created_by, "created")
-            await audit(conn, actor=created_by, action="task.create", target=str(task_id),
-                        detail={"type": task.type}, remote=remote)
-            pool = await choose_pool(conn, type=task.type, requires=task.requires, agent_ttl_s=agent_ttl_s)
-            if pool is not None:
-                await queue_attempt(
-                    conn, row, attempt=1, pool_id=pool, topology=topology, actor="dispatcher",
-                    reason=f"dispatched to {pool}",
-                )
+        row = await conn.fetchrow(
+            _CREATE,
+            task.requires, task.type, agent_ttl_s, None, task_id, task.input, task.sandbox,
+            NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
+            task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, created_by,
+            trace_id, traceparent, topology.tasks, message.model_dump(mode="json"), message_headers(traceparent), remote,
+        )
     except asyncpg.UniqueViolationError:
         # A concurrent request with the same key won the race: answer as a replay.
         existing = await _by_idempotency_key(conn, created_by, idempotency_key or "", digest)
         if existing is None:
             raise
         return existing, True
-    return await get_task(conn, task_id), False
+    return row, False
 
 
 async def _by_idempotency_key(
