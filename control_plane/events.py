@@ -34,7 +34,7 @@ from agents.sdk.messages import (
     TaskSucceeded,
 )
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
-from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt, record_transition
+from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt
 from control_plane.outbox import OutboxMessage, enqueue
 from control_plane.tasks import TERMINAL, cancel_command
 
@@ -135,7 +135,7 @@ class EventApplier:
         return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
 
     async def _started(self, conn: asyncpg.Connection, ev: TaskStarted) -> None:
-        task = await self._lock(conn, ev.task_id)
+        task = await conn.fetchrow(_START, ev.task_id, ev.attempt, ev.agent_id, self._config.lease_s, ev.ts)
         if task is None:
             log.warning("started event for unknown task %s", ev.task_id)
             return
@@ -144,25 +144,6 @@ class EventApplier:
             # A stale or cancelled attempt is running somewhere: tell that agent to stop it.
             reason = "task is " + task["status"] if current else f"attempt {ev.attempt} is superseded"
             await enqueue(conn, [cancel_command(self._config.topology, ev.agent_id, ev.task_id, ev.attempt, reason)])
-            return
-        if task["status"] == "running" and task["agent_id"] == ev.agent_id:
-            return  # duplicate event
-        await conn.execute(
-            """UPDATE tasks SET status = 'running', status_reason = '', agent_id = $2,
-                      started_at = coalesce(started_at, least(now(), $4)), updated_at = now(),
-                      lease_expires_at = now() + make_interval(secs => $3),
-                      deadline_at = now() + make_interval(secs => timeout_s)
-               WHERE id = $1""",
-            ev.task_id, ev.agent_id, self._config.lease_s, ev.ts,
-        )
-        await conn.execute(
-            """UPDATE attempts SET status = 'running', agent_id = $3,
-                      started_at = coalesce(started_at, least(now(), $4)), deliveries = deliveries + 1
-               WHERE task_id = $1 AND attempt = $2""",
-            ev.task_id, ev.attempt, ev.agent_id, ev.ts,
-        )
-        reason = f"started on {ev.agent_id}" if task["status"] != "running" else f"redelivered to {ev.agent_id}"
-        await record_transition(conn, ev.task_id, ev.attempt, task["status"], "running", ev.agent_id, reason)
 
     async def _log(self, conn: asyncpg.Connection, ev: TaskLog) -> None:
         await conn.execute(
@@ -176,33 +157,16 @@ class EventApplier:
         )
 
     async def _finish(
-        self, conn: asyncpg.Connection, task: asyncpg.Record, ev: TaskSucceeded | TaskFailed, status: str,
-        reason: str, *, error: dict | None,
+        self, conn: asyncpg.Connection, ev: TaskSucceeded | TaskFailed, *, attempt_status: str, task_status: str,
+        reason: str, error: dict | None,
     ) -> None:
         await conn.execute(
-            """UPDATE tasks SET status = $2, status_reason = $3, result = $4, error = $5,
-                      finished_at = least(now(), $6), updated_at = now(), lease_expires_at = NULL
-               WHERE id = $1""",
-            task["id"], status, reason, ev.result, error, ev.ts,
-        )
-        await record_transition(conn, task["id"], ev.attempt, task["status"], status, ev.agent_id, reason)
-
-    async def _close_attempt(self, conn: asyncpg.Connection, ev: TaskSucceeded | TaskFailed, status: str,
-                             error: dict | None) -> None:
-        await conn.execute(
-            """UPDATE attempts SET status = $3, finished_at = least(now(), $7), result = $4, error = $5,
-                      agent_id = coalesce(agent_id, $6)
-               WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
-            ev.task_id, ev.attempt, status, ev.result, error, ev.agent_id, ev.ts,
+            _FINISH, ev.task_id, ev.attempt, attempt_status, task_status, reason, ev.result, error, ev.agent_id, ev.ts,
         )
 
     async def _succeeded(self, conn: asyncpg.Connection, ev: TaskSucceeded) -> None:
-        task = await self._lock(conn, ev.task_id)
-        if task is None:
-            return
-        await self._close_attempt(conn, ev, "succeeded", None)
-        if task["attempt"] == ev.attempt and task["status"] in ("queued", "running"):
-            await self._finish(conn, task, ev, "succeeded", f"succeeded on {ev.agent_id}", error=None)
+        await self._finish(conn, ev, attempt_status="succeeded", task_status="succeeded",
+                           reason=f"succeeded on {ev.agent_id}", error=None)
 
     async def _failed(self, conn: asyncpg.Connection, ev: TaskFailed) -> None:
         task = await self._lock(conn, ev.task_id)
@@ -210,21 +174,24 @@ class EventApplier:
             return
         error = {"message": ev.error, "type": ev.error_type, "reason": ev.reason, "retryable": ev.retryable}
         attempt_status = {"timeout": "timed_out", "cancelled": "cancelled"}.get(ev.reason, "failed")
-        await self._close_attempt(conn, ev, attempt_status, error)
+        retry = False
+        if ev.reason != "error":
+            task_status, reason = attempt_status, f"{ev.reason}: {ev.error}"[:500]
+        elif not ev.retryable:
+            task_status, reason = "failed", ev.error[:500]
+        elif ev.attempt >= task["max_attempts"]:
+            task_status = "dead"
+            reason = f"attempts exhausted ({ev.attempt}/{task['max_attempts']}): {ev.error}"[:500]
+        else:
+            task_status, reason, retry = "failed", ev.error[:500], True
+        await self._finish(conn, ev, attempt_status=attempt_status, task_status=task_status, reason=reason,
+                           error=error)
         if task["attempt"] != ev.attempt or task["status"] not in ("queued", "running"):
             return
-        if ev.reason != "error":
-            await self._finish(conn, task, ev, attempt_status, f"{ev.reason}: {ev.error}"[:500], error=error)
-            return
-        if not ev.retryable:
-            await self._finish(conn, task, ev, "failed", ev.error[:500], error=error)
-            return
-        if ev.attempt >= task["max_attempts"]:
-            reason = f"attempts exhausted ({ev.attempt}/{task['max_attempts']}): {ev.error}"[:500]
-            await self._finish(conn, task, ev, "dead", reason, error=error)
+        if task_status == "dead":
             await enqueue(conn, [_dead_copy(self._config.topology, task, ev, reason)])
+        if not retry:
             return
-        await self._finish(conn, task, ev, "failed", ev.error[:500], error=error)
         delay = ev.retry_delay_s if ev.retry_delay_s is not None else BackoffPolicy.from_json(task["backoff"]).delay(ev.attempt)
         pool = await choose_pool(
             conn, type=task["type"], requires=list(task["requires"]), agent_ttl_s=self._config.agent_ttl_s
@@ -234,6 +201,57 @@ class EventApplier:
             conn, failed_task, attempt=ev.attempt + 1, pool_id=pool, topology=self._config.topology,
             actor="retry", reason=f"retry {ev.attempt + 1}/{task['max_attempts']} in {delay:.2f}s", delay_s=delay,
         )
+
+
+# One statement per started event: lock the task, and when this is its current attempt and it is
+# still open (and not already running on this agent: a duplicate), mark it running, open the
+# attempt and record the transition. Returns the task as it was before, or nothing if unknown.
+_START = """
+WITH before AS (SELECT id, status, attempt, agent_id FROM tasks WHERE id = $1 FOR UPDATE),
+moved AS (
+    UPDATE tasks t SET status = 'running', status_reason = '', agent_id = $3,
+           started_at = coalesce(t.started_at, least(now(), $5)), updated_at = now(),
+           lease_expires_at = now() + make_interval(secs => $4),
+           deadline_at = now() + make_interval(secs => t.timeout_s)
+    FROM before b
+    WHERE t.id = b.id AND b.attempt = $2 AND b.status IN ('pending', 'queued', 'running')
+      AND NOT (b.status = 'running' AND b.agent_id IS NOT DISTINCT FROM $3)
+    RETURNING b.status AS from_status
+),
+opened AS (
+    UPDATE attempts SET status = 'running', agent_id = $3,
+           started_at = coalesce(started_at, least(now(), $5)), deliveries = deliveries + 1
+    WHERE task_id = $1 AND attempt = $2 AND EXISTS (SELECT 1 FROM moved)
+),
+recorded AS (
+    INSERT INTO task_transitions (task_id, attempt, from_status, to_status, actor, reason)
+    SELECT $1, $2, from_status, 'running', $3,
+           CASE WHEN from_status = 'running' THEN 'redelivered to ' ELSE 'started on ' END || $3
+    FROM moved
+)
+SELECT status, attempt FROM before
+"""
+
+# One statement per finished attempt: close the attempt if still open and, when it is the task's
+# current attempt and the task is still queued or running, finish the task and record the transition.
+# $1 task, $2 attempt, $3 attempt status, $4 task status, $5 reason, $6 result, $7 error, $8 agent, $9 agent's time.
+_FINISH = """
+WITH before AS (SELECT id, status, attempt FROM tasks WHERE id = $1 FOR UPDATE),
+closed AS (
+    UPDATE attempts SET status = $3, finished_at = least(now(), $9), result = $6, error = $7,
+           agent_id = coalesce(agent_id, $8)
+    WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL AND EXISTS (SELECT 1 FROM before)
+),
+finished AS (
+    UPDATE tasks t SET status = $4, status_reason = $5, result = $6, error = $7,
+           finished_at = least(now(), $9), updated_at = now(), lease_expires_at = NULL
+    FROM before b
+    WHERE t.id = b.id AND b.attempt = $2 AND b.status IN ('queued', 'running')
+    RETURNING b.status AS from_status
+)
+INSERT INTO task_transitions (task_id, attempt, from_status, to_status, actor, reason)
+SELECT $1, $2, from_status, $4, $8, $5 FROM finished
+"""
 
 
 def _dead_copy(topology: Topology, task: asyncpg.Record, ev: TaskFailed, reason: str) -> OutboxMessage:
