@@ -44,12 +44,13 @@ _server_traceparent: ContextVar[str | None] = ContextVar("devart_server_tracepar
 def trace_query(record: LoggedQuery) -> None:
     """An asyncpg query logger: one client span per finished query, under the span that ran it.
 
-    asyncpg calls it with ``call_soon`` from the querying task, so the current span is that task's.
-    Queries outside a trace (background sweeps) make no span. The statement is recorded without
-    its arguments, so no value a client sent ends up in a span.
+    asyncpg calls it with ``call_soon`` from the querying task, so the current span is that task's;
+    by then that span may have ended (a request's last query), which still makes it the right parent.
+    Queries outside a sampled trace (background sweeps) make no span. The statement is recorded
+    without its arguments, so no value a client sent ends up in a span.
     """
-    parent = trace.get_current_span()
-    if not parent.is_recording():
+    parent = trace.get_current_span().get_span_context()
+    if not (parent.is_valid and parent.trace_flags.sampled):
         return
     end_ns = time.time_ns()
     statement = " ".join(record.query.split())[:500]
