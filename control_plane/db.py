@@ -49,8 +49,20 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
     conn.add_query_logger(trace_query)
 
 
+async def _keep_session(_conn: asyncpg.Connection) -> None:
+    """Release without asyncpg's reset query (advisory unlock, CLOSE ALL, UNLISTEN *, RESET ALL).
+
+    devart leaves no session state on pooled connections: no SET, no cursors, only
+    transaction-scoped advisory locks, and LISTEN is undone by ``remove_listener``. An open
+    transaction is still rolled back by the pool before this runs. Skipping the query saves a
+    round trip on every request.
+    """
+
+
 async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
-    return await asyncpg.create_pool(dsn, min_size=min_size, max_size=max_size, init=_init_connection)
+    return await asyncpg.create_pool(
+        dsn, min_size=min_size, max_size=max_size, init=_init_connection, reset=_keep_session
+    )
 
 
 async def connect(dsn: str) -> asyncpg.Connection:

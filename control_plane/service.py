@@ -184,10 +184,7 @@ class ControlPlane:
             return
         self.telemetry = start_telemetry(API_SERVICE, settings)
         if not self.telemetry.exports_remotely:
-            exporter = SpanStoreExporter(
-                self.span_pool, asyncio.get_running_loop(), limits=self.aiops.otlp_limits,
-                timeout_s=settings.export_timeout_s,
-            )
+            exporter = SpanStoreExporter(self.span_pool, asyncio.get_running_loop(), timeout_s=settings.export_timeout_s)
             self._span_sink = batch_processor(exporter, settings)
             self.telemetry.add_span_processor(self._span_sink)
 

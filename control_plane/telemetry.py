@@ -19,7 +19,6 @@ from contextvars import ContextVar
 import asyncpg
 from asyncpg.connection import LoggedQuery
 from opentelemetry import metrics, trace
-from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
@@ -30,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agents.sdk.telemetry import current_traceparent, extract_context
 from aiops.traces import store
 from aiops.traces.model import Span
-from aiops.traces.otlp import PROTOBUF, OtlpLimits, OtlpPayloadError, parse_export_request
+from aiops.traces.otlp import spans_from_sdk
 from control_plane.loops import LoopService
 
 log = logging.getLogger("devart.telemetry")
@@ -92,21 +91,13 @@ class ObservabilitySettings(BaseSettings):
 class SpanStoreExporter(SpanExporter):
     """Writes finished spans of this process into the span store (table ``spans``)."""
 
-    def __init__(
-        self, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop, *, limits: OtlpLimits, timeout_s: float
-    ) -> None:
+    def __init__(self, pool: asyncpg.Pool, loop: asyncio.AbstractEventLoop, *, timeout_s: float) -> None:
         self._pool = pool
         self._loop = loop
-        self._limits = limits
         self._timeout_s = timeout_s
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            body = encode_spans(spans).SerializeToString()
-            parsed = parse_export_request(body, PROTOBUF, None, self._limits)
-        except OtlpPayloadError as exc:
-            log.warning("dropping %d span(s) the store would refuse: %s", len(spans), exc)
-            return SpanExportResult.FAILURE
+        parsed = spans_from_sdk(spans)
         if self._loop.is_closed():
             return SpanExportResult.FAILURE
         future = asyncio.run_coroutine_threadsafe(self._insert(parsed), self._loop)

@@ -1,7 +1,8 @@
 """OTLP trace payloads (protobuf and OTLP/JSON, plus Tempo's JSON shapes) turned into :class:`Span`.
 
 The receiver's single entry point is :func:`parse_export_request`; :func:`spans_from_otlp_json`
-converts an already decoded OTLP/JSON or Tempo document. Parsing is all-or-nothing: the first bad
+converts an already decoded OTLP/JSON or Tempo document, and :func:`spans_from_sdk` the SDK's own
+finished spans (a process storing its spans directly, with no encoding in between). Parsing is all-or-nothing: the first bad
 span rejects the whole batch with an :class:`OtlpPayloadError` naming the span and the problem.
 """
 
@@ -12,7 +13,7 @@ import binascii
 import json
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +22,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import code_pb2, status_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.common.v1 import common_pb2
+from opentelemetry.sdk.trace import ReadableSpan
 
 from aiops.traces.model import Span, SpanKind, SpanStatus
 
@@ -137,6 +139,45 @@ def spans_from_otlp_json(document: Any, *, max_spans: int | None = None) -> list
                     )
                 )
     return spans
+
+
+def spans_from_sdk(finished: Sequence[ReadableSpan]) -> list[Span]:
+    """This process's finished spans, as the receiver would store them after an OTLP round trip."""
+    spans = []
+    for span in finished:
+        context = span.get_span_context()
+        service, merged = _resource_view(_sdk_attributes(span.resource.attributes))
+        scope = span.instrumentation_scope
+        spans.append(Span(
+            trace_id=f"{context.trace_id:032x}",
+            span_id=f"{context.span_id:016x}",
+            parent_id=f"{span.parent.span_id:016x}" if span.parent is not None else None,
+            service=service,
+            name=span.name,
+            kind=span.kind.name.lower(),  # type: ignore[arg-type]  # the SDK's names are the model's
+            start_ns=span.start_time or 0,
+            end_ns=span.end_time or span.start_time or 0,
+            status=span.status.status_code.name.lower(),  # type: ignore[arg-type]
+            attributes={
+                **merged,
+                **(_scope_attributes(scope.name, scope.version) if scope is not None else {}),
+                **_status_message(span.status.description),
+                **_sdk_attributes(span.attributes or {}),
+            },
+        ))
+    return spans
+
+
+def _sdk_attributes(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: _sdk_value(value) for key, value in attributes.items()}
+
+
+def _sdk_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return _finite_or_name(value)
+    if isinstance(value, (tuple, list)):
+        return [_sdk_value(item) for item in value]
+    return value
 
 
 def export_response(content_type: str | None) -> tuple[bytes, str]:

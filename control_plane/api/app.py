@@ -133,6 +133,9 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
         description="Control plane of devart: tasks, agents, pools and live events.",
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
+        # RequestSpans makes the server span; FastAPI's own spans per dependency, endpoint and
+        # serialization would triple the spans of every request for little insight.
+        telemetry={"tracing": False, "operation_spans": False},
     )
     app.state.token_cache = TokenCache()
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({traces.OTLP_TRACES_PATH}))

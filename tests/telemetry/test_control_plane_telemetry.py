@@ -25,7 +25,7 @@ _tracer = trace.get_tracer("tests.control_plane_telemetry")
 
 async def test_finished_spans_land_in_the_store_off_the_loop(telemetry: Telemetry, db: asyncpg.Pool) -> None:
     settings = TelemetrySettings(batch_delay_s=0.05)
-    exporter = SpanStoreExporter(db, asyncio.get_running_loop(), limits=AiopsSettings().otlp_limits, timeout_s=5)
+    exporter = SpanStoreExporter(db, asyncio.get_running_loop(), timeout_s=5)
     processor = batch_processor(exporter, settings)
     telemetry.add_span_processor(processor)
     try:

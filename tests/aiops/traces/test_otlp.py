@@ -281,3 +281,32 @@ def test_error_response_is_a_status_message_in_the_request_encoding() -> None:
     body, media_type = error_response(error, "text/plain")
     assert media_type == "application/json"
     assert json.loads(body)["message"] == "span 0: traceId is missing"
+
+
+def test_sdk_spans_convert_exactly_as_the_receiver_parses_them() -> None:
+    """The control plane stores its own spans without an OTLP round trip; what it stores must be
+    what the receiver would have stored from the exported request."""
+    from opentelemetry import trace as otel_trace
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from aiops.traces.otlp import PROTOBUF, parse_export_request, spans_from_sdk
+
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=Resource.create({"service.name": "devart-api", "k8s.pod.name": "api-0"}))
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("tests.sdk", "1.2.3")
+    with tracer.start_as_current_span("root", kind=otel_trace.SpanKind.SERVER,
+                                      attributes={"n": 3, "ratio": float("nan"), "tags": ("a", "b"), "ok": True}):
+        with tracer.start_as_current_span("child", kind=otel_trace.SpanKind.CLIENT) as child:
+            child.set_status(otel_trace.StatusCode.ERROR, "boom")
+    finished = memory.get_finished_spans()
+
+    body = encode_spans(finished).SerializeToString()
+    received = parse_export_request(body, PROTOBUF, None, AiopsSettings().otlp_limits)
+
+    assert spans_from_sdk(finished) == received
+    assert {s.name for s in received} == {"root", "child"}
