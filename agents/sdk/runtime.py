@@ -15,7 +15,7 @@ import random
 import signal
 import sys
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, NoReturn
@@ -119,6 +119,11 @@ class AgentRuntimeSettings(BaseSettings):
     )
     reconnect_interval_s: float = Field(
         default=5.0, gt=0, description="seconds between two attempts to reconnect to a lost broker"
+    )
+    publish_retry_s: float = Field(
+        default=30.0, ge=0,
+        description="seconds a task event is retried while the broker connection recovers, before its "
+        "delivery is handed back to the broker",
     )
     event_loop: EventLoop = Field(default="uvloop", description="event loop of the agent process: uvloop or asyncio")
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="broker URL and names")
@@ -569,7 +574,7 @@ class AgentRuntime:
         message = attempt.message
         try:
             try:
-                await self._publish_task_event(
+                await self._publish_holding(attempt.deliveries, lambda: self._publish_task_event(
                     attempt,
                     lambda seq: TaskStarted(
                         agent_id=self.agent.agent_id,
@@ -578,7 +583,7 @@ class AgentRuntime:
                         attempt=message.attempt,
                         pool_id=self.agent.pool_id,
                     ),
-                )
+                ))
             except _PublishFailed as exc:
                 log.warning(
                     "task %s attempt %d: start not confirmed (%s); leaving it to the broker",
@@ -638,7 +643,7 @@ class AgentRuntime:
         deliveries: list[AbstractIncomingMessage],
     ) -> None:
         try:
-            await self._publish(terminal, headers)
+            await self._publish_holding(deliveries, lambda: self._publish(terminal, headers))
         except _PublishFailed as exc:
             log.warning(
                 "task %s attempt %d: result not confirmed (%s); not acking",
@@ -833,6 +838,28 @@ class AgentRuntime:
         async with attempt.lock:
             await self._publish(build(attempt.take_seq()), attempt.headers)
 
+    async def _publish_holding(
+        self, deliveries: list[AbstractIncomingMessage], publish: Callable[[], Awaitable[None]]
+    ) -> None:
+        """``publish()``, retried with backoff while the broker connection recovers, for as long as one
+        of ``deliveries`` is still held on an open channel (at most ``publish_retry_s``).
+
+        Handing a delivery back at the first failure would be redelivered at once, fail again while
+        the publishing channel is still being restored, and soon exhaust the queue's delivery limit.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.publish_retry_s
+        delay = 0.05
+        while True:
+            try:
+                await publish()
+                return
+            except _PublishFailed:
+                if not any(_held(d) for d in deliveries) or loop.time() + delay > deadline:
+                    raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.reconnect_interval_s)
+
     async def _publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
         """Publish ``event`` persistently and mandatorily; return once the broker confirmed it."""
         if self._events is None:
@@ -868,6 +895,15 @@ class AgentRuntime:
                 RuntimeError,
             ) as exc:
                 raise _PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _held(delivery: AbstractIncomingMessage) -> bool:
+    """Whether the channel ``delivery`` came on is still open (else the broker has it back)."""
+    try:
+        delivery.channel  # noqa: B018  # raises once the channel is closed
+    except aio_pika.exceptions.ChannelInvalidStateError:
+        return False
+    return True
 
 
 async def _settle(delivery: AbstractIncomingMessage, *, requeue: bool | None) -> None:
