@@ -147,12 +147,13 @@ class EventApplier:
 
     async def _log(self, conn: asyncpg.Connection, ev: TaskLog) -> None:
         await conn.execute(
-            """INSERT INTO task_logs (task_id, attempt, seq, ts, stream, line)
-               SELECT $1, $2, s, ts, st, l FROM unnest($3::int[], $4::timestamptz[], $5::text[], $6::text[])
-                   AS x(s, ts, st, l)
+            """INSERT INTO task_logs (task_id, attempt, agent_id, seq, ts, stream, line)
+               SELECT $1, $2, $3, s, ts, st, l
+               FROM unnest($4::int[], $5::timestamptz[], $6::text[], $7::text[]) WITH ORDINALITY AS x(s, ts, st, l, n)
                WHERE EXISTS (SELECT 1 FROM tasks WHERE id = $1)
+               ORDER BY n
                ON CONFLICT DO NOTHING""",
-            ev.task_id, ev.attempt, [ln.seq for ln in ev.lines], [ln.ts for ln in ev.lines],
+            ev.task_id, ev.attempt, ev.agent_id, [ln.seq for ln in ev.lines], [ln.ts for ln in ev.lines],
             [ln.stream for ln in ev.lines], [ln.text for ln in ev.lines],
         )
 

@@ -264,12 +264,11 @@ async def retry_task(
 
 
 async def task_logs(
-    conn: asyncpg.Connection, task_id: UUID, *, after: tuple[int, int] | None, limit: int
+    conn: asyncpg.Connection, task_id: UUID, *, after: int | None, limit: int
 ) -> list[asyncpg.Record]:
-    """Log lines in (attempt, seq) order after the given position."""
-    attempt, seq = after or (0, -1)
+    """Log lines in the order they were stored, after the line at ``position`` ``after``."""
     return await conn.fetch(
-        """SELECT attempt, seq, ts, stream, line FROM task_logs
-           WHERE task_id = $1 AND (attempt, seq) > ($2, $3) ORDER BY attempt, seq LIMIT $4""",
-        task_id, attempt, seq, limit,
+        """SELECT position, attempt, agent_id, seq, ts, stream, line FROM task_logs
+           WHERE task_id = $1 AND position > $2 ORDER BY position LIMIT $3""",
+        task_id, after or 0, limit,
     )

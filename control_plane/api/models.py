@@ -91,8 +91,10 @@ class TaskPage(BaseModel):
 
 
 class LogLinePublic(BaseModel):
+    position: int = Field(description="order of the line among the task's stored lines")
     attempt: int
-    seq: int
+    agent_id: str = Field(description="the agent that ran the attempt when the line was written")
+    seq: int = Field(description="the line's number within what that agent logged for the attempt")
     ts: datetime
     stream: str
     line: str

@@ -142,14 +142,12 @@ async def retry_task(task_id: UUID, conn: DbConn, cp: ControlPlaneDep, who: Oper
     return _public(row)
 
 
-def _parse_after(after: str | None) -> tuple[int, int] | None:
+def _parse_after(after: str | None) -> int | None:
     if after is None:
         return None
-    try:
-        attempt, seq = after.split(":")
-        return int(attempt), int(seq)
-    except ValueError as exc:
-        raise InvalidInput("after must look like '<attempt>:<seq>' as returned in next_after", field="query.after") from exc
+    if not after.isdigit() or int(after) >= 2**63:
+        raise InvalidInput("after must be a position as returned in next_after", field="query.after")
+    return int(after)
 
 
 @router.get(
@@ -175,12 +173,12 @@ async def task_logs(
     rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
     return LogPage(
         lines=[LogLinePublic.model_validate(dict(r)) for r in rows],
-        next_after=f"{rows[-1]['attempt']}:{rows[-1]['seq']}" if rows else None,
+        next_after=str(rows[-1]["position"]) if rows else None,
     )
 
 
 async def _follow_logs(
-    cp: ControlPlaneDep, hub: HubDep, task_id: UUID, position: tuple[int, int] | None, size: int
+    cp: ControlPlaneDep, hub: HubDep, task_id: UUID, position: int | None, size: int
 ) -> AsyncIterator[bytes]:
     key = str(task_id)
     async with hub.subscribe() as queue:
@@ -189,9 +187,9 @@ async def _follow_logs(
                 rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
                 task = await task_store.get_task(conn, task_id)
             for row in rows:
-                position = (row["attempt"], row["seq"])
+                position = row["position"]
                 yield sse_frame("log", LogLinePublic.model_validate(dict(row)).model_dump(mode="json"),
-                                id=f"{row['attempt']}:{row['seq']}")
+                                id=str(position))
             if len(rows) == size:
                 continue
             if task["status"] in task_store.TERMINAL:

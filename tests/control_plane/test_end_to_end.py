@@ -49,6 +49,15 @@ async def test_rest_to_agent_and_back(admin: httpx.AsyncClient, start_agent: Sta
 
     logs = await wait_for(lambda: _logs(admin, created["id"], 3), what="three log lines")
     assert [line["line"] for line in logs] == [f"line {i}: hi" for i in range(3)]
+    # pages of two: next_after continues where the page ended, and an exhausted log gives null
+    url = f"/api/v1/tasks/{created['id']}/logs"
+    first = (await admin.get(url, params={"limit": 2})).json()
+    second = (await admin.get(url, params={"limit": 2, "after": first["next_after"]})).json()
+    assert [line["line"] for line in first["lines"] + second["lines"]] == [f"line {i}: hi" for i in range(3)]
+    assert (await admin.get(url, params={"after": second["next_after"]})).json() == {"lines": [], "next_after": None}
+    for bad in ("1:2", "-1", "99999999999999999999"):
+        refused = await admin.get(url, params={"after": bad})
+        assert refused.status_code == 422 and "query.after" in refused.text, (bad, refused.text)
 
 
 async def _logs(api: httpx.AsyncClient, task_id: str, n: int) -> list[dict] | None:

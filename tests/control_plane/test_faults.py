@@ -95,6 +95,8 @@ async def test_agent_killed_mid_task_hands_it_over(
         running = await wait_for(lambda: db.fetchrow(
             "SELECT agent_id FROM tasks WHERE id = $1 AND status = 'running'", uuid.UUID(created["id"])),
             what="the task to start")
+        logs_url = f"/api/v1/tasks/{created['id']}/logs"
+        await wait_for(lambda: _lines(admin, logs_url), what="the first agent's log line")
         pid = await db.fetchval("SELECT pid FROM agents WHERE id = $1", running["agent_id"])
         os.kill(pid, signal.SIGKILL)
 
@@ -105,10 +107,19 @@ async def test_agent_killed_mid_task_hands_it_over(
         assert task["attempts"][0]["deliveries"] == 2
         succeeded = [t for t in task["transitions"] if t["to_status"] == "succeeded"]
         assert len(succeeded) == 1
+        # both agents numbered their lines of the attempt from 0, and every line is kept, in order
+        assert [(line["agent_id"], line["seq"], line["line"]) for line in await _lines(admin, logs_url)] == [
+            (running["agent_id"], 0, "sleeping 2.0s"), (task["agent_id"], 0, "sleeping 2.0s"),
+            (task["agent_id"], 1, "woke up"),
+        ]
     finally:
         for process in processes:
             process.kill()
             process.wait()
+
+
+async def _lines(api: httpx.AsyncClient, url: str) -> list[dict]:
+    return (await api.get(url)).json()["lines"]
 
 
 def _sandbox(tmp_path: Path) -> SandboxSettings:
