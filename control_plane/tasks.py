@@ -104,6 +104,61 @@ async def create_task(
     Returns ``(task, replayed)``: with an idempotency key already used by this caller, the same
     body returns the existing task and a different body is a conflict.
     """
+    try:
+        return await _create(conn, task, created_by=created_by, idempotency_key=idempotency_key,
+                             traceparent=traceparent, topology=topology, agent_ttl_s=agent_ttl_s, remote=remote)
+    except asyncpg.UniqueViolationError:
+        # A concurrent request with the same key won the race: answer as a replay.
+        existing = await _by_idempotency_key(conn, created_by, idempotency_key or "", request_hash(task))
+        if existing is None:
+            raise
+        return existing, True
+
+
+async def create_tasks(
+    conn: asyncpg.Connection,
+    tasks: list[NewTask],
+    *,
+    created_by: str,
+    idempotency_key: str | None,
+    traceparent: str | None,
+    topology: Topology,
+    agent_ttl_s: float,
+    remote: str = "",
+) -> tuple[list[asyncpg.Record], bool]:
+    """Create ``tasks`` all or none, in one transaction, in order.
+
+    With an idempotency key, task ``i`` is created under ``<key>#<i>``, so repeating the same batch
+    returns the same tasks (``replayed`` is true when every one existed already).
+    """
+    async def create_all() -> tuple[list[asyncpg.Record], bool]:
+        async with conn.transaction():
+            created = [
+                await _create(conn, task, created_by=created_by,
+                              idempotency_key=f"{idempotency_key}#{i}" if idempotency_key else None,
+                              traceparent=traceparent, topology=topology, agent_ttl_s=agent_ttl_s, remote=remote)
+                for i, task in enumerate(tasks)
+            ]
+        return [row for row, _ in created], all(replayed for _, replayed in created)
+
+    try:
+        return await create_all()
+    except asyncpg.UniqueViolationError:
+        # A concurrent request with the same key created some of them: once more, now as replays.
+        return await create_all()
+
+
+async def _create(
+    conn: asyncpg.Connection,
+    task: NewTask,
+    *,
+    created_by: str,
+    idempotency_key: str | None,
+    traceparent: str | None,
+    topology: Topology,
+    agent_ttl_s: float,
+    remote: str,
+) -> tuple[asyncpg.Record, bool]:
     digest = request_hash(task)
     if idempotency_key is not None:
         existing = await _by_idempotency_key(conn, created_by, idempotency_key, digest)
@@ -116,20 +171,13 @@ async def create_task(
         task_id=task_id, attempt=1, type=task.type, input=task.input, requires=task.requires,
         timeout_s=task.timeout_s, max_attempts=task.max_attempts, pool_id="", sandbox=task.sandbox,
     )
-    try:
-        row = await conn.fetchrow(
-            _CREATE,
-            task.requires, task.type, agent_ttl_s, None, task_id, task.input, task.sandbox,
-            NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
-            task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, created_by,
-            trace_id, traceparent, topology.tasks, message.model_dump(mode="json"), message_headers(traceparent), remote,
-        )
-    except asyncpg.UniqueViolationError:
-        # A concurrent request with the same key won the race: answer as a replay.
-        existing = await _by_idempotency_key(conn, created_by, idempotency_key or "", digest)
-        if existing is None:
-            raise
-        return existing, True
+    row = await conn.fetchrow(
+        _CREATE,
+        task.requires, task.type, agent_ttl_s, None, task_id, task.input, task.sandbox,
+        NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
+        task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, created_by,
+        trace_id, traceparent, topology.tasks, message.model_dump(mode="json"), message_headers(traceparent), remote,
+    )
     return row, False
 
 

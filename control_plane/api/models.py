@@ -31,6 +31,11 @@ class TaskCreate(BaseModel):
     sandbox: dict[str, Any] = Field(default_factory=dict, description="per-task sandbox overrides (allow-listed)")
 
 
+class TaskBatchCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: list[TaskCreate] = Field(min_length=1, description="tasks created all or none, in this order")
+
+
 class AttemptPublic(BaseModel):
     attempt: int
     status: str
@@ -54,6 +59,10 @@ class TransitionPublic(BaseModel):
     at: datetime
     actor: str
     reason: str
+
+
+class TaskBatch(BaseModel):
+    tasks: list[TaskPublic] = Field(description="the created tasks, in the order of the request")
 
 
 class TaskPublic(BaseModel):

@@ -15,6 +15,8 @@ from control_plane.api.deps import ControlPlaneDep, DbConn, HubDep, Remote, Sett
 from control_plane.api.models import (
     LogLinePublic,
     LogPage,
+    TaskBatch,
+    TaskBatchCreate,
     TaskCreate,
     TaskDetail,
     TaskPage,
@@ -88,6 +90,40 @@ async def create_task(
         response.headers["Idempotent-Replayed"] = "true"
     response.headers["Location"] = f"/api/v1/tasks/{row['id']}"
     return _public(row)
+
+
+@router.post(
+    "/batch", status_code=status.HTTP_201_CREATED, response_model=TaskBatch, operation_id="create_tasks",
+    summary="Submit several tasks at once, all or none",
+)
+async def create_tasks(
+    body: TaskBatchCreate,
+    response: Response,
+    conn: DbConn,
+    cp: ControlPlaneDep,
+    who: Creator,
+    remote: Remote,
+    idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same tasks")] = None,
+    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> TaskBatch:
+    settings = cp.settings
+    if len(body.tasks) > settings.max_batch_tasks:
+        raise InvalidInput(f"a batch holds at most {settings.max_batch_tasks} tasks, not {len(body.tasks)}",
+                           field="body.tasks")
+    new = []
+    for i, task in enumerate(body.tasks):
+        try:
+            new.append(_new_task(task, settings))
+        except InvalidInput as exc:
+            raise InvalidInput(exc.message, field=f"body.tasks.{i}.{(exc.field or '').removeprefix('body.')}") from exc
+    rows, replayed = await task_store.create_tasks(
+        conn, new, created_by=who.name, idempotency_key=idempotency_key,
+        traceparent=server_traceparent() or traceparent,
+        topology=cp.topology, agent_ttl_s=settings.heartbeat_ttl_s, remote=remote,
+    )
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return TaskBatch(tasks=[_public(row) for row in rows])
 
 
 @router.get("", response_model=TaskPage, operation_id="list_tasks", summary="List tasks, newest first")

@@ -23,7 +23,7 @@ async def test_health_needs_no_token(base_url: str) -> None:
 @pytest.mark.parametrize(
     ("method", "path"),
     [("get", "/api/v1/tasks"), ("post", "/api/v1/tasks"), ("get", "/api/v1/agents"), ("get", "/api/v1/pools"),
-     ("get", "/api/v1/events"), ("get", "/api/v1/tokens"), ("post", "/api/v1/tokens")],
+     ("post", "/api/v1/tasks/batch"), ("get", "/api/v1/events"), ("get", "/api/v1/tokens"), ("post", "/api/v1/tokens")],
 )
 async def test_every_endpoint_needs_a_token(base_url: str, method: str, path: str) -> None:
     async with client(base_url, None) as anonymous:

@@ -69,7 +69,7 @@ def test_operation_ids_are_stable() -> None:
     ids = sorted(op["operationId"] for path in schema["paths"].values() for op in path.values())
     assert ids == [
         "acknowledge_incident", "cancel_task", "confirm_incident_cause", "create_maintenance_window",
-        "create_silence", "create_task", "create_token", "delete_maintenance_window", "delete_silence",
+        "create_silence", "create_task", "create_tasks", "create_token", "delete_maintenance_window", "delete_silence",
         "drain_agent", "get_agent", "get_incident", "get_incident_rca", "get_task", "get_trace", "healthz",
         "ingest_traces", "list_agents", "list_incidents", "list_maintenance_windows", "list_pools",
         "list_silences", "list_tasks", "list_tokens", "pause_agent", "readyz", "resolve_incident",
