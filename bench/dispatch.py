@@ -83,6 +83,10 @@ class DispatchBenchSettings(BaseSettings):
     light_rate: float = Field(default=50.0, gt=0, description="most light-load submissions per second")
     warmup_tasks: int = Field(default=50, ge=0, description="tasks run before measuring, not counted")
     slots: int = Field(default=8, ge=1, description="concurrent tasks per consumer (agent slots, Celery concurrency)")
+    batch_size: int = Field(
+        default=50, ge=0, description="tasks per POST /api/v1/tasks/batch in devart's extra batched load; 0 = skip it"
+    )
+    batch_concurrency: int = Field(default=4, ge=1, description="batch requests in flight during the batched load")
     phase_timeout_s: float = Field(default=120.0, gt=0, description="longest wait for one phase to complete")
     profile_dir: Path | None = Field(default=None, description="sample devart's processes with py-spy, write here")
     profile_rate: int = Field(default=250, ge=1, le=2000, description="py-spy samples per second")
@@ -426,9 +430,23 @@ class _DevartDriver:
         await asyncio.wait_for(finished, self._timeout_s)
         return task_id
 
+    async def submit_batch(self, size: int) -> list[str]:
+        response = await self._http.post("/api/v1/tasks/batch", json={"tasks": [{"type": "noop"}] * size})
+        if response.status_code != 201:
+            raise RuntimeError(f"batch submit answered {response.status_code}: {response.text[:500]}")
+        return [task["id"] for task in response.json()["tasks"]]
+
     async def run(self, n: int, concurrency: int) -> list[str]:
-        """Submit ``n`` tasks and wait until all succeeded."""
-        ids = await _bounded(n, concurrency, self.submit)
+        """Submit ``n`` tasks one per request and wait until all succeeded."""
+        return await self._wait_all(await _bounded(n, concurrency, self.submit))
+
+    async def run_batches(self, n: int, size: int, concurrency: int) -> list[str]:
+        """Submit ``n`` tasks ``size`` per request and wait until all succeeded."""
+        sizes = [min(size, n - start) for start in range(0, n, size)]
+        batches = await _bounded(len(sizes), concurrency, lambda i: self.submit_batch(sizes[i]))
+        return await self._wait_all([task_id for batch in batches for task_id in batch])
+
+    async def _wait_all(self, ids: list[str]) -> list[str]:
         keys = [uuid.UUID(i) for i in ids]
 
         async def all_succeeded() -> bool:
@@ -436,9 +454,9 @@ class _DevartDriver:
                 count = await conn.fetchval(
                     "SELECT count(*) FROM tasks WHERE id = ANY($1::uuid[]) AND status = 'succeeded'", keys
                 )
-            return count == n
+            return count == len(keys)
 
-        await _wait_until(all_succeeded, timeout_s=self._timeout_s, what=f"{n} devart tasks to succeed")
+        await _wait_until(all_succeeded, timeout_s=self._timeout_s, what=f"{len(keys)} devart tasks to succeed")
         return ids
 
     async def latencies(self, ids: list[str]) -> tuple[list[float], list[float]]:
@@ -447,8 +465,11 @@ class _DevartDriver:
         return [float(r["start_ms"]) for r in rows], [float(r["done_ms"]) for r in rows]
 
 
-async def bench_devart(settings: DispatchBenchSettings, prefix: str, workdir: Path) -> tuple[Result, Profile | None]:
-    """``devart serve`` + a noop agent as subprocesses; REST in, Postgres out."""
+async def bench_devart(
+    settings: DispatchBenchSettings, prefix: str, workdir: Path
+) -> tuple[list[Result], Profile | None]:
+    """``devart serve`` + a noop agent as subprocesses; REST in, Postgres out. With ``batch_size``,
+    a second throughput load submits through the batch endpoint ("devart batch")."""
     from control_plane.auth import create_token
     from control_plane.db import connect, create_pool, migrate_database
 
@@ -501,6 +522,10 @@ async def bench_devart(settings: DispatchBenchSettings, prefix: str, workdir: Pa
                                                    groups)
                     if profile is not None:
                         profile.cpu_ms = {name: cpu[name] for name in ("control plane", "agent")}
+                    if settings.batch_size:
+                        batched = await _measure(
+                            settings.tasks,
+                            driver.run_batches(settings.tasks, settings.batch_size, settings.batch_concurrency), groups)
                     start_ms, done_ms = await driver.latencies(light)
                     pool_ids = [r["id"] for r in await db.fetch("SELECT id FROM pools")]
         finally:
@@ -512,10 +537,13 @@ async def bench_devart(settings: DispatchBenchSettings, prefix: str, workdir: Pa
                            *(f"{prefix}devart.pool.{p}" for p in pool_ids)]
         exchanges = [f"{prefix}devart.{name}" for name in ("tasks", "retry", "dead", "events", "control")]
         await _delete_names(settings.amqp_url, topology_queues, exchanges)
-    result = Result("devart", rate, start_ms=start_ms, done_ms=done_ms, cpu_ms=cpu,
-                    extra={"POST /api/v1/tasks answered p50/p99 (light)": _p50_p99(light_submit_ms),
-                           "GET /healthz answered p50/p99 (idle)": _p50_p99(healthz_ms)})
-    return result, profile
+    results = [Result("devart", rate, start_ms=start_ms, done_ms=done_ms, cpu_ms=cpu,
+                      extra={"POST /api/v1/tasks answered p50/p99 (light)": _p50_p99(light_submit_ms),
+                             "GET /healthz answered p50/p99 (idle)": _p50_p99(healthz_ms)})]
+    if settings.batch_size:
+        results.append(Result("devart batch", batched[0], cpu_ms=batched[1], extra={
+            "load": f"{settings.batch_size} tasks per request, {settings.batch_concurrency} requests in flight"}))
+    return results, profile
 
 
 # --- report -------------------------------------------------------------------------------------
@@ -549,9 +577,11 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
     devart = by_name.get("devart")
     if devart is not None:
         lines.append("")
-        for peer in ("celery", "raw aio-pika"):
-            if peer in by_name:
-                lines.append(f"devart / {peer}: {devart.tasks_per_s / by_name[peer].tasks_per_s:.2f}x tasks/s")
+        for name in ("devart", "devart batch"):
+            for peer in ("celery", "raw aio-pika"):
+                if name in by_name and peer in by_name:
+                    ratio = by_name[name].tasks_per_s / by_name[peer].tasks_per_s
+                    lines.append(f"{name} / {peer}: {ratio:.2f}x tasks/s")
         p50, p99 = np.percentile(np.asarray(devart.start_ms), [50, 99])
         celery = by_name.get("celery")
         if celery is not None:
@@ -576,11 +606,12 @@ async def run(
     runners = {"raw": bench_raw, "celery": bench_celery}
     for system in settings.selected():
         if system == "devart":
-            result, profile = await bench_devart(settings, prefix, workdir)
+            measured, profile = await bench_devart(settings, prefix, workdir)
         else:
-            result = await runners[system](settings, prefix, workdir)
-        results.append(result)
-        print(f"  {result.system}: {result.tasks_per_s:.0f} tasks/s", file=sys.stderr, flush=True)
+            measured = [await runners[system](settings, prefix, workdir)]
+        results.extend(measured)
+        for result in measured:
+            print(f"  {result.system}: {result.tasks_per_s:.0f} tasks/s", file=sys.stderr, flush=True)
     return results, profile
 
 
