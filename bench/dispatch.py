@@ -49,8 +49,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import aio_pika
+import aiohttp
 import asyncpg
-import httpx
 import numpy as np
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -391,7 +391,7 @@ WHERE t.id = ANY($1::uuid[])
 class _DevartDriver:
     """Submits no-op tasks over HTTP and watches them complete in Postgres."""
 
-    def __init__(self, http: httpx.AsyncClient, db: asyncpg.Pool, timeout_s: float) -> None:
+    def __init__(self, http: aiohttp.ClientSession, db: asyncpg.Pool, timeout_s: float) -> None:
         self._http = http
         self._db = db
         self._timeout_s = timeout_s
@@ -400,11 +400,12 @@ class _DevartDriver:
 
     async def submit(self, _: int = 0) -> str:
         began = time.perf_counter()
-        response = await self._http.post("/api/v1/tasks", json={"type": "noop"})
-        if response.status_code != 201:
-            raise RuntimeError(f"submit answered {response.status_code}: {response.text[:500]}")
+        async with self._http.post("/api/v1/tasks", json={"type": "noop"}) as response:
+            if response.status != 201:
+                raise RuntimeError(f"submit answered {response.status}: {(await response.text())[:500]}")
+            task_id = (await response.json())["id"]
         self.submit_ms.append((time.perf_counter() - began) * 1000.0)
-        return response.json()["id"]
+        return task_id
 
     def on_transition(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         change = json.loads(payload)
@@ -416,7 +417,9 @@ class _DevartDriver:
     async def healthz(self, _: int) -> float:
         """Milliseconds of one liveness request: the HTTP stack alone."""
         began = time.perf_counter()
-        (await self._http.get("/healthz")).raise_for_status()
+        async with self._http.get("/healthz") as response:
+            response.raise_for_status()
+            await response.read()
         return (time.perf_counter() - began) * 1000.0
 
     async def submit_and_wait(self, _: int) -> str:
@@ -431,10 +434,10 @@ class _DevartDriver:
         return task_id
 
     async def submit_batch(self, size: int) -> list[str]:
-        response = await self._http.post("/api/v1/tasks/batch", json={"tasks": [{"type": "noop"}] * size})
-        if response.status_code != 201:
-            raise RuntimeError(f"batch submit answered {response.status_code}: {response.text[:500]}")
-        return [task["id"] for task in response.json()["tasks"]]
+        async with self._http.post("/api/v1/tasks/batch", json={"tasks": [{"type": "noop"}] * size}) as response:
+            if response.status != 201:
+                raise RuntimeError(f"batch submit answered {response.status}: {(await response.text())[:500]}")
+            return [task["id"] for task in (await response.json())["tasks"]]
 
     async def run(self, n: int, concurrency: int) -> list[str]:
         """Submit ``n`` tasks one per request and wait until all succeeded."""
@@ -486,9 +489,11 @@ async def bench_devart(
         serve_log, agent_log = workdir / "serve.log", workdir / "agent.log"
         db = await create_pool(database_url, min_size=1, max_size=4)
         listener = await db.acquire()
-        http = httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
-                                 timeout=settings.phase_timeout_s,
-                                 limits=httpx.Limits(max_connections=settings.concurrency))
+        # aiohttp rather than httpx: the lighter client leaves more of the two cores to the system
+        # measured (httpx took about 4.5 ms of CPU per request here, more than the control plane).
+        http = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
+                                     timeout=aiohttp.ClientTimeout(total=settings.phase_timeout_s),
+                                     connector=aiohttp.TCPConnector(limit=settings.concurrency))
         driver = _DevartDriver(http, db, settings.phase_timeout_s)
         try:
             async with _process([sys.executable, "-m", "control_plane.cli", "serve", "--port", str(port)], env=env,
@@ -496,8 +501,9 @@ async def bench_devart(
                 async def api_ready() -> bool:
                     serve.check_alive()
                     try:
-                        return (await http.get("/readyz")).status_code == 200
-                    except httpx.TransportError:
+                        async with http.get("/readyz") as response:
+                            return response.status == 200
+                    except aiohttp.ClientError:
                         return False
 
                 await _wait_until(api_ready, timeout_s=60, what="devart serve to be ready", interval_s=0.1)
@@ -529,7 +535,7 @@ async def bench_devart(
                     start_ms, done_ms = await driver.latencies(light)
                     pool_ids = [r["id"] for r in await db.fetch("SELECT id FROM pools")]
         finally:
-            await http.aclose()
+            await http.close()
             await listener.remove_listener("devart_events", driver.on_transition)
             await db.release(listener)
             await db.close()
