@@ -86,16 +86,20 @@ SELECT * FROM task
 """
 
 
+@dataclass(frozen=True)
+class Submitter:
+    """Who submits tasks and in which context: the same for every task of one request."""
+
+    created_by: str
+    traceparent: str | None
+    """The submitting request's span, which parents the tasks' publish spans."""
+    topology: Topology
+    agent_ttl_s: float
+    remote: str = ""
+
+
 async def create_task(
-    conn: asyncpg.Connection,
-    task: NewTask,
-    *,
-    created_by: str,
-    idempotency_key: str | None,
-    traceparent: str | None,
-    topology: Topology,
-    agent_ttl_s: float,
-    remote: str = "",
+    conn: asyncpg.Connection, task: NewTask, by: Submitter, *, idempotency_key: str | None
 ) -> tuple[asyncpg.Record, bool]:
     """Store a task and queue it on the best live pool (or leave it pending with the reason), with
     its transitions, first attempt, outbox message and audit row, in one statement (so one round
@@ -105,26 +109,17 @@ async def create_task(
     body returns the existing task and a different body is a conflict.
     """
     try:
-        return await _create(conn, task, created_by=created_by, idempotency_key=idempotency_key,
-                             traceparent=traceparent, topology=topology, agent_ttl_s=agent_ttl_s, remote=remote)
+        return await _create(conn, task, by, idempotency_key)
     except asyncpg.UniqueViolationError:
         # A concurrent request with the same key won the race: answer as a replay.
-        existing = await _by_idempotency_key(conn, created_by, idempotency_key or "", request_hash(task))
+        existing = await _by_idempotency_key(conn, by.created_by, idempotency_key or "", request_hash(task))
         if existing is None:
             raise
         return existing, True
 
 
 async def create_tasks(
-    conn: asyncpg.Connection,
-    tasks: list[NewTask],
-    *,
-    created_by: str,
-    idempotency_key: str | None,
-    traceparent: str | None,
-    topology: Topology,
-    agent_ttl_s: float,
-    remote: str = "",
+    conn: asyncpg.Connection, tasks: list[NewTask], by: Submitter, *, idempotency_key: str | None
 ) -> tuple[list[asyncpg.Record], bool]:
     """Create ``tasks`` all or none, in one transaction, in order.
 
@@ -133,12 +128,8 @@ async def create_tasks(
     """
     async def create_all() -> tuple[list[asyncpg.Record], bool]:
         async with conn.transaction():
-            created = [
-                await _create(conn, task, created_by=created_by,
-                              idempotency_key=f"{idempotency_key}#{i}" if idempotency_key else None,
-                              traceparent=traceparent, topology=topology, agent_ttl_s=agent_ttl_s, remote=remote)
-                for i, task in enumerate(tasks)
-            ]
+            created = [await _create(conn, task, by, f"{idempotency_key}#{i}" if idempotency_key else None)
+                       for i, task in enumerate(tasks)]
         return [row for row, _ in created], all(replayed for _, replayed in created)
 
     try:
@@ -149,23 +140,15 @@ async def create_tasks(
 
 
 async def _create(
-    conn: asyncpg.Connection,
-    task: NewTask,
-    *,
-    created_by: str,
-    idempotency_key: str | None,
-    traceparent: str | None,
-    topology: Topology,
-    agent_ttl_s: float,
-    remote: str,
+    conn: asyncpg.Connection, task: NewTask, by: Submitter, idempotency_key: str | None
 ) -> tuple[asyncpg.Record, bool]:
     digest = request_hash(task)
     if idempotency_key is not None:
-        existing = await _by_idempotency_key(conn, created_by, idempotency_key, digest)
+        existing = await _by_idempotency_key(conn, by.created_by, idempotency_key, digest)
         if existing is not None:
             return existing, True
     task_id = uuid.uuid4()
-    trace_id = traceparent.split("-")[1] if traceparent else None
+    trace_id = by.traceparent.split("-")[1] if by.traceparent else None
     # The first attempt's message; the statement fills in the chosen pool and the creation time.
     message = TaskMessage(
         task_id=task_id, attempt=1, type=task.type, input=task.input, requires=task.requires,
@@ -173,10 +156,10 @@ async def _create(
     )
     row = await conn.fetchrow(
         _CREATE,
-        task.requires, task.type, agent_ttl_s, None, task_id, task.input, task.sandbox,
+        task.requires, task.type, by.agent_ttl_s, None, task_id, task.input, task.sandbox,
         NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
-        task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, created_by,
-        trace_id, traceparent, topology.tasks, message.model_dump(mode="json"), message_headers(traceparent), remote,
+        task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, by.created_by, trace_id,
+        by.traceparent, by.topology.tasks, message.model_dump(mode="json"), message_headers(by.traceparent), by.remote,
     )
     return row, False
 

@@ -27,6 +27,7 @@ from control_plane.api.sse import KEEPALIVE, KEEPALIVE_S, sse_frame, sse_respons
 from control_plane.audit import audit
 from control_plane.auth import CREATE_TASKS, OPERATE_TASKS, READ, Principal
 from control_plane.errors import InvalidInput
+from control_plane.service import ControlPlane
 from control_plane.settings import Settings
 from control_plane.telemetry import server_traceparent
 
@@ -81,10 +82,7 @@ async def create_task(
 ) -> TaskPublic:
     new = _new_task(body, cp.settings)
     row, replayed = await task_store.create_task(
-        # the request's server span (itself a child of the client's traceparent, if any) parents the publish
-        conn, new, created_by=who.name, idempotency_key=idempotency_key,
-        traceparent=server_traceparent() or traceparent,
-        topology=cp.topology, agent_ttl_s=cp.settings.heartbeat_ttl_s, remote=remote,
+        conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
     )
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -117,13 +115,20 @@ async def create_tasks(
         except InvalidInput as exc:
             raise InvalidInput(exc.message, field=f"body.tasks.{i}.{(exc.field or '').removeprefix('body.')}") from exc
     rows, replayed = await task_store.create_tasks(
-        conn, new, created_by=who.name, idempotency_key=idempotency_key,
-        traceparent=server_traceparent() or traceparent,
-        topology=cp.topology, agent_ttl_s=settings.heartbeat_ttl_s, remote=remote,
+        conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
     )
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return TaskBatch(tasks=[_public(row) for row in rows])
+
+
+def _submitter(cp: ControlPlane, who: Principal, remote: str, traceparent: str | None) -> task_store.Submitter:
+    return task_store.Submitter(
+        created_by=who.name,
+        # the request's server span (itself a child of the client's traceparent, if any) parents the publish
+        traceparent=server_traceparent() or traceparent,
+        topology=cp.topology, agent_ttl_s=cp.settings.heartbeat_ttl_s, remote=remote,
+    )
 
 
 @router.get("", response_model=TaskPage, operation_id="list_tasks", summary="List tasks, newest first")
