@@ -18,6 +18,7 @@ from uuid import UUID
 import aio_pika
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from opentelemetry import trace
 from pydantic import ValidationError
 
 from agents.sdk.messages import (
@@ -33,12 +34,14 @@ from agents.sdk.messages import (
     TaskStarted,
     TaskSucceeded,
 )
+from agents.sdk.telemetry import extract_context
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
 from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt
 from control_plane.outbox import OutboxMessage, enqueue
 from control_plane.tasks import TERMINAL, cancel_command
 
 log = logging.getLogger("devart.events")
+_tracer = trace.get_tracer("devart.events")
 
 _TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
@@ -335,7 +338,7 @@ class EventsConsumer:
                 set_aside.append((message, f"undecodable: {exc}"))
         while True:
             try:
-                effects = await self._apply_all([ev for _, ev in decoded])
+                effects = await self._apply_all(decoded)
                 break
             except _TRANSIENT as exc:
                 log.warning("database unavailable while applying events, retrying: %s", exc)
@@ -351,11 +354,25 @@ class EventsConsumer:
         self.applied += len(decoded)
         await self._after_commit(effects)
 
-    async def _apply_all(self, events: list[Event]) -> _Effects:
+    async def _apply_all(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> _Effects:
         effects = _Effects()
         async with self._pool.acquire() as conn, conn.transaction():
-            for event in events:
-                await self._applier.apply(conn, event, effects)
+            for message, event in decoded:
+                task_id = getattr(event, "task_id", None)
+                if task_id is None:  # agent lifecycle events belong to no task's trace
+                    await self._applier.apply(conn, event, effects)
+                    continue
+                # A CONSUMER span in the task's trace, child of the agent's publish span; the batch's
+                # commit is shared, so the span covers this event's statements.
+                with _tracer.start_as_current_span(
+                    f"apply {event.kind}",
+                    context=extract_context(message.headers),
+                    kind=trace.SpanKind.CONSUMER,
+                    attributes={"messaging.system": "rabbitmq", "messaging.operation.type": "process",
+                                "messaging.destination.name": self._config.topology.events_queue,
+                                "devart.task_id": str(task_id), "devart.attempt": getattr(event, "attempt", 0)},
+                ):
+                    await self._applier.apply(conn, event, effects)
             for task_id in effects.log_tasks:
                 await conn.execute("SELECT pg_notify('devart_logs', $1)", str(task_id))
         return effects
@@ -366,7 +383,7 @@ class EventsConsumer:
         effects = _Effects()
         for message, event in decoded:
             try:
-                one = await self._apply_all([event])
+                one = await self._apply_all([(message, event)])
             except _TRANSIENT:
                 raise
             except (asyncpg.PostgresError, ValueError) as exc:

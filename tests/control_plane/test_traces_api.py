@@ -146,9 +146,9 @@ async def test_one_trace_from_the_rest_call_to_the_sandboxed_process(
     async def chain() -> list[Span]:
         async with cp.span_pool.acquire() as conn:
             spans = await store.trace(conn, trace_id=trace_id)
-        return spans if {"task shell", SANDBOX_SPAN} <= {s.name for s in spans} else []
+        return spans if {"task shell", SANDBOX_SPAN, "apply started", "apply succeeded"} <= {s.name for s in spans} else []
 
-    spans = await wait_for(chain, timeout_s=15, what="the consumer and sandbox.run spans in the store")
+    spans = await wait_for(chain, timeout_s=15, what="the consumer, sandbox.run and apply spans in the store")
     by_id = {s.span_id: s for s in spans}
     server = next(s for s in spans if s.name == "POST /api/v1/tasks")
     publish = next(s for s in spans if s.name == f"publish {cp.topology.tasks}")
@@ -171,3 +171,9 @@ async def test_one_trace_from_the_rest_call_to_the_sandboxed_process(
     # the agent's events during the attempt are published under its consumer span
     events = [s for s in spans if s.kind == "producer" and s.parent_id == consume.span_id]
     assert events, [(s.name, by_id.get(s.parent_id or "")) for s in spans]
+    # and the control plane applies each one under a consumer span continuing that publish
+    for name in ("apply started", "apply succeeded"):
+        applied = next(s for s in spans if s.name == name)
+        assert applied.kind == "consumer" and applied.parent_id in {e.span_id for e in events}, name
+        assert applied.service == server.service
+        assert any(q.parent_id == applied.span_id for q in queries), f"{name} ran no traced statement"
