@@ -24,14 +24,16 @@ OPERATE_AGENTS = "agents:operate"
 MANAGE_TOKENS = "tokens:manage"
 INGEST_TRACES = "traces:ingest"
 OPERATE_INCIDENTS = "incidents:operate"
+RECORD_CHANGES = "changes:record"
 READ = "read"
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({READ}),
-    "ci": frozenset({READ, CREATE_TASKS}),
-    "supervisor": frozenset({READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS}),
+    "ci": frozenset({READ, CREATE_TASKS, RECORD_CHANGES}),
+    "supervisor": frozenset({READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES}),
     "admin": frozenset(
-        {READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, MANAGE_TOKENS, INGEST_TRACES}
+        {READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES, MANAGE_TOKENS,
+         INGEST_TRACES}
     ),
     # agent tokens exist only so agent processes can export their spans to the built-in receiver
     "agent": frozenset({INGEST_TRACES}),

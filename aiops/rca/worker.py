@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from aiops.embeddings import Embedder, make_embedder
 from aiops.incidents import get_incident
 from aiops.incidents.store import INCIDENTS_CHANNEL as CHANNEL
+from aiops.rca.changes import changes_between
 from aiops.rca.memory import SimilarIncident, incident_signature, similar
 from aiops.rca.model import RcaResult
 from aiops.rca.ranking import analyze
@@ -251,7 +252,11 @@ class RcaWorker:
             self._source.spans_between(start, max(end, start + 1)),
             self._source.spans_between(base_start, base_end),
         )
-        result = await asyncio.to_thread(analyze, incident_spans, baseline_spans, settings=self._rca_settings)
+        async with self._pool.acquire() as conn:
+            changes = await changes_between(conn, start - int(self._rca_settings.change_window_s * _S), end)
+        result = await asyncio.to_thread(
+            analyze, incident_spans, baseline_spans, changes=changes, settings=self._rca_settings
+        )
         if not result.causes:
             return _Outcome("insufficient_data", result.reason, _result_json(result))
         signature = incident_signature(result)

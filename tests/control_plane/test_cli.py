@@ -71,7 +71,7 @@ def test_operation_ids_are_stable() -> None:
         "acknowledge_incident", "cancel_task", "confirm_incident_cause", "create_maintenance_window",
         "create_silence", "create_task", "create_tasks", "create_token", "delete_maintenance_window", "delete_silence",
         "drain_agent", "get_agent", "get_incident", "get_incident_rca", "get_task", "get_trace", "healthz",
-        "ingest_traces", "list_agents", "list_incidents", "list_maintenance_windows", "list_pools",
-        "list_silences", "list_tasks", "list_tokens", "pause_agent", "readyz", "resolve_incident",
+        "ingest_traces", "list_agents", "list_changes", "list_incidents", "list_maintenance_windows", "list_pools",
+        "list_silences", "list_tasks", "list_tokens", "pause_agent", "readyz", "record_change", "resolve_incident",
         "resume_agent", "retry_task", "revoke_token", "stream_events", "task_logs",
     ]
