@@ -495,6 +495,7 @@ async def bench_devart(
                                      timeout=aiohttp.ClientTimeout(total=settings.phase_timeout_s),
                                      connector=aiohttp.TCPConnector(limit=settings.concurrency))
         driver = _DevartDriver(http, db, settings.phase_timeout_s)
+        batched: tuple[float, dict[str, float]] | None = None
         try:
             async with _process([sys.executable, "-m", "control_plane.cli", "serve", "--port", str(port)], env=env,
                           log_path=serve_log) as serve:
@@ -546,7 +547,7 @@ async def bench_devart(
     results = [Result("devart", rate, start_ms=start_ms, done_ms=done_ms, cpu_ms=cpu,
                       extra={"POST /api/v1/tasks answered p50/p99 (light)": _p50_p99(light_submit_ms),
                              "GET /healthz answered p50/p99 (idle)": _p50_p99(healthz_ms)})]
-    if settings.batch_size:
+    if batched is not None:
         results.append(Result("devart batch", batched[0], cpu_ms=batched[1], extra={
             "load": f"{settings.batch_size} tasks per request, {settings.batch_concurrency} requests in flight"}))
     return results, profile

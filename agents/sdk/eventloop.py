@@ -19,7 +19,7 @@ _T = TypeVar("_T")
 log = logging.getLogger("devart.eventloop")
 
 
-def loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
+def _loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] | None:
     """uvloop's loop factory when chosen and importable; ``None`` means asyncio's default loop."""
     if choice == "asyncio":
         return None
@@ -33,5 +33,5 @@ def loop_factory(choice: EventLoop) -> Callable[[], asyncio.AbstractEventLoop] |
 
 def run(main: Coroutine[Any, Any, _T], choice: EventLoop) -> _T:
     """``asyncio.run(main)`` on the chosen loop."""
-    with asyncio.Runner(loop_factory=loop_factory(choice)) as runner:
+    with asyncio.Runner(loop_factory=_loop_factory(choice)) as runner:
         return runner.run(main)

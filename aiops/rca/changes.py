@@ -30,6 +30,19 @@ async def record_change(conn: asyncpg.Connection, change: Change, *, recorded_by
     )
 
 
+async def recorded_changes(
+    conn: asyncpg.Connection, *, since: datetime | None, until: datetime | None, service: str | None, limit: int
+) -> list[asyncpg.Record]:
+    """Stored changes, newest first, optionally within ``[since, until]`` and of one ``service``."""
+    return await conn.fetch(
+        """SELECT * FROM changes
+           WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at <= $2)
+             AND ($3::text IS NULL OR service = $3)
+           ORDER BY at DESC, id DESC LIMIT $4""",
+        since, until, service, limit,
+    )
+
+
 async def changes_between(conn: asyncpg.Connection, start_ns: int, end_ns: int) -> list[Change]:
     """Changes made at ``start_ns <= at <= end_ns``, oldest first."""
     rows = await conn.fetch(

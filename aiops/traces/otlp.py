@@ -2,8 +2,9 @@
 
 The receiver's single entry point is :func:`parse_export_request`; :func:`spans_from_otlp_json`
 converts an already decoded OTLP/JSON or Tempo document, and :func:`spans_from_sdk` the SDK's own
-finished spans (a process storing its spans directly, with no encoding in between). Parsing is all-or-nothing: the first bad
-span rejects the whole batch with an :class:`OtlpPayloadError` naming the span and the problem.
+finished spans (a process storing its spans directly, with no encoding in between). Parsing is
+all-or-nothing: the first bad span rejects the whole batch with an :class:`OtlpPayloadError`
+naming the span and the problem.
 """
 
 from __future__ import annotations

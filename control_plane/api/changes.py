@@ -13,7 +13,7 @@ from uuid import UUID
 from fastapi import APIRouter, Depends, Query, status
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
-from aiops.rca.changes import record_change, to_ns
+from aiops.rca.changes import record_change, recorded_changes, to_ns
 from aiops.rca.model import Change
 from control_plane.api.deps import DbConn, Remote, require
 from control_plane.audit import audit
@@ -48,8 +48,9 @@ class ChangePublic(BaseModel):
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=ChangePublic, operation_id="record_change",
              summary="Record a deployment or configuration change")
 async def create(body: ChangeCreate, conn: DbConn, who: Recorder, remote: Remote) -> ChangePublic:
-    at = body.at or datetime.now(UTC)
-    if (at - datetime.now(UTC)).total_seconds() > _FUTURE_SLACK_S:
+    now = datetime.now(UTC)
+    at = body.at or now
+    if (at - now).total_seconds() > _FUTURE_SLACK_S:
         raise InvalidInput(f"at must not be more than {_FUTURE_SLACK_S}s in the future", field="body.at")
     async with conn.transaction():
         row = await record_change(conn, Change(body.kind, body.service, to_ns(at), body.detail), recorded_by=who.name)
@@ -68,11 +69,5 @@ async def list_changes(
     service: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
 ) -> list[ChangePublic]:
-    rows = await conn.fetch(
-        """SELECT * FROM changes
-           WHERE ($1::timestamptz IS NULL OR at >= $1) AND ($2::timestamptz IS NULL OR at <= $2)
-             AND ($3::text IS NULL OR service = $3)
-           ORDER BY at DESC, id DESC LIMIT $4""",
-        since, until, service, limit,
-    )
+    rows = await recorded_changes(conn, since=since, until=until, service=service, limit=limit)
     return [ChangePublic.model_validate(dict(r)) for r in rows]
