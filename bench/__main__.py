@@ -3,7 +3,7 @@
     python -m bench [--full] [name ...]
 
 Quick mode shrinks each load so the whole suite finishes in a few minutes on a laptop; ``--full``
-runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca).
+runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "detection": ["--copies", "1", "--points", "50000"],
     "signals": ["--spans", "200000", "--objects", "50000", "--repeat", "1"],
     "rca": ["--spans", "20000"],
+    "real": ["--quick"],
 }
 
 

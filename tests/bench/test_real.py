@@ -1,0 +1,42 @@
+"""``python -m bench.real`` in its quick mode on the real data sets, so the benchmark cannot rot, and
+the rules that find the data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bench.datasets import datasets_root, nab_names, nab_split, nezha_faults
+from bench.real import main
+
+
+def test_quick_mode_prints_every_table(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--quick"])
+    out = capsys.readouterr().out
+    assert "## Detection: NAB score on nab-dev, split dev (6 series" in out
+    for detector in ("devart (default)", "numenta", "relativeEntropy", "windowedGaussian", "random"):
+        assert f"| {detector} |" in out
+    assert "points/s" in out and "s/incident" in out
+    assert "## RCA on nezha-ob, split dev (5 faults)" in out
+    assert "| **all** | 5 |" in out and "top cause right" in out
+
+
+def test_splits_are_fixed_rules_and_disjoint() -> None:
+    root = datasets_root()
+    names = nab_names(root)
+    dev, held = nab_split(names, "dev"), nab_split(names, "held_out")
+    assert len(held) == len(names) // 3 and not set(dev) & set(held) and sorted(dev + held) == names
+    assert held[0] == sorted(names)[2]
+    assert {f.day for f in nezha_faults(root, "held_out")} == {"2022-08-22"}
+    assert {f.day for f in nezha_faults(root, "dev")} == {"2022-08-23"}
+
+
+def test_dataset_location_explicit_env_and_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "nab-dev").mkdir()
+    assert datasets_root(tmp_path) == tmp_path
+    monkeypatch.setenv("DEVART_DATASETS", str(tmp_path))
+    assert datasets_root() == tmp_path
+    monkeypatch.setenv("DEVART_DATASETS", str(tmp_path / "nowhere"))
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        datasets_root()
