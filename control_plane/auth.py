@@ -25,15 +25,19 @@ MANAGE_TOKENS = "tokens:manage"
 INGEST_TRACES = "traces:ingest"
 OPERATE_INCIDENTS = "incidents:operate"
 RECORD_CHANGES = "changes:record"
+DECIDE_APPROVALS = "approvals:decide"
+PROPOSE_REMEDIATIONS = "remediations:propose"
+CONTROL_REMEDIATION = "remediation:control"
 READ = "read"
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({READ}),
     "ci": frozenset({READ, CREATE_TASKS, RECORD_CHANGES}),
-    "supervisor": frozenset({READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES}),
+    "supervisor": frozenset({READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES,
+                             DECIDE_APPROVALS, PROPOSE_REMEDIATIONS}),
     "admin": frozenset(
         {READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES, MANAGE_TOKENS,
-         INGEST_TRACES}
+         INGEST_TRACES, DECIDE_APPROVALS, PROPOSE_REMEDIATIONS, CONTROL_REMEDIATION}
     ),
     # agent tokens exist only so agent processes can export their spans to the built-in receiver
     "agent": frozenset({INGEST_TRACES}),

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace import SpanProcessor
 from agents.sdk.telemetry import API_SERVICE, Telemetry, TelemetrySettings, batch_processor, start_telemetry
 from agents.sdk.topology import declare_dead_queue, declare_events_queue, declare_exchanges
 from aiops.settings import AiopsSettings
+from control_plane.approvals import ApprovalExpiry
 from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
 from control_plane.db import EmbeddedPostgres, create_pool, migrate_database
 from control_plane.dead_letters import DeadLetterConsumer
@@ -47,6 +48,7 @@ class Workers:
     dead: DeadLetterConsumer
     reaper: Reaper
     dispatcher: Dispatcher
+    approval_expiry: ApprovalExpiry
     sweeper: JobSweeper | None = None
     span_retention: SpanRetention | None = None
     metrics: ControlPlaneMetrics | None = None
@@ -157,6 +159,7 @@ class ControlPlane:
                 deadline_grace_s=s.deadline_grace_s,
             ),
             dispatcher=dispatcher,
+            approval_expiry=ApprovalExpiry(pool, interval_s=s.approval_expiry_interval_s),
             sweeper=self._job_sweeper(),
             span_retention=SpanRetention(
                 self.span_pool, self.aiops, interval_s=self.observability.retention_interval_s
@@ -169,6 +172,7 @@ class ControlPlane:
         await self.workers.dead.start()
         self.workers.reaper.start()
         dispatcher.start()
+        self.workers.approval_expiry.start()
         if self.workers.sweeper is not None:
             self.workers.sweeper.start()
         if self.telemetry_settings.enabled:
@@ -215,7 +219,7 @@ class ControlPlane:
         if self.workers is not None:
             if self.workers.sweeper is not None:
                 await self.workers.sweeper.stop()
-            for loop in (self.workers.metrics, self.workers.span_retention):
+            for loop in (self.workers.metrics, self.workers.span_retention, self.workers.approval_expiry):
                 if loop is not None:
                     await loop.stop()
             await self.workers.dispatcher.stop()

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
         default="devart-sandbox", min_length=1, description="namespace whose devart Jobs the sweeper looks at"
     )
 
+    approval_expiry_interval_s: float = Field(
+        default=5.0, gt=0, description="period of the loop that expires approvals nobody decided in time"
+    )
+
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
 
     @model_validator(mode="after")

@@ -14,7 +14,18 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from control_plane.api import agents, changes, health, incidents, rca, stream, tasks, tokens, traces
+from control_plane.api import (
+    agents,
+    approvals,
+    changes,
+    health,
+    incidents,
+    rca,
+    stream,
+    tasks,
+    tokens,
+    traces,
+)
 from control_plane.api.hub import EventHub
 from control_plane.auth import TokenCache
 from control_plane.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
@@ -143,7 +154,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for module in (health, tasks, agents, tokens, stream, traces, rca, incidents, changes):
+    for module in (health, tasks, agents, tokens, stream, traces, rca, incidents, changes, approvals):
         app.include_router(module.router)
     return app
 
