@@ -11,14 +11,19 @@ import hashlib
 import math
 import re
 from collections import Counter
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-from openai import AsyncOpenAI
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+if TYPE_CHECKING:
+    from openai import AsyncOpenAI
+
 _WORD = re.compile(r"[a-z0-9_]+")
+
+STORED_DIM = 384
+"""The dimension of the ``vector(384)`` columns (``rca_memory``, ``rca_results``); another needs a migration."""
 
 
 class EmbeddingError(RuntimeError):
@@ -44,7 +49,8 @@ class EmbeddingSettings(BaseSettings):
         description="Embedding model name on the OpenAI-compatible server.",
     )
     dim: int = Field(
-        384, ge=8, le=4096, validation_alias="DEVART_EMBEDDING_DIM", description="Vector dimension."
+        STORED_DIM, validation_alias="DEVART_EMBEDDING_DIM",
+        description="Vector dimension; must be 384, the dimension of the vector(384) columns that store them.",
     )
     batch_size: int = Field(
         64,
@@ -65,6 +71,13 @@ class EmbeddingSettings(BaseSettings):
         validation_alias="DEVART_EMBEDDING_TIMEOUT_S",
         description="Timeout of one embeddings request.",
     )
+
+    @field_validator("dim")
+    @classmethod
+    def _stored_dim(cls, value: int) -> int:
+        if value != STORED_DIM:
+            raise ValueError(f"must be {STORED_DIM}: embeddings are stored in vector({STORED_DIM}) columns")
+        return value
 
 
 @runtime_checkable
@@ -133,7 +146,9 @@ class OpenAIEmbedder:
         self._model = model
         self._batch_size = batch_size
         self._max_chars = max_chars
-        self._client = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s)
+        from openai import AsyncOpenAI  # only here: the local embedder needs no openai package
+
+        self._client: AsyncOpenAI = AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout_s)
 
     async def embed(self, texts: list[str]) -> np.ndarray:
         rows: list[list[float]] = []

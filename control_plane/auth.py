@@ -28,15 +28,17 @@ RECORD_CHANGES = "changes:record"
 DECIDE_APPROVALS = "approvals:decide"
 PROPOSE_REMEDIATIONS = "remediations:propose"
 CONTROL_REMEDIATION = "remediation:control"
+READ_ENV = "tasks:read-env"
+"""See the values of a task's plain ``input.env`` (others see its keys with redacted values)."""
 READ = "read"
 
 PERMISSIONS: dict[str, frozenset[str]] = {
     "viewer": frozenset({READ}),
     "ci": frozenset({READ, CREATE_TASKS, RECORD_CHANGES}),
-    "supervisor": frozenset({READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES,
-                             DECIDE_APPROVALS, PROPOSE_REMEDIATIONS}),
+    "supervisor": frozenset({READ, READ_ENV, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS,
+                             RECORD_CHANGES, DECIDE_APPROVALS, PROPOSE_REMEDIATIONS}),
     "admin": frozenset(
-        {READ, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES, MANAGE_TOKENS,
+        {READ, READ_ENV, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES, MANAGE_TOKENS,
          INGEST_TRACES, DECIDE_APPROVALS, PROPOSE_REMEDIATIONS, CONTROL_REMEDIATION}
     ),
     # agent tokens exist only so agent processes can export their spans to the built-in receiver

@@ -18,11 +18,13 @@ from uuid import UUID
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 
-from agents.sdk.messages import HEADER_DEAD_REASON
+from agents.sdk.messages import HEADER_DEAD_REASON, safe_text
 from agents.sdk.topology import Topology, declare_dead_queue, declare_exchanges
 from control_plane.dispatch import record_transition
 
 log = logging.getLogger("devart.dead")
+
+_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
 
 
 def dead_reason(headers: dict[str, Any]) -> str:
@@ -42,28 +44,33 @@ def dead_reason(headers: dict[str, Any]) -> str:
 
 
 def _task_ref(body: bytes) -> tuple[UUID, int | None] | None:
+    """The task and attempt a dead message names, if it names any. A body nested too deep for the
+    parser (``[`` x 5000: RecursionError) names none, like any other undecodable body."""
     try:
         data = json.loads(body)
         return UUID(str(data["task_id"])), (int(data["attempt"]) if "attempt" in data else None)
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         return None
 
 
 def _plain(value: Any) -> Any:
+    """AMQP header values as storable JSON (bytes decoded, NUL and lone surrogates replaced)."""
     if isinstance(value, bytes):
-        return value.decode(errors="replace")
+        return safe_text(value.decode(errors="replace"))
+    if isinstance(value, str):
+        return safe_text(value)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {safe_text(str(k)): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
-    if isinstance(value, str | int | float | bool) or value is None:
+    if isinstance(value, int | float | bool) or value is None:
         return value
-    return str(value)
+    return safe_text(str(value))
 
 
 async def record_dead_letter(conn: asyncpg.Connection, body: bytes, headers: dict[str, Any]) -> UUID | None:
     """Keep the message and mark its task dead when the task still waits for that attempt."""
-    reason = dead_reason(headers)
+    reason = safe_text(dead_reason(headers))
     ref = _task_ref(body)
     task_id = ref[0] if ref else None
     async with conn.transaction():
@@ -106,13 +113,31 @@ class DeadLetterConsumer:
         await self._queue.consume(self._on_message)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        headers = dict(message.headers or {})
         try:
             async with self._pool.acquire() as conn:
-                task_id = await record_dead_letter(conn, message.body, dict(message.headers or {}))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                task_id = await record_dead_letter(conn, message.body, headers)
+        except _TRANSIENT as exc:
             log.warning("cannot record a dead letter yet (%s); it goes back to the queue", exc)
             await asyncio.sleep(1.0)
             await message.nack(requeue=True)
             return
-        log.warning("dead letter for task %s: %s", task_id, dead_reason(dict(message.headers or {})))
+        except Exception as exc:  # one bad message must not stop the consumer
+            await self._keep_unrecordable(message, exc)
+            return
+        log.warning("dead letter for task %s: %s", task_id, dead_reason(headers))
+        await message.ack()
+
+    async def _keep_unrecordable(self, message: AbstractIncomingMessage, exc: Exception) -> None:
+        """A message whose reason or headers could not be stored: keep its body with why."""
+        reason = f"unrecordable dead letter ({type(exc).__name__}: {exc})"[:1000]
+        log.error("%s", reason)
+        try:
+            async with self._pool.acquire() as conn:
+                await conn.execute("INSERT INTO dead_letters (reason, body, headers) VALUES ($1, $2, '{}')",
+                                   reason, message.body)
+        except _TRANSIENT as again:
+            log.warning("cannot record a dead letter yet (%s); it goes back to the queue", again)
+            await message.nack(requeue=True)
+            return
         await message.ack()

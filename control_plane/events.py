@@ -9,6 +9,7 @@ transaction per batch) and acknowledged only after the commit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -33,6 +34,7 @@ from agents.sdk.messages import (
     TaskProgress,
     TaskStarted,
     TaskSucceeded,
+    safe_text,
 )
 from agents.sdk.telemetry import extract_context
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
@@ -327,6 +329,12 @@ class EventsConsumer:
                     # The channel went away with the broker: these deliveries come again after the
                     # reconnect, and applying an event twice changes nothing.
                     log.warning("could not acknowledge %d event(s) (%s); they will be redelivered", len(batch), exc)
+                except Exception:  # a bug must not stop the consumer: the batch comes again
+                    log.exception("applying %d event(s) failed; they will be redelivered", len(batch))
+                    for message in batch:
+                        with contextlib.suppress(aio_pika.exceptions.AMQPError, RuntimeError):
+                            await message.nack(requeue=True)
+                    await asyncio.sleep(1.0)
 
     async def _apply_batch(self, messages: list[AbstractIncomingMessage]) -> None:
         decoded: list[tuple[AbstractIncomingMessage, Event]] = []
@@ -334,7 +342,7 @@ class EventsConsumer:
         for message in messages:
             try:
                 decoded.append((message, EVENT_ADAPTER.validate_json(message.body)))
-            except ValidationError as exc:
+            except (ValidationError, ValueError, RecursionError) as exc:
                 set_aside.append((message, f"undecodable: {exc}"))
         while True:
             try:
@@ -343,7 +351,7 @@ class EventsConsumer:
             except _TRANSIENT as exc:
                 log.warning("database unavailable while applying events, retrying: %s", exc)
                 await asyncio.sleep(1.0)
-            except (asyncpg.PostgresError, ValueError) as exc:
+            except Exception as exc:  # one event's fault must not hold back the others
                 log.error("batch of %d events failed (%s); applying one by one", len(decoded), exc)
                 effects = await self._apply_one_by_one(decoded, set_aside)
                 break
@@ -386,8 +394,8 @@ class EventsConsumer:
                 one = await self._apply_all([(message, event)])
             except _TRANSIENT:
                 raise
-            except (asyncpg.PostgresError, ValueError) as exc:
-                set_aside.append((message, f"{event.kind} event could not be applied: {exc}"))
+            except Exception as exc:  # set aside with the reason; the consumer goes on
+                set_aside.append((message, f"{event.kind} event could not be applied: {type(exc).__name__}: {exc}"))
                 continue
             effects.agents_joined |= one.agents_joined
             effects.log_tasks |= one.log_tasks
@@ -399,7 +407,7 @@ class EventsConsumer:
         async with self._pool.acquire() as conn:
             await conn.executemany(
                 "INSERT INTO dead_letters (reason, body, headers) VALUES ($1, $2, '{}')",
-                [(f"agent event: {reason}"[:1000], message.body) for message, reason in bad],
+                [(safe_text(f"agent event: {reason}"[:1000]), message.body) for message, reason in bad],
             )
 
     async def _after_commit(self, effects: _Effects) -> None:

@@ -71,7 +71,9 @@ class ControlPlane:
         observability: ObservabilitySettings | None = None,
     ) -> None:
         self.settings = settings
-        self.telemetry_settings = telemetry or TelemetrySettings()
+        # DEVART_API_URL is how agents reach the built-in receiver; the control plane stores its own
+        # spans in process, never by posting them to itself (without a token: 401, spans lost).
+        self.telemetry_settings = (telemetry or TelemetrySettings()).model_copy(update={"api_url": None})
         self.aiops = aiops or AiopsSettings()
         self.observability = observability or ObservabilitySettings()
         self.telemetry: Telemetry | None = None

@@ -19,11 +19,12 @@ Flows:
 from __future__ import annotations
 
 import hashlib
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter
 
 WIRE_VERSION = 1
 
@@ -40,6 +41,33 @@ def pool_id(skills: list[str] | set[str] | tuple[str, ...], types: list[str] | s
     """
     key = ",".join(sorted(set(skills))) + "|" + ",".join(sorted(set(types)))
     return "pool-" + hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+REPLACEMENT = "\ufffd"
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every NUL and lone surrogate replaced by U+FFFD: neither can be encoded as
+    UTF-8 JSON nor stored in a Postgres ``text``/``jsonb``. (Invalid UTF-8 never gets this far:
+    output is decoded with ``errors="replace"``, which yields U+FFFD too.)"""
+    return _UNSTORABLE.sub(REPLACEMENT, text) if _UNSTORABLE.search(text) else text
+
+
+def safe_value(value: Any) -> Any:
+    """A JSON-like value with :func:`safe_text` applied to every string in it, keys included."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(str(k)): safe_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [safe_value(v) for v in value]
+    return value
+
+
+SafeText = Annotated[str, AfterValidator(safe_text)]
+"""Text an agent reports (log lines, errors, progress): made storable where it is built."""
+SafeJson = Annotated[dict[str, Any], AfterValidator(safe_value)]
 
 
 class _Wire(BaseModel):
@@ -67,7 +95,7 @@ class LogLine(BaseModel):
     seq: int = Field(ge=0, description="position of the line within the attempt's log")
     ts: datetime
     stream: Literal["stdout", "stderr", "system"] = "stdout"
-    text: str
+    text: SafeText
 
 
 class RunningTask(BaseModel):
@@ -75,7 +103,7 @@ class RunningTask(BaseModel):
     task_id: UUID
     attempt: int
     progress: float | None = None
-    message: str | None = None
+    message: SafeText | None = None
 
 
 AgentState = Literal["active", "paused", "draining"]
@@ -127,7 +155,7 @@ class TaskStarted(_TaskEventBase):
 class TaskProgress(_TaskEventBase):
     kind: Literal["progress"] = "progress"
     progress: float | None = Field(default=None, ge=0, le=1)
-    message: str | None = None
+    message: SafeText | None = None
 
 
 class TaskLog(_TaskEventBase):
@@ -137,7 +165,7 @@ class TaskLog(_TaskEventBase):
 
 class TaskSucceeded(_TaskEventBase):
     kind: Literal["succeeded"] = "succeeded"
-    result: dict[str, Any] = Field(default_factory=dict)
+    result: SafeJson = Field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -150,11 +178,11 @@ class TaskFailed(_TaskEventBase):
 
     kind: Literal["failed"] = "failed"
     reason: FailureReason = "error"
-    error: str
-    error_type: str = ""
+    error: SafeText
+    error_type: SafeText = ""
     retryable: bool = True
     retry_delay_s: float | None = Field(default=None, ge=0)
-    result: dict[str, Any] = Field(default_factory=dict)
+    result: SafeJson = Field(default_factory=dict)
     duration_s: float = 0.0
 
 

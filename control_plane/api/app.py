@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+import asyncpg
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -27,6 +28,7 @@ from control_plane.api import (
     traces,
 )
 from control_plane.api.hub import EventHub
+from control_plane.api.text import refuse_unstorable_body, refuse_unstorable_params
 from control_plane.auth import TokenCache
 from control_plane.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
 from control_plane.service import ControlPlane
@@ -74,6 +76,11 @@ async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
 async def _http_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+async def _unstorable_text(_: Request, exc: Exception) -> JSONResponse:
+    """The last line of defence behind ``control_plane.api.text``: text Postgres refused."""
+    return _error(422, f"the request contains text that cannot be stored: {exc}")
 
 
 class BodyLimit:
@@ -147,6 +154,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
         # RequestSpans makes the server span; FastAPI's own spans per dependency, endpoint and
         # serialization would triple the spans of every request for little insight.
         telemetry={"tracing": False, "operation_spans": False},
+        dependencies=[Depends(refuse_unstorable_params)],
     )
     app.state.token_cache = TokenCache()
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({traces.OTLP_TRACES_PATH}))
@@ -154,8 +162,11 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    for module in (health, tasks, agents, tokens, stream, traces, rca, incidents, changes, approvals):
-        app.include_router(module.router)
+    app.add_exception_handler(asyncpg.UntranslatableCharacterError, _unstorable_text)
+    app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
+    app.include_router(traces.router)  # bounds and decodes its own bodies
+    for module in (health, tasks, agents, tokens, stream, rca, incidents, changes, approvals):
+        app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
     return app
 
 

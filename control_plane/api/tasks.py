@@ -25,7 +25,7 @@ from control_plane.api.models import (
 )
 from control_plane.api.sse import KEEPALIVE, KEEPALIVE_S, sse_frame, sse_response
 from control_plane.audit import audit
-from control_plane.auth import CREATE_TASKS, OPERATE_TASKS, READ, Principal
+from control_plane.auth import CREATE_TASKS, OPERATE_TASKS, READ, READ_ENV, Principal
 from control_plane.errors import InvalidInput
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
@@ -152,12 +152,33 @@ async def list_tasks(
     return TaskPage(items=[_public(r) for r in rows], next_cursor=next_cursor)
 
 
-@router.get("/{task_id}", response_model=TaskDetail, operation_id="get_task", summary="One task with its history")
-async def get_task(task_id: UUID, conn: DbConn, _: Reader) -> TaskDetail:
+REDACTED = "***"
+
+
+def _shown_input(task_input: dict, who: Principal) -> dict:
+    """The task's input as ``who`` may see it: without ``tasks:read-env`` (viewer, ci), the values of
+    its plain ``env`` are redacted and only the keys shown. ``secret_env`` holds references to a
+    secret store, never values, and is shown as it is."""
+    env = task_input.get("env")
+    if not isinstance(env, dict) or not env or who.can(READ_ENV):
+        return task_input
+    return task_input | {"env": dict.fromkeys(env, REDACTED)}
+
+
+@router.get(
+    "/{task_id}", response_model=TaskDetail, operation_id="get_task",
+    summary="One task with its history; the values of input.env only for supervisors and admins",
+)
+async def get_task(task_id: UUID, conn: DbConn, who: Reader, remote: Remote) -> TaskDetail:
     row = await task_store.get_task(conn, task_id)
+    shown = _shown_input(row["input"], who)
+    if shown is row["input"] and row["input"].get("env"):
+        await audit(conn, actor=who.name, action="task.read_env", target=str(task_id), remote=remote,
+                    detail={"keys": sorted(row["input"]["env"])})
     return TaskDetail.model_validate(
         dict(row)
         | {
+            "input": shown,
             "attempts": [dict(a) for a in await task_store.attempts(conn, task_id)],
             "transitions": [dict(t) for t in await task_store.transitions(conn, task_id)],
         }

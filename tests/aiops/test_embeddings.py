@@ -146,3 +146,9 @@ def test_embedding_settings_name_the_bad_field() -> None:
         EmbeddingSettings(DEVART_EMBEDDING_DIM=2)
     with pytest.raises(ValueError, match="dim"):
         HashingEmbedder(dim=2)
+
+
+def test_embedding_dim_must_fit_the_vector_column() -> None:
+    assert EmbeddingSettings().dim == 384
+    with pytest.raises(ValueError, match="vector\\(384\\)"):
+        EmbeddingSettings(DEVART_EMBEDDING_DIM=512)

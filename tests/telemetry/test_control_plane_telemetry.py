@@ -132,3 +132,16 @@ async def test_metrics_come_from_postgres(db: asyncpg.Pool) -> None:
                                       "devart.task.status": "succeeded"}
     (dispatch,) = points["devart.task.dispatch.duration"]
     assert dispatch["count"] == 1 and 29 < dispatch["sum"] < 60
+
+
+def test_the_control_plane_never_exports_its_spans_to_its_own_receiver(database_url: str) -> None:
+    """DEVART_API_URL in the control plane's environment (set for its agents) must not make it post
+    its own spans to itself over HTTP without a token (401: the spans were lost)."""
+    from agents.sdk import BrokerSettings
+    from agents.sdk.telemetry import TelemetrySettings
+    from control_plane.service import ControlPlane
+    from control_plane.settings import Settings
+
+    plane = ControlPlane(Settings(database_url=database_url, broker=BrokerSettings()),
+                         telemetry=TelemetrySettings(DEVART_API_URL="http://127.0.0.1:8000"))
+    assert plane.telemetry_settings.api_url is None
