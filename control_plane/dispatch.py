@@ -122,10 +122,15 @@ async def queue_attempt(
 ) -> None:
     """Move ``task`` to ``queued`` for ``attempt`` on ``pool_id`` and enqueue its message (caller's tx)."""
     await conn.execute(
+        # A task already waiting keeps its start deadline; one queued again (a retry, or taken back
+        # from a pool without agents) gets a new one, counted from when its message becomes available.
         """UPDATE tasks SET status = 'queued', status_reason = $3, pool_id = $2, attempt = $4, agent_id = NULL,
-                  lease_expires_at = NULL, deadline_at = NULL, updated_at = now()
+                  lease_expires_at = NULL, deadline_at = NULL, updated_at = now(),
+                  start_deadline_at = CASE WHEN status IN ('pending', 'queued') AND start_deadline_at IS NOT NULL
+                                           THEN start_deadline_at
+                                           ELSE now() + make_interval(secs => $5 + start_timeout_s) END
            WHERE id = $1""",
-        task["id"], pool_id, reason, attempt,
+        task["id"], pool_id, reason, attempt, max(0.0, delay_s),
     )
     await conn.execute(
         """INSERT INTO attempts (task_id, attempt, pool_id, status, retry_at)

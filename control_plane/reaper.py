@@ -1,4 +1,12 @@
-"""The reaper: agents that went silent, tasks past their lease or deadline, orphaned pool queues."""
+"""The reaper: agents that went silent, tasks past their lease or deadline, orphaned pool queues,
+and queued tasks whose message vanished from their pool queue.
+
+Every task ends: a running one by its timeout or lease, a waiting one (pending or queued) by its
+start deadline, any open one by its overall deadline. A queued task whose message is no longer in
+its pool queue (another consumer took it: a second installation without its own broker prefix, a
+tool reading the queue) is found by comparing the queue's depth with the tasks the database says
+are waiting there, and published again, a bounded number of times before it fails.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +21,7 @@ from pydantic import ValidationError
 
 from agents.sdk.messages import TaskMessage
 from agents.sdk.topology import Topology
-from control_plane.dispatch import choose_pool, queue_attempt, record_transition
+from control_plane.dispatch import choose_pool, outbox_for_attempt, queue_attempt, record_transition
 from control_plane.loops import LoopService
 from control_plane.outbox import enqueue
 from control_plane.tasks import cancel_command
@@ -33,6 +41,8 @@ class Reaper(LoopService):
         interval_s: float,
         agent_ttl_s: float,
         deadline_grace_s: float,
+        requeue_after_s: float = 30.0,
+        max_republish: int = 3,
     ) -> None:
         super().__init__(interval_s)
         self._pool = pool
@@ -40,6 +50,8 @@ class Reaper(LoopService):
         self._topology = topology
         self._agent_ttl_s = agent_ttl_s
         self._grace_s = deadline_grace_s
+        self._requeue_after_s = requeue_after_s
+        self._max_republish = max_republish
         self._broker_up_since: float | None = None
 
     def _hearing_agents(self) -> bool:
@@ -68,8 +80,42 @@ class Reaper(LoopService):
             await self.time_out_tasks(conn)
             for pool_id in await self._orphaned_pools(conn):
                 await self.redispatch_orphans(conn, pool_id)
+            await self.recover_lost_messages(conn)
 
     async def time_out_tasks(self, conn: asyncpg.Connection) -> int:
+        """End running tasks past their lease or attempt deadline, and any task past its start or
+        overall deadline; returns how many ended."""
+        return await self._time_out_running(conn) + await self._time_out_waiting(conn)
+
+    async def _time_out_waiting(self, conn: asyncpg.Connection) -> int:
+        async with conn.transaction():
+            expired = await conn.fetch(
+                """SELECT id, attempt, agent_id, status, type, requires, pool_id, start_timeout_s, deadline_s,
+                          expires_at < now() AS expired
+                   FROM tasks
+                   WHERE (status IN ('pending', 'queued') AND start_deadline_at < now())
+                      OR (status IN ('pending', 'queued', 'running') AND expires_at < now())
+                   FOR UPDATE SKIP LOCKED"""
+            )
+            for task in expired:
+                reason = _waiting_reason(task)
+                await conn.execute(
+                    """UPDATE tasks SET status = 'timed_out', status_reason = $2, finished_at = now(),
+                              updated_at = now(), lease_expires_at = NULL
+                       WHERE id = $1""",
+                    task["id"], reason,
+                )
+                await conn.execute(
+                    """UPDATE attempts SET status = 'timed_out', finished_at = now()
+                       WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
+                    task["id"], task["attempt"],
+                )
+                await record_transition(conn, task["id"], task["attempt"], task["status"], "timed_out", "reaper", reason)
+                if task["status"] == "running" and task["agent_id"]:
+                    await enqueue(conn, [cancel_command(self._topology, task["agent_id"], task["id"], task["attempt"], reason)])
+            return len(expired)
+
+    async def _time_out_running(self, conn: asyncpg.Connection) -> int:
         async with conn.transaction():
             expired = await conn.fetch(
                 """SELECT id, attempt, agent_id, status, lease_expires_at < now() AS lease_lost FROM tasks
@@ -163,3 +209,97 @@ class Reaper(LoopService):
                 reason=f"re-dispatched from {pool_id}, which has no live agents",
             )
             return target
+
+    async def recover_lost_messages(self, conn: asyncpg.Connection) -> int:
+        """Publish again the queued tasks of pools whose queue holds fewer messages than the database
+        says are waiting there (only tasks queued for ``requeue_after_s`` with nothing left in the
+        outbox for that pool, so a slow relay or a message on its way to an agent is not mistaken
+        for a lost one). Returns how many tasks were published again or failed."""
+        stale = await conn.fetch(
+            """SELECT t.pool_id, array_agg(t.id) AS ids FROM tasks t
+               JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt
+               WHERE t.status = 'queued' AND t.pool_id IS NOT NULL
+                 AND t.updated_at < now() - make_interval(secs => $1)
+                 AND coalesce(a.retry_at, '-infinity') < now() - make_interval(secs => $1)
+                 AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.routing_key = t.pool_id)
+               GROUP BY t.pool_id""",
+            self._requeue_after_s,
+        )
+        recovered = 0
+        for row in stale:
+            depth = await self._queue_depth(row["pool_id"])
+            if depth is None or depth >= len(row["ids"]):
+                continue
+            log.warning("pool queue %s holds %d message(s) but %d task(s) wait there: publishing them again",
+                        row["pool_id"], depth, len(row["ids"]))
+            for task_id in row["ids"]:
+                recovered += await self._republish(conn, task_id, row["pool_id"], depth, len(row["ids"]))
+        return recovered
+
+    async def _queue_depth(self, pool_id: str) -> int | None:
+        """Messages ready in the pool's queue (0 when the queue is gone); None when the broker cannot say."""
+        try:
+            channel = await self._connection.channel()
+        except (aio_pika.exceptions.AMQPError, RuntimeError, OSError) as exc:
+            log.debug("no channel to check pool queue %s: %s", pool_id, exc)
+            return None
+        try:
+            queue = await channel.declare_queue(self._topology.pool_queue(pool_id), passive=True)
+            return int(queue.declaration_result.message_count or 0)
+        except aio_pika.exceptions.ChannelNotFoundEntity:
+            return 0
+        finally:
+            if not channel.is_closed:
+                await channel.close()
+
+    async def _republish(self, conn: asyncpg.Connection, task_id: UUID, pool_id: str, depth: int, waiting: int) -> int:
+        async with conn.transaction():
+            task = await conn.fetchrow(
+                """SELECT t.*, a.republished FROM tasks t JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt
+                   WHERE t.id = $1 AND t.status = 'queued' AND t.pool_id = $2 FOR UPDATE OF t SKIP LOCKED""",
+                task_id, pool_id,
+            )
+            if task is None:
+                return 0
+            seen = f"pool queue {pool_id} held {depth} message(s) for {waiting} waiting task(s)"
+            if task["republished"] >= self._max_republish:
+                reason = (f"its message left {seen} {task['republished'] + 1} times without reaching an agent of "
+                          "this installation; another consumer is taking this installation's messages "
+                          "(does a second installation share the broker with the same DEVART_BROKER_PREFIX?)")
+                await conn.execute(
+                    """UPDATE tasks SET status = 'failed', status_reason = $2, finished_at = now(), updated_at = now(),
+                              error = $3
+                       WHERE id = $1""",
+                    task_id, reason[:500], {"message": reason, "type": "LostMessage", "reason": "error", "retryable": False},
+                )
+                await conn.execute(
+                    "UPDATE attempts SET status = 'failed', finished_at = now() WHERE task_id = $1 AND attempt = $2",
+                    task_id, task["attempt"],
+                )
+                await record_transition(conn, task_id, task["attempt"], "queued", "failed", "reaper", reason[:500])
+                return 1
+            reason = f"message missing ({seen}); published again ({task['republished'] + 1}/{self._max_republish})"
+            await conn.execute(
+                "UPDATE tasks SET status_reason = $2, updated_at = now() WHERE id = $1", task_id, reason,
+            )
+            await conn.execute(
+                "UPDATE attempts SET republished = republished + 1 WHERE task_id = $1 AND attempt = $2",
+                task_id, task["attempt"],
+            )
+            await record_transition(conn, task_id, task["attempt"], "queued", "queued", "reaper", reason)
+            await enqueue(conn, [outbox_for_attempt(task, attempt=task["attempt"], pool_id=pool_id, topology=self._topology)])
+            return 1
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g} s"
+
+
+def _waiting_reason(task: asyncpg.Record) -> str:
+    if task["expired"]:
+        return f"overall deadline of {_seconds(task['deadline_s'])} from submission passed while {task['status']}"
+    if task["status"] == "pending":
+        requires = f" with skills {sorted(task['requires'])}" if task["requires"] else ""
+        return f"no live pool for type '{task['type']}'{requires} within {_seconds(task['start_timeout_s'])}"
+    return (f"not started within {_seconds(task['start_timeout_s'])} of being queued on {task['pool_id']} "
+            "(no agent of that pool took it)")

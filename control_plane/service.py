@@ -13,8 +13,9 @@ import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 from opentelemetry.sdk.trace import SpanProcessor
 
+from agents.sdk.settings import BrokerSettings
 from agents.sdk.telemetry import API_SERVICE, Telemetry, TelemetrySettings, batch_processor, start_telemetry
-from agents.sdk.topology import declare_dead_queue, declare_events_queue, declare_exchanges
+from agents.sdk.topology import Topology, declare_dead_queue, declare_events_queue, declare_exchanges
 from aiops.settings import AiopsSettings
 from control_plane.approvals import ApprovalExpiry
 from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
@@ -22,6 +23,7 @@ from control_plane.db import EmbeddedPostgres, create_pool, migrate_database
 from control_plane.dead_letters import DeadLetterConsumer
 from control_plane.dispatch import Dispatcher
 from control_plane.events import EventsConfig, EventsConsumer
+from control_plane.installation import Installation, load_installation
 from control_plane.outbox import OutboxRelay
 from control_plane.reaper import Reaper
 from control_plane.settings import Settings
@@ -79,7 +81,10 @@ class ControlPlane:
         self.telemetry: Telemetry | None = None
         self._span_sink: SpanProcessor | None = None
         self._span_pool: asyncpg.Pool | None = None
-        self.topology = settings.broker.topology()
+        self._topology: Topology | None = None
+        self.broker: BrokerSettings = settings.broker
+        """The broker settings in use: the configured ones, with the prefix resolved."""
+        self.installation: Installation | None = None
         self._run_workers = workers
         self._pool: asyncpg.Pool | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -93,6 +98,12 @@ class ControlPlane:
         if self._pool is None:
             raise RuntimeError("ControlPlane used outside `async with`")
         return self._pool
+
+    @property
+    def topology(self) -> Topology:
+        if self._topology is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._topology
 
     @property
     def span_pool(self) -> asyncpg.Pool:
@@ -115,6 +126,11 @@ class ControlPlane:
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
         self._pool = await create_pool(self.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        async with self._pool.acquire() as conn:
+            self.installation = await load_installation(conn)
+        if s.broker.prefix is None:
+            self.broker = s.broker.model_copy(update={"prefix": self.installation.broker_prefix})
+        self._topology = self.broker.topology()
         self._span_pool = await asyncpg.create_pool(
             self.database_url, min_size=1, max_size=self.observability.span_pool_max
         )
@@ -123,6 +139,7 @@ class ControlPlane:
             self.amqp_url, self._private_broker = await resolve_broker(
                 s.broker.amqp_url, s.home, allow_private=s.embedded_broker
             )
+            self.broker = self.broker.model_copy(update={"amqp_url": self.amqp_url})
             try:
                 self._connection = await aio_pika.connect_robust(self.amqp_url)
             except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
@@ -158,7 +175,7 @@ class ControlPlane:
             dead=DeadLetterConsumer(pool, connection, self.topology),
             reaper=Reaper(
                 pool, connection, self.topology, interval_s=s.reaper_interval_s, agent_ttl_s=s.heartbeat_ttl_s,
-                deadline_grace_s=s.deadline_grace_s,
+                deadline_grace_s=s.deadline_grace_s, requeue_after_s=s.requeue_after_s, max_republish=s.max_republish,
             ),
             dispatcher=dispatcher,
             approval_expiry=ApprovalExpiry(pool, interval_s=s.approval_expiry_interval_s),

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk.eventloop import EventLoop
 from agents.sdk.settings import BrokerSettings
+
+
+def default_home() -> Path:
+    """One ``DEVART_HOME`` per user, whatever the current directory: every command finds the same one."""
+    data = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data) / "devart"
 
 
 class Settings(BaseSettings):
@@ -18,7 +25,11 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = Field(
         default="development", description="production refuses embedded defaults that are unsafe to expose"
     )
-    home: Path = Field(default=Path(".devart"), description="where embedded Postgres, RabbitMQ and sandboxes keep data")
+    home: Path = Field(
+        default_factory=lambda: default_home(),
+        description="where embedded Postgres, RabbitMQ, sandboxes and `devart up`'s run state live; one place per "
+        "user: $XDG_DATA_HOME/devart, else ~/.local/share/devart (a relative path is taken from the current directory)",
+    )
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "DEVART_DATABASE_URL"),
@@ -43,6 +54,23 @@ class Settings(BaseSettings):
 
     default_timeout_s: float = Field(default=600.0, gt=0, description="task timeout when the request names none")
     max_timeout_s: float = Field(default=24 * 3600.0, gt=0, description="longest timeout a task may ask for")
+    default_start_timeout_s: float = Field(
+        default=600.0, gt=0,
+        description="a task whose attempt has not started this long after it was queued (its submission, for "
+        "the first attempt) ends timed_out, whether no pool matches or no agent takes it",
+    )
+    default_deadline_s: float | None = Field(
+        default=None, gt=0,
+        description="overall deadline of a task from its submission when the request names none; unset = none",
+    )
+    requeue_after_s: float = Field(
+        default=30.0, gt=0,
+        description="a queued task whose message is missing from its pool queue this long is published again",
+    )
+    max_republish: int = Field(
+        default=3, ge=0,
+        description="times a queued task's lost message is published again before the task fails",
+    )
     default_max_attempts: int = Field(default=3, ge=1, description="attempts when the request names none")
     max_attempts_limit: int = Field(default=20, ge=1, description="most attempts a task may ask for")
     backoff_base_s: float = Field(default=1.0, gt=0, description="first retry delay")
@@ -81,6 +109,11 @@ class Settings(BaseSettings):
     )
 
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+
+    @field_validator("home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

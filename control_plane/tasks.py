@@ -40,6 +40,8 @@ class NewTask:
     max_attempts: int
     backoff: dict[str, float]
     sandbox: dict[str, Any]
+    start_timeout_s: float
+    deadline_s: float | None = None
 
 
 def request_hash(task: NewTask) -> str:
@@ -51,12 +53,14 @@ _CREATE = f"""
 WITH pool AS ({CANDIDATES}),
 task AS (
     INSERT INTO tasks (id, type, requires, input, sandbox, status, status_reason, pool_id, attempt, max_attempts,
-                       timeout_s, backoff, idempotency_key, request_hash, created_by, trace_id, traceparent)
+                       timeout_s, backoff, idempotency_key, request_hash, created_by, trace_id, traceparent,
+                       start_timeout_s, start_deadline_at, deadline_s, expires_at)
     SELECT $5, $2, $1, $6, $7,
            CASE WHEN pool.id IS NULL THEN 'pending' ELSE 'queued' END,
            CASE WHEN pool.id IS NULL THEN $8 ELSE 'dispatched to ' || pool.id END,
            pool.id, CASE WHEN pool.id IS NULL THEN 0 ELSE 1 END,
-           $9, $10, $11, $12, $13, $14, $15, $16
+           $9, $10, $11, $12, $13, $14, $15, $16,
+           $21, now() + make_interval(secs => $21), $22::float8, now() + make_interval(secs => $22::float8)
     FROM (VALUES (1)) AS one LEFT JOIN pool ON true
     RETURNING *
 ),
@@ -160,6 +164,7 @@ async def _create(
         NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
         task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, by.created_by, trace_id,
         by.traceparent, by.topology.tasks, message.model_dump(mode="json"), message_headers(by.traceparent), by.remote,
+        task.start_timeout_s, task.deadline_s,
     )
     return row, False
 
@@ -278,7 +283,9 @@ async def retry_task(
         attempt = task["attempt"] + 1
         await conn.execute(
             """UPDATE tasks SET max_attempts = $2, result = NULL, error = NULL, finished_at = NULL, attempt = $3,
-                      status = 'pending', status_reason = $4, updated_at = now()
+                      status = 'pending', status_reason = $4, updated_at = now(),
+                      start_deadline_at = now() + make_interval(secs => start_timeout_s),
+                      expires_at = now() + make_interval(secs => deadline_s)
                WHERE id = $1""",
             task_id, task["attempt"] + attempts_budget, attempt,
             NO_POOL_REASON.format(requires=sorted(task["requires"]), type=task["type"]),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import signal
 import sys
@@ -62,7 +63,7 @@ from agents.sdk.messages import (
     event_routing_key,
     utcnow,
 )
-from agents.sdk.settings import BrokerSettings
+from agents.sdk.settings import BrokerPrefixUnset, BrokerSettings
 from agents.sdk.telemetry import (
     ROUTING_KEY_ATTRIBUTE,
     agent_service,
@@ -936,8 +937,13 @@ def run_agent(agent: Agent, settings: AgentRuntimeSettings | None = None) -> NoR
 
     Exits 0 after a clean drain, 3 when running tasks had to be abandoned to the broker.
     """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=os.environ.get("DEVART_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = settings or AgentRuntimeSettings()
+    try:
+        settings.topology()
+    except BrokerPrefixUnset as exc:
+        sys.exit(f"{agent.name}: {exc}")
     sys.exit(eventloop.run(_serve(agent, settings), settings.event_loop))
 
 

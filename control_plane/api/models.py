@@ -26,6 +26,15 @@ class TaskCreate(BaseModel):
     input: dict[str, Any] = Field(default_factory=dict, description="handler input (JSON object)")
     requires: list[Name] = Field(default_factory=list, max_length=32, description="capabilities the agent must have")
     timeout_s: float | None = Field(default=None, gt=0, description="wall-clock budget per attempt")
+    start_timeout_s: float | None = Field(
+        default=None, gt=0,
+        description="the task ends timed_out unless an attempt starts this long after it is queued "
+        "(submission, for the first attempt); default DEVART_DEFAULT_START_TIMEOUT_S",
+    )
+    deadline_s: float | None = Field(
+        default=None, gt=0,
+        description="overall deadline from submission, whatever the state; default DEVART_DEFAULT_DEADLINE_S (none)",
+    )
     max_attempts: int | None = Field(default=None, ge=1, description="attempts before the task is dead")
     backoff: BackoffIn | None = None
     sandbox: dict[str, Any] = Field(default_factory=dict, description="per-task sandbox overrides (allow-listed)")
@@ -76,6 +85,10 @@ class TaskPublic(BaseModel):
     attempt: int
     max_attempts: int
     timeout_s: float
+    start_timeout_s: float
+    start_deadline_at: datetime | None = Field(description="when the current attempt must have started by")
+    deadline_s: float | None
+    expires_at: datetime | None = Field(description="the overall deadline from submission, if any")
     result: dict[str, Any] | None
     error: dict[str, Any] | None
     trace_id: str | None

@@ -45,8 +45,10 @@ def _public(row: asyncpg.Record) -> TaskPublic:
 def _new_task(body: TaskCreate, settings: Settings) -> task_store.NewTask:
     if len(json.dumps(body.input, separators=(",", ":"))) > settings.max_input_bytes:
         raise InvalidInput(f"input is larger than {settings.max_input_bytes} bytes", field="body.input")
-    if body.timeout_s is not None and body.timeout_s > settings.max_timeout_s:
-        raise InvalidInput(f"timeout_s must be at most {settings.max_timeout_s}", field="body.timeout_s")
+    for name in ("timeout_s", "start_timeout_s", "deadline_s"):
+        value = getattr(body, name)
+        if value is not None and value > settings.max_timeout_s:
+            raise InvalidInput(f"{name} must be at most {settings.max_timeout_s}", field=f"body.{name}")
     if body.max_attempts is not None and body.max_attempts > settings.max_attempts_limit:
         raise InvalidInput(f"max_attempts must be at most {settings.max_attempts_limit}", field="body.max_attempts")
     backoff = body.backoff.model_dump(exclude_none=True) if body.backoff else {}
@@ -55,6 +57,8 @@ def _new_task(body: TaskCreate, settings: Settings) -> task_store.NewTask:
         input=body.input,
         requires=sorted(set(body.requires)),
         timeout_s=body.timeout_s or settings.default_timeout_s,
+        start_timeout_s=body.start_timeout_s or settings.default_start_timeout_s,
+        deadline_s=body.deadline_s or settings.default_deadline_s,
         max_attempts=body.max_attempts or settings.default_max_attempts,
         backoff={
             "base_s": backoff.get("base_s", settings.backoff_base_s),
@@ -215,6 +219,8 @@ def _parse_after(after: str | None) -> int | None:
 @router.get(
     "/{task_id}/logs", response_model=LogPage, operation_id="task_logs",
     summary="Task log lines; ?follow=true streams them as server-sent events until the task ends",
+    description="With ?follow=true: `log` events (one line each), a `status` event (the task) whenever its "
+    "status or reason changes, and one `end` event when the task has ended.",
 )
 async def task_logs(
     task_id: UUID,
@@ -243,11 +249,15 @@ async def _follow_logs(
     cp: ControlPlaneDep, hub: HubDep, task_id: UUID, position: int | None, size: int
 ) -> AsyncIterator[bytes]:
     key = str(task_id)
+    seen: tuple[str, str] | None = None
     async with hub.subscribe() as queue:
         while True:
             async with cp.pool.acquire() as conn:
                 rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
                 task = await task_store.get_task(conn, task_id)
+            if (task["status"], task["status_reason"]) != seen:
+                seen = (task["status"], task["status_reason"])
+                yield sse_frame("status", _public(task).model_dump(mode="json"))
             for row in rows:
                 position = row["position"]
                 yield sse_frame("log", LogLinePublic.model_validate(dict(row)).model_dump(mode="json"),

@@ -6,61 +6,230 @@ import asyncio
 import json
 import os
 import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+import pytest
 
 from agents.sandbox import SandboxSettings
+from agents.sdk import Agent
 from agents.shell import build_shell_agent
 from control_plane.api.app import create_app
-from tests.support.system import StartAgent, client
+from tests.agents.sdk.sample_agent import HANDLERS
+from tests.support.system import StartAgent, client, free_port
 
 
-async def _devart(*args: str, env: dict[str, str]) -> tuple[int, str, str]:
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A DEVART_HOME of the test's own, so nothing reads or writes the user's."""
+    return tmp_path / "home"
+
+
+async def _devart(*args: str, env: dict[str, str], home: Path) -> tuple[int, str, str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DEVART_") and k != "DATABASE_URL"}
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control_plane.cli", *args, env=dict(os.environ, **env),
+        sys.executable, "-m", "control_plane.cli", *args, env=dict(base, DEVART_HOME=str(home), **env),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     out, err = await asyncio.wait_for(process.communicate(), timeout=90)
     return process.returncode or 0, out.decode(), err.decode()
 
 
-async def test_token_create_prints_the_token_last(database_url: str, base_url: str) -> None:
-    code, out, err = await _devart("token", "create", "--name", "first-admin", "--role", "admin",
-                                   env={"DATABASE_URL": database_url})
-    assert code == 0, err
-    token = out.strip().splitlines()[-1]
+async def test_token_one_liner_prints_only_the_token_and_fails_loudly_the_second_time(
+    database_url: str, base_url: str, home: Path
+) -> None:
+    line = f"export DEVART_TOKEN=$({sys.executable} -m control_plane.cli token create --name me --role admin); " \
+           'printf "%s" "$DEVART_TOKEN"'
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVART_")}
+    env |= {"DATABASE_URL": database_url, "DEVART_HOME": str(home)}
+
+    async def shell() -> tuple[str, str]:
+        process = await asyncio.create_subprocess_exec("sh", "-c", line, env=env, stdout=asyncio.subprocess.PIPE,
+                                                       stderr=asyncio.subprocess.PIPE)
+        out, err = await process.communicate()
+        return out.decode(), err.decode()
+
+    token, err = await shell()
+    assert token.startswith("dvt_") and "\n" not in token
+    assert "INFO" not in err and "XDG_RUNTIME_DIR" not in err and "Traceback" not in err
     async with client(base_url, token) as api:
         assert (await api.get("/api/v1/tokens")).status_code == 200
-    code, _, err = await _devart("token", "create", "--name", "first-admin", "--role", "admin",
-                                 env={"DATABASE_URL": database_url})
-    assert code != 0 and "already exists" in err
+
+    token, err = await shell()
+    assert token == ""
+    assert "a token named 'me' already exists" in err and "Traceback" not in err
+
+    code, out, err = await _devart("token", "create", "--name", "me", "--role", "admin",
+                                   env={"DATABASE_URL": database_url}, home=home)
+    assert code == 3 and out == "" and "already exists" in err
 
 
-async def test_migrate_is_idempotent(database_url: str) -> None:
-    code, out, _ = await _devart("migrate", env={"DATABASE_URL": database_url})
+async def test_token_list_and_revoke(database_url: str, base_url: str, home: Path) -> None:
+    env = {"DATABASE_URL": database_url}
+    _, token, _ = await _devart("token", "create", "--name", "ci-bot", "--role", "ci", env=env, home=home)
+    code, out, _ = await _devart("token", "list", "--output", "json", env=env, home=home)
+    assert code == 0
+    assert [(t["name"], t["role"], t["revoked_at"]) for t in json.loads(out)] == [("ci-bot", "ci", None)]
+    assert "dvt_" not in out
+    code, out, _ = await _devart("token", "revoke", "ci-bot", env=env, home=home)
+    assert code == 0 and "revoked token 'ci-bot'" in out
+    code, _, err = await _devart("token", "revoke", "ci-bot", env=env, home=home)
+    assert code == 3 and "no active token" in err
+    code, _, err = await _devart("tasks", "list", env={"DEVART_URL": base_url, "DEVART_TOKEN": token.strip()},
+                                 home=home)
+    assert code == 3 and "401" in err and "Traceback" not in err
+
+
+async def test_migrate_is_idempotent(database_url: str, home: Path) -> None:
+    code, out, _ = await _devart("migrate", env={"DATABASE_URL": database_url}, home=home)
     assert code == 0 and "up to date" in out
 
 
-async def test_submit_follows_the_task_and_exits_with_its_outcome(
-    base_url: str, database_url: str, admin: httpx.AsyncClient, start_agent: StartAgent, tmp_path: Path
-) -> None:
-    await start_agent(build_shell_agent(slots=2, settings=SandboxSettings(root=tmp_path)))
-    token = (await admin.post("/api/v1/tokens", json={"name": "ci", "role": "ci"})).json()["token"]
-    env = {"DEVART_URL": base_url, "DEVART_TOKEN": token}
+@pytest.fixture
+async def cli_env(base_url: str, admin: httpx.AsyncClient, start_agent: StartAgent, tmp_path: Path) -> dict[str, str]:
+    await start_agent(build_shell_agent(slots=2, settings=SandboxSettings(root=tmp_path / "sandboxes")))
+    await start_agent(Agent("sample", skills=["test"], slots=2, handlers=HANDLERS))
+    token = (await admin.post("/api/v1/tokens", json={"name": "operator", "role": "supervisor"})).json()["token"]
+    return {"DEVART_URL": base_url, "DEVART_TOKEN": token}
 
+
+async def test_each_task_outcome_has_its_exit_code(cli_env: dict[str, str], home: Path) -> None:
     code, out, err = await _devart("submit", "--requires", "shell", "--", "sh", "-c", "echo hello; echo oops >&2",
-                                   env=env)
+                                   env=cli_env, home=home)
     assert code == 0, err
     assert "hello" in out and "oops" in err
+    assert "running on" in err  # it says what it waits for and where it runs
     assert json.loads(out.strip().splitlines()[-1])["status"] == "succeeded"
 
-    code, out, _ = await _devart("submit", "--requires", "shell", "--", "sh", "-c", "exit 3", env=env)
-    assert code == 1
+    code, out, _ = await _devart("submit", "--requires", "shell", "--", "sh", "-c", "exit 3", env=cli_env, home=home)
+    assert code == 10
     assert json.loads(out.strip().splitlines()[-1])["result"]["exit_code"] == 3
 
-    code, _, err = await _devart("submit", "--type", "bad type", env=env)
-    assert code == 64 and "body.type" in err
+    code, out, _ = await _devart("submit", "--type", "fail", "--requires", "test", "--input", '{"kind": "retryable"}',
+                                 "--max-attempts", "1", env=cli_env, home=home)
+    assert code == 11 and json.loads(out.strip().splitlines()[-1])["status"] == "dead"
+
+    code, out, err = await _devart("submit", "--type", "nosuch", "--start-timeout", "0.5", env=cli_env, home=home)
+    assert code == 12
+    assert "pending: no live agent pool" in err and "waiting for one to say hello" in err
+    assert "no live pool for type 'nosuch' within 0.5 s" in out
+
+    code, out, _ = await _devart("submit", "--type", "wait-cancel", "--requires", "test", "--no-follow",
+                                 env=cli_env, home=home)
+    task_id = json.loads(out)["id"]
+    code, out, _ = await _devart("tasks", "cancel", task_id, env=cli_env, home=home)
+    assert code == 0 and "cancelled" in out
+    code, _, _ = await _devart("tasks", "logs", "-f", task_id, env=cli_env, home=home)
+    assert code == 13
+
+
+async def test_usage_errors_and_refusals(cli_env: dict[str, str], home: Path) -> None:
+    for args in (["submit", "--timeout", "0", "--", "true"], ["submit", "--timeout", "soon"], ["tasks"],
+                 ["tasks", "list", "--status", "nosuch"], ["nosuch"]):
+        code, out, err = await _devart(*args, env=cli_env, home=home)
+        assert code == 2 and out == "" and "Traceback" not in err, (args, err)
+    code, _, err = await _devart("submit", "--timeout", "0", "--", "true", env=cli_env, home=home)
+    assert "must be greater than 0" in err
+
+    code, _, err = await _devart("tasks", "list", env={"DEVART_URL": cli_env["DEVART_URL"]}, home=home)
+    assert code == 2 and "DEVART_TOKEN" in err
+
+    code, _, err = await _devart("submit", "--type", "bad type", env=cli_env, home=home)
+    assert code == 3 and "body.type" in err and "422" in err
+    code, _, err = await _devart("tasks", "show", "00000000-0000-0000-0000-000000000000", env=cli_env, home=home)
+    assert code == 3 and "404" in err
+    code, _, err = await _devart("tasks", "list", env=cli_env | {"DEVART_TOKEN": "dvt_wrong"}, home=home)
+    assert code == 3 and "401" in err and "Traceback" not in err
+
+
+async def test_unreachable_api(home: Path) -> None:
+    env = {"DEVART_URL": f"http://127.0.0.1:{free_port()}", "DEVART_TOKEN": "dvt_x"}
+    for args in (["tasks", "list"], ["submit", "--", "true"], ["agents"]):
+        code, out, err = await _devart(*args, env=env, home=home)
+        assert code == 4 and out == "" and "cannot reach the API" in err and "Traceback" not in err, err
+    code, out, _ = await _devart("status", env=env, home=home)
+    assert code == 4 and "ready         no" in out
+
+
+class _Failing(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.dumps({"error": {"status": 500, "code": "error", "message": "database exploded"}}).encode()
+        self.send_response(500)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def failing_api() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+async def test_server_error(failing_api: str, home: Path) -> None:
+    code, out, err = await _devart("tasks", "list", env={"DEVART_URL": failing_api, "DEVART_TOKEN": "dvt_x"},
+                                   home=home)
+    assert code == 5 and out == "" and "500: database exploded" in err
+
+
+async def test_reading_commands_and_json_output(cli_env: dict[str, str], home: Path) -> None:
+    code, out, _ = await _devart("submit", "--requires", "shell", "--no-follow", "--", "sh", "-c", "echo line-1",
+                                 env=cli_env, home=home)
+    task_id = json.loads(out)["id"]
+    code, _, _ = await _devart("tasks", "logs", "-f", task_id, env=cli_env, home=home)
+    assert code == 0
+
+    code, out, _ = await _devart("tasks", "list", "-o", "json", env=cli_env, home=home)
+    assert code == 0 and json.loads(out)["items"][0]["id"] == task_id
+    code, out, _ = await _devart("tasks", "list", "--status", "succeeded", env=cli_env, home=home)
+    assert code == 0 and out.splitlines()[0].split() == ["ID", "STATUS", "TYPE", "CREATED", "REASON"]
+    assert task_id in out
+    code, out, _ = await _devart("tasks", "show", task_id, "--output", "json", env=cli_env, home=home)
+    assert [t["to_status"] for t in json.loads(out)["transitions"]][-1] == "succeeded"
+    code, out, _ = await _devart("tasks", "show", task_id, env=cli_env, home=home)
+    assert "succeeded" in out and "started on" in out
+    code, out, _ = await _devart("tasks", "logs", task_id, env=cli_env, home=home)
+    assert code == 0 and out.strip() == "line-1"
+    code, out, _ = await _devart("tasks", "logs", task_id, "-o", "json", env=cli_env, home=home)
+    assert [line["line"] for line in json.loads(out)] == ["line-1"]
+    code, out, _ = await _devart("tasks", "retry", task_id, env=cli_env, home=home)
+    assert code == 3  # a succeeded task cannot be retried: 409
+
+    code, out, _ = await _devart("agents", "-o", "json", env=cli_env, home=home)
+    assert code == 0 and len(json.loads(out)) == 2
+    code, out, _ = await _devart("pools", env=cli_env, home=home)
+    assert code == 0 and out.splitlines()[0].startswith("ID")
+    code, out, err = await _devart("pools", "-v", "-o", "json", env=cli_env, home=home)
+    assert len(json.loads(out)) == 2
+    assert f"home {home}" in err and f"API {cli_env['DEVART_URL']}" in err
+
+
+def test_every_option_has_help() -> None:
+    from control_plane.cli import parser
+
+    missing = []
+
+    def walk(p: object, path: str) -> None:
+        for action in p._actions:  # type: ignore[attr-defined]
+            if action.choices and isinstance(action.choices, dict):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif not action.help and action.dest != "help":
+                missing.append(f"{path} {action.dest}")
+
+    walk(parser(), "devart")
+    assert missing == []
 
 
 def test_operation_ids_are_stable() -> None:
