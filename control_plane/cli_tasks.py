@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     listing.add_argument("--pool", help="only tasks routed to this pool")
     listing.add_argument("--agent", help="only tasks run by this agent")
     listing.add_argument("--limit", type=positive_int, default=20, help="how many (default 20)")
+    listing.add_argument("-q", "--quiet", action="store_true", help="print only the ids, one a line")
     for name, help_text, run in (
         ("show", "one task: state, attempts and every transition (who, when, why)", _show),
         ("logs", "a task's log lines; -f follows them until the task ends", _logs),
@@ -146,6 +147,9 @@ def _list(args: argparse.Namespace) -> int:
                                 ("agent", args.agent), ("limit", args.limit)) if v is not None}
     with api(args) as client:
         page = client.get("/api/v1/tasks", params=params)
+    if args.quiet:
+        emit(args, [t["id"] for t in page["items"]], "\n".join(t["id"] for t in page["items"]))
+        return 0
     emit(args, page, lambda p: table(p["items"], [("id", "id"), ("status", "status"), ("type", "type"),
                                                   ("created_at", "created"), ("status_reason", "reason")],
                                      empty="no tasks"))

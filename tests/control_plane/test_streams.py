@@ -46,8 +46,12 @@ async def test_event_stream_carries_every_transition(admin: httpx.AsyncClient, s
 async def test_log_follow_streams_until_the_end(admin: httpx.AsyncClient) -> None:
     created = (await admin.post("/api/v1/tasks", json={"type": "noop"})).json()
     seen: list[tuple[str, dict]] = []
-    follower = asyncio.create_task(_events(admin, f"/api/v1/tasks/{created['id']}/logs?follow=true", lambda data: "status" in data, seen))
+    follower = asyncio.create_task(_events(admin, f"/api/v1/tasks/{created['id']}/logs?follow=true",
+                                           lambda data: set(data) == {"status"}, seen))
     await admin.post(f"/api/v1/tasks/{created['id']}/cancel")
     async with asyncio.timeout(20):
         await follower
     assert seen[-1] == ("end", {"status": "cancelled"})
+    # status frames say what the task waits for (the follower may connect after the cancel), then how it ended
+    statuses = [data["status"] for kind, data in seen if kind == "status"]
+    assert set(statuses) <= {"pending", "cancelled"} and statuses[-1] == "cancelled"
