@@ -101,8 +101,10 @@ class EventApplier:
 
     async def _hello(self, conn: asyncpg.Connection, ev: AgentHello) -> None:
         await conn.execute(
-            "INSERT INTO pools (id, skills, types) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
-            ev.pool_id, sorted(set(ev.skills)), sorted(set(ev.types)),
+            """INSERT INTO pools (id, skills, types, input_schemas) VALUES ($1, $2, $3, $4)
+               ON CONFLICT (id) DO UPDATE SET input_schemas = EXCLUDED.input_schemas
+               WHERE pools.input_schemas IS DISTINCT FROM EXCLUDED.input_schemas""",
+            ev.pool_id, sorted(set(ev.skills)), sorted(set(ev.types)), ev.input_schemas,
         )
         await conn.execute(
             """INSERT INTO agents (id, name, pool_id, slots, free_slots, state, host, pid, version, last_seq)

@@ -26,6 +26,7 @@ from control_plane.events import EventsConfig, EventsConsumer
 from control_plane.installation import Installation, load_installation
 from control_plane.outbox import OutboxRelay
 from control_plane.reaper import Reaper
+from control_plane.schemas import InputSchemas
 from control_plane.settings import Settings
 from control_plane.span_retention import SpanRetention
 from control_plane.telemetry import ControlPlaneMetrics, ObservabilitySettings, SpanStoreExporter
@@ -85,6 +86,7 @@ class ControlPlane:
         self.broker: BrokerSettings = settings.broker
         """The broker settings in use: the configured ones, with the prefix resolved."""
         self.installation: Installation | None = None
+        self.input_schemas = InputSchemas(agent_ttl_s=settings.heartbeat_ttl_s, refresh_s=settings.schema_refresh_s)
         self._run_workers = workers
         self._pool: asyncpg.Pool | None = None
         self._connection: AbstractRobustConnection | None = None
@@ -162,6 +164,7 @@ class ControlPlane:
         dispatcher = Dispatcher(pool, self.topology, interval_s=s.dispatch_interval_s, agent_ttl_s=s.heartbeat_ttl_s)
 
         async def agents_joined() -> None:
+            self.input_schemas.forget()
             dispatcher.wake()
 
         self.workers = Workers(

@@ -71,6 +71,10 @@ class Settings(BaseSettings):
         default=3, ge=0,
         description="times a queued task's lost message is published again before the task fails",
     )
+    schema_refresh_s: float = Field(
+        default=2.0, gt=0,
+        description="how long an API process reuses the live pools' input schemas before reading them again",
+    )
     default_max_attempts: int = Field(default=3, ge=1, description="attempts when the request names none")
     max_attempts_limit: int = Field(default=20, ge=1, description="most attempts a task may ask for")
     backoff_base_s: float = Field(default=1.0, gt=0, description="first retry delay")

@@ -125,6 +125,9 @@ class AgentHello(_EventBase):
     host: str = ""
     pid: int = 0
     version: str = ""
+    input_schemas: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="task type -> JSON schema of its handler's input"
+    )
 
 
 class AgentHeartbeat(_EventBase):

@@ -789,6 +789,7 @@ class AgentRuntime:
                 host=agent.host,
                 pid=agent.pid,
                 version=agent.version,
+                input_schemas={t: h.input_model.model_json_schema() for t, h in agent.handlers.items()},
             )
         )
 

@@ -85,6 +85,7 @@ async def create_task(
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> TaskPublic:
     new = _new_task(body, cp.settings)
+    await cp.input_schemas.validate(conn, type=new.type, requires=new.requires, data=new.input)
     row, replayed = await task_store.create_task(
         conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
     )
@@ -118,6 +119,8 @@ async def create_tasks(
             new.append(_new_task(task, settings))
         except InvalidInput as exc:
             raise InvalidInput(exc.message, field=f"body.tasks.{i}.{(exc.field or '').removeprefix('body.')}") from exc
+        await cp.input_schemas.validate(conn, type=new[-1].type, requires=new[-1].requires, data=new[-1].input,
+                                        field=f"body.tasks.{i}.input")
     rows, replayed = await task_store.create_tasks(
         conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
     )
