@@ -24,6 +24,7 @@ from control_plane.dead_letters import DeadLetterConsumer
 from control_plane.dispatch import Dispatcher
 from control_plane.events import EventsConfig, EventsConsumer
 from control_plane.installation import Installation, load_installation
+from control_plane.metrics import PrometheusMetrics
 from control_plane.outbox import OutboxRelay
 from control_plane.reaper import Reaper
 from control_plane.schemas import InputSchemas
@@ -86,6 +87,7 @@ class ControlPlane:
         self.broker: BrokerSettings = settings.broker
         """The broker settings in use: the configured ones, with the prefix resolved."""
         self.installation: Installation | None = None
+        self.prometheus = PrometheusMetrics()
         self.input_schemas = InputSchemas(agent_ttl_s=settings.heartbeat_ttl_s, refresh_s=settings.schema_refresh_s)
         self._run_workers = workers
         self._pool: asyncpg.Pool | None = None

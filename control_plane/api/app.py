@@ -21,6 +21,7 @@ from control_plane.api import (
     changes,
     health,
     incidents,
+    metrics,
     rca,
     stream,
     task_types,
@@ -166,7 +167,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(asyncpg.UntranslatableCharacterError, _unstorable_text)
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
     app.include_router(traces.router)  # bounds and decodes its own bodies
-    for module in (health, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals):
+    for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals):
         app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
     return app
 
