@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 
-.PHONY: run test bench lint services clean docs
+.PHONY: run demo test bench lint services clean docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ services:
 
 run: $(STAMP) services
 	$(VENV)/bin/devart up
+
+demo: $(STAMP) services
+	$(VENV)/bin/devart demo
 
 test: $(STAMP) services
 	$(PY) -m pytest

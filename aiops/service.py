@@ -18,7 +18,7 @@ import asyncpg
 
 from aiops.detection import AlerterSettings, RobustSettings
 from aiops.incidents.pipeline import IncidentPipeline, StepResult
-from aiops.rca.worker import RcaWorker
+from aiops.rca.worker import RcaWorker, RcaWorkerSettings
 from aiops.settings import AiopsSettings
 from aiops.traces.source import SpanSource, make_span_source
 
@@ -41,6 +41,7 @@ class AiopsService:
         source: SpanSource | None = None,
         detector_settings: RobustSettings | None = None,
         alerter_settings: AlerterSettings | None = None,
+        rca_settings: RcaWorkerSettings | None = None,
         jitter: float = 0.1,
     ) -> None:
         if database_url is None and pool is None:
@@ -54,6 +55,7 @@ class AiopsService:
         self._owns_source = source is None
         self._detector_settings = detector_settings
         self._alerter_settings = alerter_settings
+        self._rca_settings = rca_settings
         self._pipeline: IncidentPipeline | None = None
         self._task: asyncio.Task[None] | None = None
         self._rca: RcaWorker | None = None
@@ -101,7 +103,7 @@ class AiopsService:
         self.pipeline  # noqa: B018 - refuse to start outside `async with`
         self._task = asyncio.create_task(self._run(), name=self.name)
         assert self._pool is not None and self._source is not None
-        self._rca = RcaWorker(self._pool, self._source)  # analyses each incident as it opens
+        self._rca = RcaWorker(self._pool, self._source, settings=self._rca_settings)  # analyses incidents as they open
         self._rca.start()
 
     async def stop(self) -> None:

@@ -14,10 +14,10 @@ import sys
 import warnings
 from types import ModuleType
 
-from control_plane import cli_admin, cli_server, cli_tasks
+from control_plane import cli_admin, cli_demo, cli_server, cli_tasks
 from control_plane.cli_common import CliError, Exit, Parser, describe_context
 
-COMMANDS: list[ModuleType] = [cli_server, cli_tasks, cli_admin]
+COMMANDS: list[ModuleType] = [cli_server, cli_tasks, cli_admin, cli_demo]
 """Modules whose ``register(subparsers)`` adds their subcommands, in ``--help`` order."""
 
 EXIT_CODES = """exit codes:

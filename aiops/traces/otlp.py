@@ -482,3 +482,39 @@ def _json_value(value: Any, where: str) -> Any:
     if kind == "bytesValue" and isinstance(raw, str):
         return raw
     raise OtlpPayloadError(400, f"{where}: unsupported or malformed AnyValue {kind!r}: {raw!r}")
+
+
+def otlp_json(spans: Sequence[Span]) -> dict[str, Any]:
+    """An OTLP/JSON export request holding ``spans`` (one resource per service), as an exporter sends it."""
+    by_service: dict[str, list[dict[str, Any]]] = {}
+    for span in spans:
+        encoded: dict[str, Any] = {
+            "traceId": span.trace_id,
+            "spanId": span.span_id,
+            "name": span.name,
+            "kind": f"SPAN_KIND_{span.kind.upper()}",
+            "startTimeUnixNano": str(span.start_ns),
+            "endTimeUnixNano": str(span.end_ns),
+            "status": {"code": f"STATUS_CODE_{span.status.upper()}"},
+            "attributes": [{"key": k, "value": _any_value(v)} for k, v in span.attributes.items()],
+        }
+        if span.parent_id:
+            encoded["parentSpanId"] = span.parent_id
+        by_service.setdefault(span.service, []).append(encoded)
+    return {"resourceSpans": [
+        {"resource": {"attributes": [{"key": "service.name", "value": {"stringValue": service}}]},
+         "scopeSpans": [{"scope": {"name": "devart.simulation"}, "spans": encoded}]}
+        for service, encoded in by_service.items()
+    ]}
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    if isinstance(value, bool):
+        return {"boolValue": value}
+    if isinstance(value, int):
+        return {"intValue": str(value)}
+    if isinstance(value, float):
+        return {"doubleValue": value}
+    if isinstance(value, (list, tuple)):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    return {"stringValue": str(value)}
