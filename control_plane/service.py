@@ -16,7 +16,10 @@ from opentelemetry.sdk.trace import SpanProcessor
 from agents.sdk.settings import BrokerSettings
 from agents.sdk.telemetry import API_SERVICE, Telemetry, TelemetrySettings, batch_processor, start_telemetry
 from agents.sdk.topology import Topology, declare_dead_queue, declare_events_queue, declare_exchanges
+from aiops.remediation.pipeline import Pipeline
+from aiops.remediation.settings import RemediationSettings
 from aiops.settings import AiopsSettings
+from aiops.traces.source import SpanSource, make_span_source
 from control_plane.approvals import ApprovalExpiry
 from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
 from control_plane.db import EmbeddedPostgres, create_pool, migrate_database
@@ -27,6 +30,7 @@ from control_plane.installation import Installation, load_installation
 from control_plane.metrics import PrometheusMetrics
 from control_plane.outbox import OutboxRelay
 from control_plane.reaper import Reaper
+from control_plane.remediation import RemediationLoop, build_pipeline
 from control_plane.schemas import InputSchemas
 from control_plane.settings import Settings
 from control_plane.span_retention import SpanRetention
@@ -53,6 +57,7 @@ class Workers:
     reaper: Reaper
     dispatcher: Dispatcher
     approval_expiry: ApprovalExpiry
+    remediation: RemediationLoop | None = None
     sweeper: JobSweeper | None = None
     span_retention: SpanRetention | None = None
     metrics: ControlPlaneMetrics | None = None
@@ -73,6 +78,7 @@ class ControlPlane:
         telemetry: TelemetrySettings | None = None,
         aiops: AiopsSettings | None = None,
         observability: ObservabilitySettings | None = None,
+        remediation: RemediationSettings | None = None,
     ) -> None:
         self.settings = settings
         # DEVART_API_URL is how agents reach the built-in receiver; the control plane stores its own
@@ -80,6 +86,9 @@ class ControlPlane:
         self.telemetry_settings = (telemetry or TelemetrySettings()).model_copy(update={"api_url": None})
         self.aiops = aiops or AiopsSettings()
         self.observability = observability or ObservabilitySettings()
+        self.remediation_settings = remediation or RemediationSettings()
+        self._remediation: Pipeline | None = None
+        self._remediation_source: SpanSource | None = None
         self.telemetry: Telemetry | None = None
         self._span_sink: SpanProcessor | None = None
         self._span_pool: asyncpg.Pool | None = None
@@ -118,6 +127,13 @@ class ControlPlane:
         return self._span_pool
 
     @property
+    def remediation(self) -> Pipeline:
+        """The remediation pipeline (proposals, kill switch, approvals' outcomes)."""
+        if self._remediation is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._remediation
+
+    @property
     def connection(self) -> AbstractRobustConnection:
         if self._connection is None:
             raise RuntimeError("ControlPlane used outside `async with`")
@@ -140,6 +156,11 @@ class ControlPlane:
         )
         self._start_telemetry()
         try:
+            self._remediation_source = make_span_source(self.aiops, self._pool)
+            self._remediation = build_pipeline(
+                self._pool, self.remediation_settings, topology=self.topology, agent_ttl_s=s.heartbeat_ttl_s,
+                attempts_budget=s.default_max_attempts, source=self._remediation_source,
+            )
             self.amqp_url, self._private_broker = await resolve_broker(
                 s.broker.amqp_url, s.home, allow_private=s.embedded_broker
             )
@@ -189,6 +210,7 @@ class ControlPlane:
                 self.span_pool, self.aiops, interval_s=self.observability.retention_interval_s
             ),
             metrics=ControlPlaneMetrics(pool, interval_s=self.observability.metrics_poll_s),
+            remediation=RemediationLoop(self.remediation) if self.remediation_settings.enabled else None,
         )
         await self.workers.relay.listen()
         self.workers.relay.start()
@@ -197,6 +219,8 @@ class ControlPlane:
         self.workers.reaper.start()
         dispatcher.start()
         self.workers.approval_expiry.start()
+        if self.workers.remediation is not None:
+            self.workers.remediation.start()
         if self.workers.sweeper is not None:
             self.workers.sweeper.start()
         if self.telemetry_settings.enabled:
@@ -243,7 +267,8 @@ class ControlPlane:
         if self.workers is not None:
             if self.workers.sweeper is not None:
                 await self.workers.sweeper.stop()
-            for loop in (self.workers.metrics, self.workers.span_retention, self.workers.approval_expiry):
+            for loop in (self.workers.metrics, self.workers.span_retention, self.workers.approval_expiry,
+                         self.workers.remediation):
                 if loop is not None:
                     await loop.stop()
             await self.workers.dispatcher.stop()
@@ -255,6 +280,12 @@ class ControlPlane:
             await self._connection.close()
             self._connection = None
         await self._stop_telemetry()
+        if self._remediation_source is not None:
+            await self._remediation_source.aclose()
+            self._remediation_source = None
+        if self._remediation is not None:
+            self._remediation.close()
+            self._remediation = None
         if self._span_pool is not None:
             await self._span_pool.close()
             self._span_pool = None

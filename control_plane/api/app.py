@@ -23,6 +23,7 @@ from control_plane.api import (
     incidents,
     metrics,
     rca,
+    remediations,
     stream,
     task_types,
     tasks,
@@ -169,6 +170,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.include_router(traces.router)  # bounds and decodes its own bodies
     for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals):
         app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
+    app.include_router(remediations.router, dependencies=[Depends(refuse_unstorable_body)])
     return app
 
 

@@ -13,6 +13,7 @@ import yaml
 
 from tests.k8s_fake.server import ApiError, FakeApiServer, Request, Response, status_object
 from tests.k8s_fake.store import KINDS, Gone, Obj, Store, now_rfc3339
+from tests.k8s_fake.workloads import Workloads
 
 _PROPAGATION = {"Foreground", "Background", "Orphan"}
 
@@ -31,6 +32,7 @@ class FakeKubernetes:
         self._logs: dict[tuple[str, str], list[str]] = {}
         self._stop = threading.Event()
         self._server = FakeApiServer(self)
+        self.workloads = Workloads(self)
         for name in namespaces:
             self.store.create("namespaces", "", {"metadata": {"name": name}, "status": {"phase": "Active"}})
 
@@ -67,6 +69,10 @@ class FakeKubernetes:
 
     def handle(self, request: Request) -> Response:
         resource, namespace, name = request.resource, request.namespace, request.name
+        if self.workloads.handles(request):
+            answer = self.workloads.handle(request)
+            if answer is not None:
+                return answer
         if request.subresource == "log" and request.method == "GET":
             return self._pod_log(namespace or "", name or "", request.query)
         if request.subresource is not None:

@@ -94,7 +94,8 @@ def _make_handler(cluster: FakeKubernetes) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             try:
                 body = json.loads(raw) if raw else None
-                request = Request(self.command, split.path, query, body)
+                request = Request(self.command, split.path, query, body,
+                                  extra={"content_type": self.headers.get("Content-Type")})
                 request.resource, request.namespace, request.name, request.subresource = route(split.path)
                 cluster.requests.append(request)
                 response = cluster.handle(request)

@@ -16,6 +16,10 @@ KINDS: dict[str, tuple[str, str]] = {
     "events": ("v1", "Event"),
     "jobs": ("batch/v1", "Job"),
     "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy"),
+    "deployments": ("apps/v1", "Deployment"),
+    "replicasets": ("apps/v1", "ReplicaSet"),
+    "nodes": ("v1", "Node"),
+    "poddisruptionbudgets": ("policy/v1", "PodDisruptionBudget"),
 }
 """Resource plural -> (apiVersion, kind) of everything the fake serves."""
 
