@@ -36,7 +36,8 @@ log = logging.getLogger("devart.remediation")
 WORKER = "remediation-worker"
 POLICY = "policy"
 _GATE_LOCK = "devart.remediation.gate"
-_APPLY_LEASE_S = 120.0
+_APPLY_LEASE_S = 5.0
+"""Between the gate and the apply the row is not due: no second worker takes it in that gap."""
 _AGENT_SERVICE = "devart-agent-"
 _RCA_ACTIONS = {"requeue": "requeue_dead"}
 
