@@ -165,7 +165,6 @@ async def test_api_lists_decides_streams_and_audits(
     outcomes: list[tuple[str, str]],
 ) -> None:
     approval = await _new(conn, "via-api", requested_by="someone-else")
-    expiring = await _new(conn, "soon", expires_at=datetime.now(UTC) + timedelta(milliseconds=500))
     streamed: list[dict[str, object]] = []
     async with admin.stream("GET", "/api/v1/events") as events:
         lines = events.aiter_lines()
@@ -183,6 +182,7 @@ async def test_api_lists_decides_streams_and_audits(
             assert again.status_code == 200 and len(again.json()["decisions"]) == 1
             bad = await sup.post(f"/api/v1/approvals/{approval.id}/refuse", json={"comment": 5})
             assert bad.status_code == 422 and bad.json()["error"]["field"] == "body.comment"
+        expiring = await _new(conn, "soon", expires_at=datetime.now(UTC) + timedelta(milliseconds=300))
 
         async def expired() -> bool:
             return (await admin.get(f"/api/v1/approvals/{expiring.id}")).json()["state"] == "expired"
@@ -195,10 +195,11 @@ async def test_api_lists_decides_streams_and_audits(
         async for line in lines:
             if line.startswith("data: ") and '"kind": "approval"' in line:
                 streamed.append(json.loads(line.removeprefix("data: ")))
-                if any(s["event"] == "expired" for s in streamed):
+                if {s["event"] for s in streamed} >= {"approved", "expired"}:
                     break
 
-    assert [(s["approval_id"], s["event"]) for s in streamed] == [(approval.id, "approved"), (expiring.id, "expired")]
+    assert [(s["approval_id"], s["event"]) for s in streamed] == [
+        (approval.id, "approved"), (expiring.id, "created"), (expiring.id, "expired")]
     page = (await admin.get("/api/v1/approvals", params={"state": "approved"})).json()
     assert [a["id"] for a in page["items"]] == [approval.id]
     listed = (await admin.get("/api/v1/approvals", params={"subject_kind": "test_subject", "limit": 1})).json()

@@ -36,7 +36,9 @@ class Plane:
         self.process: subprocess.Popen[bytes] | None = None
 
     async def start(self) -> None:
-        self.process = subprocess.Popen([sys.executable, "-m", "control_plane.cli", "serve"], env=self._env)
+        self.process = await asyncio.to_thread(
+            subprocess.Popen, [sys.executable, "-m", "control_plane.cli", "serve"], env=self._env
+        )
 
         async def up() -> bool:
             try:
