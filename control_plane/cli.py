@@ -14,10 +14,10 @@ import sys
 import warnings
 from types import ModuleType
 
-from control_plane import cli_admin, cli_demo, cli_server, cli_tasks
+from control_plane import cli_admin, cli_demo, cli_server, cli_tasks, cli_workflows
 from control_plane.cli_common import CliError, Exit, Parser, describe_context
 
-COMMANDS: list[ModuleType] = [cli_server, cli_tasks, cli_admin, cli_demo]
+COMMANDS: list[ModuleType] = [cli_server, cli_tasks, cli_workflows, cli_admin, cli_demo]
 """Modules whose ``register(subparsers)`` adds their subcommands, in ``--help`` order."""
 
 EXIT_CODES = """exit codes:
@@ -27,7 +27,7 @@ EXIT_CODES = """exit codes:
   3   the API said no (4xx: invalid input, unknown id, wrong role, name taken)
   4   cannot reach the API
   5   the API failed (5xx)
-  10  task failed   11  task dead   12  task timed out   13  task cancelled
+  10  task (or workflow run) failed   11  task dead   12  task timed out   13  task (or run) cancelled
 """
 
 

@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 from agents.sdk.messages import HEADER_DEAD_REASON, safe_text
 from agents.sdk.topology import Topology, declare_dead_queue, declare_exchanges
 from control_plane.dispatch import record_transition
+from control_plane.tasks import TaskEndHook
 
 log = logging.getLogger("devart.dead")
 
@@ -68,7 +69,9 @@ def _plain(value: Any) -> Any:
     return safe_text(str(value))
 
 
-async def record_dead_letter(conn: asyncpg.Connection, body: bytes, headers: dict[str, Any]) -> UUID | None:
+async def record_dead_letter(
+    conn: asyncpg.Connection, body: bytes, headers: dict[str, Any], on_tasks_ended: TaskEndHook | None = None
+) -> UUID | None:
     """Keep the message and mark its task dead when the task still waits for that attempt."""
     reason = safe_text(dead_reason(headers))
     ref = _task_ref(body)
@@ -91,6 +94,8 @@ async def record_dead_letter(conn: asyncpg.Connection, body: bytes, headers: dic
                     task["id"], task["attempt"],
                 )
                 await record_transition(conn, task["id"], task["attempt"], task["status"], "dead", "dead-letter", reason)
+                if on_tasks_ended is not None:
+                    await on_tasks_ended(conn, [task["id"]])
         await conn.execute(
             "INSERT INTO dead_letters (task_id, reason, body, headers) VALUES ($1, $2, $3, $4)",
             task_id, reason[:1000], body, _plain(headers),
@@ -99,8 +104,12 @@ async def record_dead_letter(conn: asyncpg.Connection, body: bytes, headers: dic
 
 
 class DeadLetterConsumer:
-    def __init__(self, pool: asyncpg.Pool, connection: AbstractRobustConnection, topology: Topology) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, connection: AbstractRobustConnection, topology: Topology,
+        on_tasks_ended: TaskEndHook | None = None,
+    ) -> None:
         self._pool = pool
+        self._on_tasks_ended = on_tasks_ended
         self._connection = connection
         self._topology = topology
         self._queue: AbstractQueue | None = None
@@ -116,7 +125,7 @@ class DeadLetterConsumer:
         headers = dict(message.headers or {})
         try:
             async with self._pool.acquire() as conn:
-                task_id = await record_dead_letter(conn, message.body, headers)
+                task_id = await record_dead_letter(conn, message.body, headers, self._on_tasks_ended)
         except _TRANSIENT as exc:
             log.warning("cannot record a dead letter yet (%s); it goes back to the queue", exc)
             await asyncio.sleep(1.0)

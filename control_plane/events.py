@@ -40,12 +40,14 @@ from agents.sdk.telemetry import extract_context
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
 from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt
 from control_plane.outbox import OutboxMessage, enqueue
-from control_plane.tasks import TERMINAL, cancel_command
+from control_plane.tasks import TERMINAL, TaskEndHook, cancel_command
 
 log = logging.getLogger("devart.events")
 _tracer = trace.get_tracer("devart.events")
 
-_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError)
+# A deadlock or serialization failure aborts the whole batch and is worth retrying as it is.
+_TRANSIENT = (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.CannotConnectNowError,
+              asyncpg.TransactionRollbackError)
 
 
 @dataclass
@@ -53,6 +55,7 @@ class EventsConfig:
     lease_s: float
     agent_ttl_s: float
     topology: Topology
+    on_tasks_ended: TaskEndHook | None = None
 
 
 @dataclass
@@ -61,6 +64,8 @@ class _Effects:
 
     agents_joined: bool = False
     log_tasks: set[UUID] = field(default_factory=set)
+    ended_tasks: set[UUID] = field(default_factory=set)
+    """Tasks that got a result event: the end hook runs for them before the batch commits."""
 
 
 class EventApplier:
@@ -96,8 +101,10 @@ class EventApplier:
                 effects.log_tasks.add(event.task_id)
             case TaskSucceeded():
                 await self._succeeded(conn, event)
+                effects.ended_tasks.add(event.task_id)
             case TaskFailed():
                 await self._failed(conn, event)
+                effects.ended_tasks.add(event.task_id)
 
     async def _hello(self, conn: asyncpg.Connection, ev: AgentHello) -> None:
         await conn.execute(
@@ -385,6 +392,8 @@ class EventsConsumer:
                     await self._applier.apply(conn, event, effects)
             for task_id in effects.log_tasks:
                 await conn.execute("SELECT pg_notify('devart_logs', $1)", str(task_id))
+            if effects.ended_tasks and self._config.on_tasks_ended is not None:
+                await self._config.on_tasks_ended(conn, sorted(effects.ended_tasks))
         return effects
 
     async def _apply_one_by_one(

@@ -24,7 +24,7 @@ from agents.sdk.topology import Topology
 from control_plane.dispatch import choose_pool, outbox_for_attempt, queue_attempt, record_transition
 from control_plane.loops import LoopService
 from control_plane.outbox import enqueue
-from control_plane.tasks import cancel_command
+from control_plane.tasks import TaskEndHook, cancel_command
 
 log = logging.getLogger("devart.reaper")
 
@@ -43,8 +43,10 @@ class Reaper(LoopService):
         deadline_grace_s: float,
         requeue_after_s: float = 30.0,
         max_republish: int = 3,
+        on_tasks_ended: TaskEndHook | None = None,
     ) -> None:
         super().__init__(interval_s)
+        self._on_tasks_ended = on_tasks_ended
         self._pool = pool
         self._connection = connection
         self._topology = topology
@@ -113,6 +115,7 @@ class Reaper(LoopService):
                 await record_transition(conn, task["id"], task["attempt"], task["status"], "timed_out", "reaper", reason)
                 if task["status"] == "running" and task["agent_id"]:
                     await enqueue(conn, [cancel_command(self._topology, task["agent_id"], task["id"], task["attempt"], reason)])
+            await self._ended(conn, [task["id"] for task in expired])
             return len(expired)
 
     async def _time_out_running(self, conn: asyncpg.Connection) -> int:
@@ -142,7 +145,12 @@ class Reaper(LoopService):
                 await record_transition(conn, task["id"], task["attempt"], "running", "timed_out", "reaper", reason)
                 if task["agent_id"]:
                     await enqueue(conn, [cancel_command(self._topology, task["agent_id"], task["id"], task["attempt"], reason)])
+            await self._ended(conn, [task["id"] for task in expired])
             return len(expired)
+
+    async def _ended(self, conn: asyncpg.Connection, task_ids: list[UUID]) -> None:
+        if task_ids and self._on_tasks_ended is not None:
+            await self._on_tasks_ended(conn, task_ids)
 
     async def _orphaned_pools(self, conn: asyncpg.Connection) -> list[str]:
         """Pools with open tasks but no live agent."""

@@ -35,6 +35,8 @@ from control_plane.schemas import InputSchemas
 from control_plane.settings import Settings
 from control_plane.span_retention import SpanRetention
 from control_plane.telemetry import ControlPlaneMetrics, ObservabilitySettings, SpanStoreExporter
+from control_plane.workflows.engine import WorkflowEngine
+from control_plane.workflows.settings import WorkflowSettings
 
 if TYPE_CHECKING:
     from control_plane.k8s_sweeper import JobSweeper
@@ -79,8 +81,11 @@ class ControlPlane:
         aiops: AiopsSettings | None = None,
         observability: ObservabilitySettings | None = None,
         remediation: RemediationSettings | None = None,
+        workflows: WorkflowSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.workflow_settings = workflows or WorkflowSettings()
+        self._workflows: WorkflowEngine | None = None
         # DEVART_API_URL is how agents reach the built-in receiver; the control plane stores its own
         # spans in process, never by posting them to itself (without a token: 401, spans lost).
         self.telemetry_settings = (telemetry or TelemetrySettings()).model_copy(update={"api_url": None})
@@ -119,6 +124,12 @@ class ControlPlane:
         return self._topology
 
     @property
+    def workflows(self) -> WorkflowEngine:
+        if self._workflows is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._workflows
+
+    @property
     def span_pool(self) -> asyncpg.Pool:
         """Connections for the span store, without the JSON codecs of ``pool`` (the store encodes
         attributes itself) and apart from it, so span traffic never starves the API."""
@@ -151,6 +162,7 @@ class ControlPlane:
         if s.broker.prefix is None:
             self.broker = s.broker.model_copy(update={"prefix": self.installation.broker_prefix})
         self._topology = self.broker.topology()
+        self._workflows = WorkflowEngine(s, self.workflow_settings, self._topology)
         self._span_pool = await asyncpg.create_pool(
             self.database_url, min_size=1, max_size=self.observability.span_pool_max
         )
@@ -195,13 +207,16 @@ class ControlPlane:
                 pool, connection, self.topology, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s
             ),
             events=EventsConsumer(
-                pool, connection, EventsConfig(lease_s=s.lease_s, agent_ttl_s=s.heartbeat_ttl_s, topology=self.topology),
+                pool, connection,
+                EventsConfig(lease_s=s.lease_s, agent_ttl_s=s.heartbeat_ttl_s, topology=self.topology,
+                             on_tasks_ended=self.workflows.tasks_ended),
                 batch=s.events_batch, prefetch=s.events_prefetch, on_agents_joined=agents_joined,
             ),
-            dead=DeadLetterConsumer(pool, connection, self.topology),
+            dead=DeadLetterConsumer(pool, connection, self.topology, self.workflows.tasks_ended),
             reaper=Reaper(
                 pool, connection, self.topology, interval_s=s.reaper_interval_s, agent_ttl_s=s.heartbeat_ttl_s,
                 deadline_grace_s=s.deadline_grace_s, requeue_after_s=s.requeue_after_s, max_republish=s.max_republish,
+                on_tasks_ended=self.workflows.tasks_ended,
             ),
             dispatcher=dispatcher,
             approval_expiry=ApprovalExpiry(pool, interval_s=s.approval_expiry_interval_s),

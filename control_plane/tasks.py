@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 import uuid
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,10 @@ from control_plane.outbox import OutboxMessage, enqueue
 TERMINAL = frozenset({"succeeded", "failed", "dead", "cancelled", "timed_out"})
 RETRYABLE_FROM = frozenset({"failed", "dead", "cancelled", "timed_out"})
 CANCELLABLE = frozenset({"pending", "queued", "running"})
+
+TaskEndHook = Callable[[asyncpg.Connection, Sequence[UUID]], Awaitable[None]]
+"""Called in the transaction that may have ended tasks for good (terminal, no retry coming), with
+their ids: the workflow engine advances their runs there. Must ignore tasks that did not end."""
 
 
 @dataclass(frozen=True)

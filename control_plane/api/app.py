@@ -29,6 +29,7 @@ from control_plane.api import (
     tasks,
     tokens,
     traces,
+    workflows,
 )
 from control_plane.api.hub import EventHub
 from control_plane.api.text import refuse_unstorable_body, refuse_unstorable_params
@@ -168,7 +169,8 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(asyncpg.UntranslatableCharacterError, _unstorable_text)
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
     app.include_router(traces.router)  # bounds and decodes its own bodies
-    for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals):
+    for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals,
+                   workflows):
         app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
     app.include_router(remediations.router, dependencies=[Depends(refuse_unstorable_body)])
     return app

@@ -194,9 +194,11 @@ async def get_task(task_id: UUID, conn: DbConn, who: Reader, remote: Remote) -> 
 
 @router.post("/{task_id}/cancel", response_model=TaskPublic, operation_id="cancel_task", summary="Cancel a task")
 async def cancel_task(task_id: UUID, conn: DbConn, cp: ControlPlaneDep, who: Operator, remote: Remote) -> TaskPublic:
-    row = await task_store.cancel_task(
-        conn, task_id, actor=who.name, reason=f"cancelled by {who.name}", topology=cp.topology
-    )
+    async with conn.transaction():
+        row = await task_store.cancel_task(
+            conn, task_id, actor=who.name, reason=f"cancelled by {who.name}", topology=cp.topology
+        )
+        await cp.workflows.tasks_ended(conn, [task_id])
     await audit(conn, actor=who.name, action="task.cancel", target=str(task_id), remote=remote)
     return _public(row)
 
