@@ -1,8 +1,8 @@
-"""The local sandbox: a spec runs as a process tree of its own on this machine.
+"""The local sandbox: a spec runs as a process tree of its own on this machine, behind a boundary.
 
-Each attempt gets a fresh workspace (``HOME``), an optional git checkout, a scrubbed environment,
-rlimits, its own session and process group (signalled as a whole on deadline, cancel and exit),
-a fresh network namespace when available, and capped output streamed line by line.
+Each attempt gets a fresh workspace (``HOME``), an optional git checkout, a fixed environment plus
+the spec's, its own namespaces, user and cgroup (see ``boundary`` and ``cgroups``), rlimits, and
+capped output streamed line by line. Whatever of it still runs when a step ends is killed.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ from pathlib import Path, PurePosixPath
 from typing import Literal
 
 from agents.sandbox.base import LogSink, SandboxResult, SandboxSpec, SecretRef
+from agents.sandbox.boundary import Boundary, Launch, SandboxUnavailable
+from agents.sandbox.cgroups import AttemptCgroup
+from agents.sandbox.cgroups import Limits as CgroupLimits
+from agents.sandbox.checkout import GLOBAL_CONFIG, plan_checkout
 from agents.sandbox.settings import SandboxSettings, parse_cpu, parse_memory
 from agents.sdk.telemetry import SandboxRun, sandbox_span
 
@@ -29,6 +33,7 @@ _log = logging.getLogger("devart.sandbox.local")
 _READ_CHUNK = 64 * 1024
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 """A task id, secret name or key usable as one path component."""
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _Status = Literal["exited", "timed_out", "cancelled"]
 
@@ -44,6 +49,11 @@ class _Limits:
     file_size: int
     open_files: int
     processes: int
+    memory: int
+    cores: float
+
+    def cgroup(self) -> CgroupLimits:
+        return CgroupLimits(memory_bytes=self.memory, pids=self.processes, cpu_cores=self.cores)
 
     def apply(self) -> None:
         """Runs in the child between fork and exec."""
@@ -153,18 +163,28 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-async def _wait_exit(
-    proc: asyncio.subprocess.Process, deadline: float, cancel: asyncio.Event, broken: asyncio.Event
-) -> _Status:
-    exited = asyncio.ensure_future(proc.wait())
-    stop = [asyncio.ensure_future(event.wait()) for event in (cancel, broken)]
+class _Protocol(asyncio.subprocess.SubprocessStreamProtocol):
+    """Knows when the process itself exited, which may be long before its pipes close: a child that
+    escaped the process group (``setsid``) can hold them open."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(limit=_READ_CHUNK, loop=loop)
+        self.exited = asyncio.Event()
+
+    def process_exited(self) -> None:
+        super().process_exited()
+        self.exited.set()
+
+
+async def _wait_exit(exited: asyncio.Event, deadline: float, cancel: asyncio.Event, broken: asyncio.Event) -> _Status:
+    waiters = {event: asyncio.ensure_future(event.wait()) for event in (exited, cancel, broken)}
     left = max(0.0, deadline - asyncio.get_running_loop().time())
     try:
-        done, _ = await asyncio.wait({exited, *stop}, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(waiters.values(), timeout=left, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for waiter in (exited, *stop):
+        for waiter in waiters.values():
             waiter.cancel()
-    if exited in done:
+    if waiters[exited] in done:
         return "exited"
     return "timed_out" if not done else "cancelled"
 
@@ -198,13 +218,15 @@ def _check_relative(value: str, field: str) -> None:
         raise SandboxError(f"{field}: {exc}") from None
 
 
-def _fresh_workspace(workspace: Path) -> None:
+def _fresh_workspace(workspace: Path, owner: int | None) -> None:
+    """An empty ``workspace`` with its ``tmp``, owned by the sandbox user ``owner`` when given."""
     shutil.rmtree(workspace, ignore_errors=True)
-    (workspace / "tmp").mkdir(parents=True)
-
-
-def _absolute_if_local(repo: str) -> str:
-    return str(Path(repo).absolute()) if Path(repo).exists() else repo
+    workspace.parent.mkdir(parents=True, exist_ok=True)
+    (workspace / "tmp").mkdir(parents=True, mode=0o700)
+    workspace.chmod(0o700)
+    if owner is not None:
+        for path in (workspace, workspace / "tmp"):
+            os.chown(path, owner, owner)
 
 
 def _resolve_workdir(checkout: Path, workdir: str) -> Path | None:
@@ -233,14 +255,38 @@ def _last_line(text: str) -> str:
     return lines[-1].strip() if lines else "no output"
 
 
+def _signal_name(code: int) -> str | None:
+    try:
+        return signal.Signals(code).name
+    except ValueError:
+        return None
+
+
 class LocalSandbox:
-    """Runs specs as local process trees under the limits of ``settings`` (see docs/sandbox.md)."""
+    """Runs specs as local process trees behind the boundary of ``settings`` (see docs/sandbox.md)."""
 
     def __init__(self, settings: SandboxSettings) -> None:
         self._settings = settings
         self._root = settings.root.absolute()
-        self._netns: bool | None = None
+        self._boundary: Boundary | None = None
         self._probe_lock = asyncio.Lock()
+
+    async def boundary(self) -> Boundary:
+        """What this host gives attempts, probed on first use and logged once; raises ``SandboxError``
+        when the boundary is incomplete and ``insecure`` is not set."""
+        async with self._probe_lock:
+            if self._boundary is None:
+                boundary = await asyncio.to_thread(Boundary.probe, self._settings)
+                try:
+                    boundary.require()
+                except SandboxUnavailable as exc:
+                    raise SandboxError(str(exc)) from None
+                if boundary.problems():
+                    _log.warning("DEVART_SANDBOX_INSECURE is set: attempts run with %s", boundary.describe())
+                else:
+                    _log.info("local sandbox: attempts run with %s", boundary.describe())
+                self._boundary = boundary
+        return self._boundary
 
     async def run(self, spec: SandboxSpec, *, on_log: LogSink, cancel: asyncio.Event) -> SandboxResult:
         """Check out, run and clean up one attempt under a ``sandbox.run`` span (the process gets
@@ -257,11 +303,12 @@ class LocalSandbox:
         self._validate(spec)
         limits = self._limits(spec)
         secrets = {name: await self._secret(ref) for name, ref in spec.secret_env.items()}
-        isolation = await self._isolation_prefix()
+        boundary = await self.boundary()
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + spec.timeout_s
-        workspace = self._root / f"{spec.task_id}.{spec.attempt}"
+        name = f"{spec.task_id}.{spec.attempt}"
+        workspace = self._root / name
         output = _Output(self._settings, on_log)
 
         def result(**fields: object) -> SandboxResult:
@@ -273,11 +320,14 @@ class LocalSandbox:
                 **fields,
             )
 
-        await asyncio.to_thread(_fresh_workspace, workspace)
+        cgroup = None
+        if boundary.cgroups is not None:
+            cgroup = await asyncio.to_thread(boundary.cgroups.create, f"devart-{name}", limits.cgroup())
+        attempt = _Attempt(boundary, cgroup, limits, workspace, output, deadline, cancel)
+        await asyncio.to_thread(_fresh_workspace, workspace, attempt.owner)
         try:
             checkout = workspace / "checkout"
-            env = self._environment(spec, workspace, secrets)
-            failure = await self._checkout(spec, checkout, env, limits, output, deadline, cancel)
+            failure = await self._checkout(spec, attempt, checkout)
             if failure is not None:
                 return result(**failure)
             cwd = await asyncio.to_thread(_resolve_workdir, checkout, spec.workdir)
@@ -286,18 +336,13 @@ class LocalSandbox:
                     outcome="failed", reason=f"workdir {spec.workdir!r} does not exist in the checkout"
                 )
             run.launched()
-            step = await self._run_step(
-                [*isolation, *argv],
-                cwd=cwd,
-                env=env,
-                limits=limits,
-                output=output,
-                deadline=deadline,
-                cancel=cancel,
-            )
+            env = self._environment(spec, workspace, secrets)
+            step = await self._run_step(attempt, argv, cwd=cwd, env=env, network=self._settings.network == "host")
             artifacts = await asyncio.to_thread(_collect_artifacts, checkout, spec.artifacts)
-            return result(artifacts=artifacts, **self._outcome(step, spec))
+            return result(artifacts=artifacts, **self._outcome(step, spec, attempt))
         finally:
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
             if not self._settings.keep_workspaces:
                 await asyncio.to_thread(shutil.rmtree, workspace, True)
 
@@ -320,6 +365,10 @@ class LocalSandbox:
             _check_relative(pattern, "artifacts")
         if spec.ref is not None and (spec.repo is None or spec.ref.startswith("-") or not spec.ref):
             raise SandboxError(f"ref {spec.ref!r} needs a repo and must not start with '-'")
+        for field, names in (("env", spec.env), ("secret_env", spec.secret_env)):
+            bad = sorted(name for name in names if not _ENV_NAME.match(name))
+            if bad:
+                raise SandboxError(f"{field}: {bad!r} are not environment variable names")
 
     def _limits(self, spec: SandboxSpec) -> _Limits:
         settings = self._settings
@@ -339,6 +388,8 @@ class LocalSandbox:
             file_size=settings.file_size_bytes,
             open_files=settings.open_files,
             processes=settings.processes,
+            memory=memory,
+            cores=cores,
         )
 
     async def _secret(self, ref: SecretRef) -> str:
@@ -356,40 +407,8 @@ class LocalSandbox:
                 pass
         raise SandboxError(f"secret {ref.name}/{ref.key} not found (looked for {where})")
 
-    async def _isolation_prefix(self) -> list[str]:
-        if self._settings.network == "host":
-            return []
-        async with self._probe_lock:
-            if self._netns is None:
-                self._netns = await self._probe_netns()
-                if not self._netns and not self._settings.require_network_isolation:
-                    _log.warning(
-                        "network 'none' requested but 'unshare --net' does not work here: commands keep host network"
-                    )
-        if not self._netns:
-            if self._settings.require_network_isolation:
-                raise SandboxError(
-                    "network isolation required but 'unshare --net' does not work on this machine"
-                )
-            return []
-        return ["unshare", "--net", "--"]
-
-    @staticmethod
-    async def _probe_netns() -> bool:
-        unshare = shutil.which("unshare")
-        if unshare is None:
-            return False
-        try:
-            proc = await asyncio.create_subprocess_exec(
-                unshare, "--net", "true", stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-            )  # fmt: skip
-        except OSError:
-            return False
-        return await proc.wait() == 0
-
     def _environment(self, spec: SandboxSpec, workspace: Path, secrets: dict[str, str]) -> dict[str, str]:
-        env = {name: os.environ[name] for name in self._settings.env_allow if name in os.environ}
+        env = dict(self._settings.base_env)
         env["HOME"] = str(workspace)
         env["TMPDIR"] = str(workspace / "tmp")
         if spec.traceparent:
@@ -398,43 +417,38 @@ class LocalSandbox:
         env.update(secrets)
         return env
 
-    async def _checkout(
-        self,
-        spec: SandboxSpec,
-        checkout: Path,
-        env: dict[str, str],
-        limits: _Limits,
-        output: _Output,
-        deadline: float,
-        cancel: asyncio.Event,
-    ) -> dict[str, object] | None:
-        """Clone ``spec.repo`` at ``spec.ref`` (with host network: it must fetch); the failure fields, if any."""
+    async def _checkout(self, spec: SandboxSpec, attempt: _Attempt, checkout: Path) -> dict[str, object] | None:
+        """Clone ``spec.repo`` at ``spec.ref`` inside the boundary (see ``checkout``); the failure fields, if any."""
         if spec.repo is None:
             await asyncio.to_thread(checkout.mkdir)
+            if attempt.owner is not None:
+                await asyncio.to_thread(os.chown, checkout, attempt.owner, attempt.owner)
             return None
-        git = shutil.which("git")
-        if git is None:
+        if shutil.which("git") is None:
             raise SandboxError("git is not installed on this agent, so repo cannot be checked out")
-        repo = await asyncio.to_thread(_absolute_if_local, spec.repo)
-        git_env = {**env, "GIT_TERMINAL_PROMPT": "0"}
-        steps = [("git clone", [git, "clone", "--quiet", "--", repo, str(checkout)], checkout.parent)]
-        if spec.ref is not None:
-            steps.append(("git checkout", [git, "checkout", "--quiet", spec.ref, "--"], checkout))
-        for what, argv, cwd in steps:
+        plan = await asyncio.to_thread(
+            plan_checkout, spec.repo, spec.ref, settings=self._settings, workspace=attempt.workspace,
+            checkout=checkout,
+        )  # fmt: skip
+        if plan.refused is not None:
+            return {"outcome": "failed", "reason": f"checkout failed: {plan.refused}"}
+        if plan.global_config:
+            await asyncio.to_thread((attempt.workspace / "tmp" / GLOBAL_CONFIG).write_text, plan.global_config)
+        for git in plan.steps:
             step = await self._run_step(
-                argv, cwd=cwd, env=git_env, limits=limits, output=output, deadline=deadline, cancel=cancel
+                attempt, git.argv, cwd=git.cwd, env=dict(plan.env), network=git.network, read_only=plan.read_only
             )
-            if step.status != "exited":
-                return self._outcome(step, spec)
+            if step.status != "exited" or step.returncode != 0 and attempt.oom():
+                return self._outcome(step, spec, attempt)
             if step.returncode != 0:
-                detail = step.spawn_error or _last_line(output.stderr.tail)
+                detail = step.spawn_error or _last_line(attempt.output.stderr.tail)
                 return {
                     "outcome": "failed",
-                    "reason": f"checkout failed: {what} exited {step.returncode}: {detail}",
+                    "reason": f"checkout failed: {git.what} exited {step.returncode}: {detail}",
                 }
         return None
 
-    def _outcome(self, step: _Step, spec: SandboxSpec) -> dict[str, object]:
+    def _outcome(self, step: _Step, spec: SandboxSpec, attempt: _Attempt) -> dict[str, object]:
         if step.status == "timed_out":
             return {"outcome": "timed_out", "reason": f"deadline of {spec.timeout_s:g}s exceeded"}
         if step.status == "cancelled":
@@ -442,72 +456,136 @@ class LocalSandbox:
         code = step.returncode
         if step.spawn_error is not None:
             return {"outcome": "failed", "exit_code": code, "reason": step.spawn_error}
+        if code == 0:
+            return {"outcome": "succeeded", "exit_code": 0}
+        if attempt.oom():
+            return {"outcome": "failed", "reason": f"OOMKilled: memory limit of {attempt.limits.memory} bytes"}
         if code is not None and code < 0:
             return {"outcome": "failed", "reason": f"signal {signal.Signals(-code).name}"}
-        if code != 0:
-            return {"outcome": "failed", "exit_code": code, "reason": f"exit code {code}"}
-        return {"outcome": "succeeded", "exit_code": 0}
+        # Inside the boundary bubblewrap's init reports death by signal N as exit code 128 + N.
+        if code is not None and attempt.boundary.namespaces and code > 128 and (name := _signal_name(code - 128)):
+            return {"outcome": "failed", "reason": f"signal {name}"}
+        return {"outcome": "failed", "exit_code": code, "reason": f"exit code {code}"}
 
     async def _run_step(
         self,
+        attempt: _Attempt,
         argv: list[str],
         *,
         cwd: Path,
         env: dict[str, str],
-        limits: _Limits,
-        output: _Output,
-        deadline: float,
-        cancel: asyncio.Event,
+        network: bool,
+        read_only: Sequence[Path] = (),
     ) -> _Step:
         """Run one process tree to its end, its deadline or ``cancel``; nothing of it survives."""
-        if cancel.is_set():
+        if attempt.cancel.is_set():
             return _Step("cancelled")
         loop = asyncio.get_running_loop()
-        if deadline <= loop.time():
+        if attempt.deadline <= loop.time():
             return _Step("timed_out")
+        boundary = attempt.boundary
+        if boundary.namespaces:
+            launch = boundary.launch(
+                argv, cwd=cwd, workspace=attempt.workspace, env=env, network=network, read_only=read_only
+            )
+            exec_cwd: Path = Path("/")
+        else:
+            launch, exec_cwd = Launch(argv, env), cwd
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                cwd=cwd,
-                env=env,
+            transport, protocol = await loop.subprocess_exec(
+                lambda: _Protocol(loop),
+                *launch.argv,
+                cwd=exec_cwd,
+                env=launch.env,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=limits.apply,
+                pass_fds=launch.pass_fds,
+                preexec_fn=attempt.enter,
             )
         except OSError as exc:
             return _Step("exited", 127, f"cannot start {argv[0]!r}: {exc.strerror}")
+        finally:
+            launch.close()
+        proc = asyncio.subprocess.Process(transport, protocol, loop)
         assert proc.stdout is not None and proc.stderr is not None
         pumps = [
-            asyncio.ensure_future(_pump(proc.stdout, output.stdout)),
-            asyncio.ensure_future(_pump(proc.stderr, output.stderr)),
+            asyncio.ensure_future(_pump(proc.stdout, attempt.output.stdout)),
+            asyncio.ensure_future(_pump(proc.stderr, attempt.output.stderr)),
         ]
         try:
-            status = await _wait_exit(proc, deadline, cancel, output.broken)
+            status = await _wait_exit(protocol.exited, attempt.deadline, attempt.cancel, attempt.output.broken)
             if status != "exited":
-                await self._terminate(proc)
+                await self._terminate(proc, protocol.exited, attempt)
         finally:
-            # Whatever the outcome, no process of the group outlives the step.
-            _signal_group(proc.pid, signal.SIGKILL)
-            if proc.returncode is None:
-                await proc.wait()
+            # Whatever the outcome, no process of the step outlives it.
+            await attempt.kill(proc.pid)
+            await protocol.exited.wait()
             await self._drain(pumps)
-        output.raise_sink_error()
-        return _Step(status, proc.returncode)
+        attempt.output.raise_sink_error()
+        return _Step(status, transport.get_returncode())
 
-    async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        _signal_group(proc.pid, signal.SIGTERM)
+    async def _terminate(self, proc: asyncio.subprocess.Process, exited: asyncio.Event, attempt: _Attempt) -> None:
+        attempt.terminate(proc.pid)
         try:
-            await asyncio.wait_for(proc.wait(), self._settings.kill_grace_s)
+            await asyncio.wait_for(exited.wait(), self._settings.kill_grace_s)
         except TimeoutError:
             pass
 
     async def _drain(self, pumps: list[asyncio.Future[None]]) -> None:
-        # A process that left the group (setsid) may still hold a pipe: stop reading after the grace.
+        # A process that escaped the kill (possible only without namespaces and cgroups) may still
+        # hold a pipe: stop reading after the grace.
         _, pending = await asyncio.wait(pumps, timeout=max(self._settings.kill_grace_s, 0.1))
         for pump in pending:
             pump.cancel()
-        for pump in pumps:
-            if not pump.cancelled() and pump.exception() is not None:
-                raise pump.exception()  # type: ignore[misc]
+        outcomes = await asyncio.gather(*pumps, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+
+
+@dataclass
+class _Attempt:
+    """One attempt's boundary, cgroup, limits and output, shared by its checkout and its command."""
+
+    boundary: Boundary
+    cgroup: AttemptCgroup | None
+    limits: _Limits
+    workspace: Path
+    output: _Output
+    deadline: float
+    cancel: asyncio.Event
+
+    @property
+    def owner(self) -> int | None:
+        """The uid the workspace must belong to: the sandbox user when a root agent drops to it."""
+        return self.boundary.user if self.boundary.namespaces and self.boundary.as_root else None
+
+    def enter(self) -> None:
+        """Runs in the child between fork and exec: join the cgroup, then set the rlimits."""
+        if self.cgroup is not None:
+            self.cgroup.join()
+        self.limits.apply()
+
+    def oom(self) -> bool:
+        return self.cgroup is not None and self.cgroup.oom_killed()
+
+    def terminate(self, pid: int) -> None:
+        """SIGTERM the attempt's own processes (not bubblewrap's, whose death would SIGKILL them)."""
+        if self.cgroup is not None and self.boundary.namespaces:
+            self.cgroup.signal(signal.SIGTERM, sparing={pid, *_children(pid)})
+        else:
+            _signal_group(pid, signal.SIGTERM)
+
+    async def kill(self, pid: int) -> None:
+        _signal_group(pid, signal.SIGKILL)
+        if self.cgroup is not None:
+            await asyncio.to_thread(self.cgroup.kill)
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (FileNotFoundError, ProcessLookupError):
+        return []

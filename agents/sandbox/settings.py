@@ -16,6 +16,8 @@ SandboxKind = Literal["local", "kubernetes"]
 OverridableField = Literal["image", "resources", "kind"]
 
 _MIB = 1024**2
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/run/systemd/resolve")
 _GIB = 1024**3
 
 _CPU = re.compile(r"^(\d+(?:\.\d+)?)(m?)$")
@@ -109,24 +111,49 @@ class SandboxSettings(BaseSettings):
         default=1024, ge=16, description="RLIMIT_NOFILE: open file descriptors per process"
     )
     processes: int = Field(
-        default=512, ge=1, description="RLIMIT_NPROC: processes of the user (not enforced by Linux for root)"
+        default=512,
+        ge=1,
+        description="pids cgroup limit of an attempt's whole process tree, and RLIMIT_NPROC of the sandbox user",
     )
     network: Literal["none", "host"] = Field(
         default="none",
-        description="'none' runs commands in a fresh network namespace (no interfaces up); 'host' shares it",
+        description="'none' runs commands in a fresh network namespace (loopback only); 'host' shares it",
     )
-    require_network_isolation: bool = Field(
+    insecure: bool = Field(
         default=False,
-        description="with network 'none': refuse to run when namespaces are unavailable instead of warning once",
+        description=(
+            "run with whatever isolation the host offers (at worst rlimits and a process group) instead of"
+            " refusing to start when namespaces or a writable cgroup are missing"
+        ),
+    )
+    user: int = Field(
+        default=65532,
+        gt=0,
+        description="uid and gid attempts run as when the agent is root (a non-root agent's tasks keep its uid)",
+    )
+    system_paths: list[Path] = Field(
+        default_factory=lambda: [Path(p) for p in _SYSTEM_PATHS],
+        description="host paths mounted read-only in the sandbox (missing ones are skipped; symlinks are kept)",
+    )
+    tmp_bytes: int = Field(
+        default=256 * _MIB, ge=_MIB, description="size of the private /tmp (a tmpfs) of an attempt"
+    )
+    git_local_roots: list[Path] = Field(
+        default_factory=list,
+        description="directories under which a local path may be cloned (git's file protocol); empty: none",
+    )
+    git_network: bool = Field(
+        default=True,
+        description="clone remote repositories with the host network; false: the clone has no network either",
     )
     kill_grace_s: float = Field(
         default=5.0,
         ge=0,
-        description="seconds between SIGTERM and SIGKILL of the process group on deadline or cancel",
+        description="seconds between SIGTERM and SIGKILL of an attempt's processes on deadline or cancel",
     )
-    env_allow: list[str] = Field(
-        default_factory=lambda: ["PATH", "LANG", "LC_ALL", "TZ"],
-        description="variables of the agent's environment passed through to commands; everything else is scrubbed",
+    base_env: dict[str, str] = Field(
+        default_factory=lambda: {"PATH": _PATH, "LANG": "C.UTF-8"},
+        description="fixed variables every command starts with (JSON object); nothing of the agent's own environment is passed",
     )
     secrets_dir: Path | None = Field(
         default=None,

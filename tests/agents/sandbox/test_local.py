@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 
 from agents.sandbox import Resources, SandboxError, SandboxSpec, SecretRef
-from tests.agents.sandbox.conftest import Harness, wait_until_gone
+from tests.agents.sandbox.conftest import Harness, marker, running, wait_until_none_running
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,37 +65,42 @@ async def test_missing_program_fails_with_127(harness: Harness) -> None:
 
 
 async def test_deadline_kills_the_whole_process_tree(harness: Harness) -> None:
-    run = await harness.run(spec(script="sleep 300 & echo $!; wait", timeout_s=1))
+    mark = marker()
+    run = await harness.run(spec(script=f"sleep {mark} & echo $!; wait", timeout_s=1))
     assert run.result.outcome == "timed_out"
     assert run.result.reason == "deadline of 1s exceeded"
-    grandchild = int(run.stream("stdout")[0])
-    assert await wait_until_gone(grandchild)
+    assert run.stream("stdout")  # the grandchild had started
+    assert await wait_until_none_running(mark)
 
 
 async def test_deadline_kills_a_tree_that_ignores_sigterm(harness: Harness) -> None:
     quick = harness.with_settings(kill_grace_s=0.3)
+    mark = marker()
     run = await quick.run(
-        spec(script="trap '' TERM; sleep 300 & echo $!; while :; do wait || true; done", timeout_s=1)
+        spec(script=f"trap '' TERM; sleep {mark} & echo $!; while :; do wait || true; done", timeout_s=1)
     )
     assert run.result.outcome == "timed_out"
-    assert await wait_until_gone(int(run.stream("stdout")[0]))
+    assert run.stream("stdout")
+    assert await wait_until_none_running(mark)
 
 
 async def test_cancel_kills_the_whole_process_tree(harness: Harness) -> None:
     cancel = asyncio.Event()
     pids: asyncio.Queue[int] = asyncio.Queue()
+    mark = marker()
 
     async def on_log(stream: str, text: str) -> None:
         await pids.put(int(text))
 
-    running = asyncio.create_task(
-        harness.sandbox.run(spec(script="sleep 300 & echo $!; wait"), on_log=on_log, cancel=cancel)
+    run = asyncio.create_task(
+        harness.sandbox.run(spec(script=f"sleep {mark} & echo $!; wait"), on_log=on_log, cancel=cancel)
     )
-    grandchild = await asyncio.wait_for(pids.get(), 20)
+    await asyncio.wait_for(pids.get(), 20)
+    assert running(mark)
     cancel.set()
-    result = await asyncio.wait_for(running, 20)
+    result = await asyncio.wait_for(run, 20)
     assert result.outcome == "cancelled"
-    assert await wait_until_gone(grandchild)
+    assert await wait_until_none_running(mark)
 
 
 async def test_cancel_before_start_runs_nothing(harness: Harness, tmp_path: Path) -> None:
@@ -109,9 +113,11 @@ async def test_cancel_before_start_runs_nothing(harness: Harness, tmp_path: Path
 
 
 async def test_leftover_background_processes_are_killed_on_exit(harness: Harness) -> None:
-    run = await harness.run(spec(script="sleep 300 >/dev/null 2>&1 & echo $!"))
+    mark = marker()
+    run = await harness.run(spec(script=f"sleep {mark} >/dev/null 2>&1 & echo $!"))
     assert run.result.outcome == "succeeded"
-    assert await wait_until_gone(int(run.stream("stdout")[0]))
+    assert run.stream("stdout")
+    assert await wait_until_none_running(mark)
 
 
 async def test_output_over_the_cap_is_counted_not_streamed(harness: Harness) -> None:
@@ -139,7 +145,8 @@ async def test_file_size_limit_applies(harness: Harness) -> None:
 
 
 # An anonymous mapping reserves address space without touching memory: fast, and enough for RLIMIT_AS.
-_ALLOCATE = [sys.executable, "-c", "import mmap; mmap.mmap(-1, 512 * 1024 * 1024); print('allocated')"]
+# The agent's own interpreter (a virtualenv) is not mounted in the sandbox: use the system's.
+_ALLOCATE = ["python3", "-c", "import mmap; mmap.mmap(-1, 512 * 1024 * 1024); print('allocated')"]
 
 
 async def test_address_space_limit_applies(harness: Harness) -> None:
@@ -216,7 +223,7 @@ def _connect_script(port: int) -> list[str]:
         "except OSError as exc:\n"
         "    print('unreachable', exc.errno)\n"
     )
-    return [sys.executable, "-c", code]
+    return ["python3", "-c", code]
 
 
 async def test_network_none_cannot_reach_the_broker_but_host_can(harness: Harness, amqp_url: str) -> None:
@@ -309,8 +316,10 @@ async def test_a_failing_log_sink_stops_the_run_and_surfaces(harness: Harness) -
     async def broken(stream: str, text: str) -> None:
         raise RuntimeError("log sink down")
 
+    mark = marker()
     with pytest.raises(RuntimeError, match="log sink down"):
         await keeping.sandbox.run(
-            spec(script="sleep 300 & echo $! > pid; echo one; wait"), on_log=broken, cancel=asyncio.Event()
+            spec(script=f"sleep {mark} & echo $! > pid; echo one; wait"), on_log=broken, cancel=asyncio.Event()
         )
-    assert await wait_until_gone(int((harness.root / "task-1.1" / "checkout" / "pid").read_text()))
+    assert (harness.root / "task-1.1" / "checkout" / "pid").read_text()
+    assert await wait_until_none_running(mark)

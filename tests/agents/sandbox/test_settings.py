@@ -27,12 +27,14 @@ def test_every_setting_is_described() -> None:
 def test_settings_come_from_prefixed_variables(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("DEVART_SANDBOX_OUTPUT_CAP_BYTES", "4096")
     monkeypatch.setenv("DEVART_SANDBOX_NETWORK", "host")
-    monkeypatch.setenv("DEVART_SANDBOX_ENV_ALLOW", '["PATH", "JAVA_HOME"]')
+    monkeypatch.setenv("DEVART_SANDBOX_BASE_ENV", '{"PATH": "/usr/bin", "JAVA_HOME": "/usr/lib/jvm"}')
+    monkeypatch.setenv("DEVART_SANDBOX_INSECURE", "1")
     monkeypatch.setenv("DEVART_HOME", str(tmp_path))
     settings = SandboxSettings()
     assert settings.output_cap_bytes == 4096
     assert settings.network == "host"
-    assert settings.env_allow == ["PATH", "JAVA_HOME"]
+    assert settings.base_env == {"PATH": "/usr/bin", "JAVA_HOME": "/usr/lib/jvm"}
+    assert settings.insecure
     assert settings.root == tmp_path / "sandboxes"
 
 
