@@ -21,6 +21,7 @@ from agents.sdk.topology import declare_pool_queue
 from agents.shell import build_shell_agent
 from control_plane.service import ControlPlane
 from tests.control_plane.test_end_to_end import _finished
+from tests.support.processes import marker, running
 from tests.support.system import StartAgent, wait_for
 
 
@@ -130,24 +131,23 @@ async def test_cancel_kills_the_process_tree(
     admin: httpx.AsyncClient, start_agent: StartAgent, tmp_path: Path
 ) -> None:
     await start_agent(build_shell_agent(slots=1, settings=_sandbox(tmp_path)))
+    mark = marker()
     created = (await admin.post("/api/v1/tasks", json={
-        "type": "shell", "requires": ["shell"], "input": {"script": "sleep 300 & echo child=$!; wait"}})).json()
+        "type": "shell", "requires": ["shell"], "input": {"script": f"sleep {mark} & echo child=$!; wait"}})).json()
 
-    async def child_pid() -> int | None:
-        for line in (await admin.get(f"/api/v1/tasks/{created['id']}/logs")).json()["lines"]:
-            if match := re.fullmatch(r"child=(\d+)", line["line"]):
-                return int(match[1])
-        return None
+    async def child_started() -> bool:
+        lines = (await admin.get(f"/api/v1/tasks/{created['id']}/logs")).json()["lines"]
+        return any(re.fullmatch(r"child=\d+", line["line"]) for line in lines)
 
-    pid = await wait_for(child_pid, what="the grandchild's pid in the task log")
-    assert Path(f"/proc/{pid}").exists()
+    await wait_for(child_started, what="the grandchild's pid in the task log")
+    assert running(mark)
     cancelled = await admin.post(f"/api/v1/tasks/{created['id']}/cancel")
     assert cancelled.json()["status"] == "cancelled"
 
     async def gone() -> bool:
-        return not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+        return not running(mark)
 
-    await wait_for(gone, what=f"process {pid} to be killed")
+    await wait_for(gone, what=f"the grandchild (sleep {mark}) to be killed")
     task = await wait_for(lambda: _attempt_closed(admin, created["id"]), what="the attempt to close")
     assert task["attempts"][0]["status"] == "cancelled"
 

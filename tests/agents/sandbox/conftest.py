@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import secrets
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,54 +45,6 @@ class Harness:
 @pytest.fixture
 def harness(tmp_path: Path) -> Harness:
     return Harness(tmp_path / "sandboxes", git_local_roots=[tmp_path])
-
-
-def process_gone(pid: int) -> bool:
-    """True when ``pid`` no longer runs (absent, or a zombie waiting for a reaper that is not us)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] in {"Z", "X"}
-
-
-def marker() -> str:
-    """A ``sleep`` duration no other process uses, to find a sandboxed process from the host: inside
-    its PID namespace a process cannot tell its host pid."""
-    return f"300.{secrets.randbelow(10**9)}"
-
-
-def running(mark: str) -> list[int]:
-    """Host pids of live processes whose command line holds ``mark`` as an argument."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if mark.encode() in argv and not process_gone(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
-async def wait_until_none_running(mark: str, within_s: float = 10.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while asyncio.get_running_loop().time() < deadline:
-        if not running(mark):
-            return True
-        await asyncio.sleep(0.05)
-    return not running(mark)
-
-
-async def wait_until_gone(pid: int, within_s: float = 10.0) -> bool:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while asyncio.get_running_loop().time() < deadline:
-        if process_gone(pid):
-            return True
-        await asyncio.sleep(0.05)
-    return process_gone(pid)
 
 
 def _git(repo: Path, *args: str) -> None:

@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 import pytest
 
 from agents.sandbox import Resources, SandboxError, SandboxSpec, SecretRef
-from tests.agents.sandbox.conftest import Harness, marker, running, wait_until_none_running
+from tests.agents.sandbox.conftest import Harness
+from tests.support.processes import marker, running, wait_until_none_running
 
 pytestmark = pytest.mark.timeout(60)
 
