@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make sure the services the test suite talks to are up and answering: RabbitMQ on 127.0.0.1:5672.
 # Postgres comes from the pip-installed pgserver, so nothing is needed for it here.
+# The local sandbox needs bubblewrap (namespaces) and util-linux's setpriv; they are installed too.
 # "Up" means the broker completes an AMQP handshake, not just that its port is open: a broker that
 # accepts TCP but never answers is restarted.
 set -euo pipefail
@@ -33,6 +34,17 @@ start_broker() {
   echo "RabbitMQ did not come up on 127.0.0.1:5672" >&2; exit 1
 }
 
+install_sandbox_tools() {
+  command -v bwrap >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux
+  else
+    echo "the local sandbox needs bubblewrap and setpriv: install them (Debian: apt-get install bubblewrap)" >&2
+    exit 1
+  fi
+}
+
+install_sandbox_tools
 if amqp_answers; then
   exit 0
 fi
