@@ -522,7 +522,7 @@ class LocalSandbox:
             # Whatever the outcome, no process of the step outlives it.
             await attempt.kill(proc.pid)
             await protocol.exited.wait()
-            await self._drain(pumps)
+            await self._drain(pumps, contained=attempt.contained)
         attempt.output.raise_sink_error()
         return _Step(status, transport.get_returncode())
 
@@ -533,10 +533,12 @@ class LocalSandbox:
         except TimeoutError:
             pass
 
-    async def _drain(self, pumps: list[asyncio.Future[None]]) -> None:
-        # A process that escaped the kill (possible only without namespaces and cgroups) may still
-        # hold a pipe: stop reading after the grace.
-        _, pending = await asyncio.wait(pumps, timeout=max(self._settings.kill_grace_s, 0.1))
+    async def _drain(self, pumps: list[asyncio.Future[None]], *, contained: bool) -> None:
+        """Read the pipes to their end. Once a contained tree is killed nothing can write to them, so
+        everything buffered is read however slow the log sink; without containment a process that
+        escaped (``setsid``) may hold a pipe forever: stop reading after the grace."""
+        timeout = None if contained else max(self._settings.kill_grace_s, 0.1)
+        _, pending = await asyncio.wait(pumps, timeout=timeout)
         for pump in pending:
             pump.cancel()
         outcomes = await asyncio.gather(*pumps, return_exceptions=True)
@@ -561,6 +563,11 @@ class _Attempt:
     def owner(self) -> int | None:
         """The uid the workspace must belong to: the sandbox user when a root agent drops to it."""
         return self.boundary.user if self.boundary.namespaces and self.boundary.as_root else None
+
+    @property
+    def contained(self) -> bool:
+        """Whether killing the step reaches every process it started (its cgroup or PID namespace)."""
+        return self.cgroup is not None or self.boundary.namespaces
 
     def enter(self) -> None:
         """Runs in the child between fork and exec: join the cgroup, then set the rlimits."""

@@ -80,7 +80,9 @@ async def shell_agent_process(
         **{f"DEVART_SANDBOX_{name.upper()}": value for name, value in sandbox.items()},
     }
     before = {a["id"] for a in (await admin.get("/api/v1/agents")).json()}
-    agent.process = subprocess.Popen([sys.executable, "-m", "agents.shell", "--slots", "2"], env=env)
+    agent.process = await asyncio.to_thread(
+        subprocess.Popen, [sys.executable, "-m", "agents.shell", "--slots", "2"], env=env
+    )
     try:
         async def registered() -> bool:
             if agent.process.poll() is not None:

@@ -11,13 +11,24 @@ from pathlib import Path
 
 import httpx
 
-from tests.security.sandbox_agent import StartShellAgent, finished, run_task, start_shell_agent, submit, wait_for_line
+from tests.security.sandbox_agent import (
+    StartShellAgent,
+    run_task,
+    start_shell_agent,
+    submit,
+    wait_for_line,
+)
 from tests.support.processes import marker, running, wait_until_none_running
 
 __all__ = ["start_shell_agent"]
 
-# Every environment the task can find under /proc, NUL-separated entries one per line.
-DUMP_ENVIRONS = "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null || true; done; ps ax"
+# The interesting variables of every environment the task can find under /proc, and every sleeping
+# process it can see.
+DUMP_ENVIRONS = (
+    "for f in /proc/[0-9]*/environ; do tr '\\0' '\\n' < \"$f\" 2>/dev/null || true; done"
+    " | grep -E '^(AMQP_URL|DEVART_[A-Z_]+|PLAIN|DB_PASSWORD)=' | sort -u || true\n"
+    "ps -e -o args= | grep '^sleep' || true\n"
+)
 
 
 async def test_a_task_cannot_read_the_agents_or_a_neighbours_environment(
