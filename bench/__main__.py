@@ -3,7 +3,7 @@
     python -m bench [--full] [name ...]
 
 Quick mode shrinks each load so the whole suite finishes in a few minutes on a laptop; ``--full``
-runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real).
+runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real, sandbox).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "signals": ["--spans", "200000", "--objects", "50000", "--repeat", "1"],
     "rca": ["--spans", "20000"],
     "real": ["--quick"],
+    "sandbox": ["--runs", "50"],
 }
 
 
