@@ -2,7 +2,8 @@
 
 The official ``kubernetes`` client is blocking; every call runs in a worker thread. Responses are
 read without the client's model classes (``_preload_content=False``), so actions work on the same
-JSON a ``kubectl get -o json`` shows.
+JSON a ``kubectl get -o json`` shows. The client is imported only when a :class:`Kube` is built, so a
+control plane without the ``k8s`` extra runs devart's own actions.
 """
 
 from __future__ import annotations
@@ -10,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+if TYPE_CHECKING:
+    from kubernetes import client
 
 FIELD_MANAGER = "devart-remediation"
 MERGE = "application/merge-patch+json"
@@ -36,6 +37,8 @@ class KubeError(Exception):
 
 def api_client(kubeconfig: Path | None, context: str | None) -> client.ApiClient:
     """A client from ``kubeconfig`` (and ``context``), or the in-cluster service account."""
+    from kubernetes import client, config
+
     configuration = client.Configuration()
     if kubeconfig is None:
         config.load_incluster_config(client_configuration=configuration)
@@ -48,6 +51,8 @@ class Kube:
     """The handful of reads and writes the action catalogue needs. Writes take ``dry_run``."""
 
     def __init__(self, api: client.ApiClient) -> None:
+        from kubernetes import client
+
         self._api = api
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
@@ -56,6 +61,8 @@ class Kube:
         self._api.close()
 
     async def _call(self, method: Any, *args: Any, **kwargs: Any) -> Obj:
+        from kubernetes.client.exceptions import ApiException
+
         try:
             response = await asyncio.to_thread(method, *args, _preload_content=False, **kwargs)
         except ApiException as error:
@@ -88,10 +95,6 @@ class Kube:
     async def nodes(self) -> list[Obj]:
         return (await self._call(self.core.list_node)).get("items", [])
 
-    async def pdbs(self, namespace: str) -> list[Obj]:
-        policy = client.PolicyV1Api(self._api)
-        return (await self._call(policy.list_namespaced_pod_disruption_budget, namespace)).get("items", [])
-
     async def patch_deployment(self, namespace: str, name: str, body: Any, *, dry_run: bool,
                                content_type: str = MERGE) -> Obj:
         return await self._call(self.apps.patch_namespaced_deployment, name, namespace, body,
@@ -115,7 +118,7 @@ class Kube:
         return await self._call(self.core.patch_node, name, body, _content_type=MERGE, **self._write(dry_run))
 
 
-def _message(error: ApiException) -> str:
+def _message(error: Any) -> str:
     try:
         return str(json.loads(error.body).get("message", error.reason))
     except (TypeError, ValueError):
