@@ -1,7 +1,8 @@
 """Spans as columns: one Python pass per window, then numpy for everything else.
 
 Each span's self (exclusive) time is charged to an *owner* service: its own service, except for a
-client/producer span, whose time not covered by the callee's server span (network, queueing, the
+call span (client/producer, or a span of unspecified kind with a child in another service: sources
+that record no span kind still show the call structurally), whose time not covered by the callee's server span (network, queueing, the
 callee's accept backlog) is charged to the callee, and a client span with no instrumented callee,
 charged to the ``peer.service`` it names.
 """
@@ -58,6 +59,7 @@ class Frame:
     facet: np.ndarray
     operation: np.ndarray
     kind: np.ndarray
+    call: np.ndarray
     instance: np.ndarray
     start: np.ndarray
     end: np.ndarray
@@ -142,12 +144,14 @@ def build_frame(spans: Sequence[Span], vocab: Vocabulary) -> Frame:
         if version is not None:
             versions.setdefault(sv, set()).add(str(version))
 
-    is_call = (kind == 1) | (kind == 2)
-    owner = service.copy()
-    facet = np.full(n, FACET_SELF, np.int64)
     linked = parent >= 0
     child_idx = np.flatnonzero(linked)
     par = parent[child_idx]
+    is_call = (kind == KIND_CODES["client"]) | (kind == KIND_CODES["producer"])
+    unknown = kind == KIND_CODES["unspecified"]
+    is_call[par[unknown[par] & (service[child_idx] != service[par])]] = True
+    owner = service.copy()
+    facet = np.full(n, FACET_SELF, np.int64)
     remote = is_call[par] & (service[child_idx] != service[par])
     owner[par[remote]] = service[child_idx[remote]]
     facet[par[remote]] = FACET_INBOUND
@@ -178,6 +182,7 @@ def build_frame(spans: Sequence[Span], vocab: Vocabulary) -> Frame:
         facet=facet,
         operation=operation,
         kind=kind,
+        call=is_call,
         instance=instance,
         start=start,
         end=end,

@@ -191,22 +191,12 @@ def _units(inc: Frame, base: Frame, n_ops: int) -> tuple[np.ndarray, np.ndarray,
     instrumented = np.zeros(n_ops, bool)
     instrumented[inc.operation[inc.facet == FACET_INBOUND]] = True
     instrumented[base.operation[base.facet == FACET_INBOUND]] = True
-    facet_i = np.where(
-        (inc.facet != FACET_INBOUND) & _is_call(inc) & instrumented[inc.operation], _FACET_ORPHAN, inc.facet
-    )
-    facet_b = np.where(
-        (base.facet != FACET_INBOUND) & _is_call(base) & instrumented[base.operation],
-        _FACET_ORPHAN,
-        base.facet,
-    )
+    facet_i = np.where((inc.facet != FACET_INBOUND) & instrumented[inc.operation], _FACET_ORPHAN, inc.facet)
+    facet_b = np.where((base.facet != FACET_INBOUND) & instrumented[base.operation], _FACET_ORPHAN, base.facet)
     key_i = (inc.owner * n_ops + inc.operation) * 4 + facet_i
     key_b = (base.owner * n_ops + base.operation) * 4 + facet_b
     keys, inverse = np.unique(np.concatenate((key_i, key_b)), return_inverse=True)
     return keys, inverse[: inc.size], inverse[inc.size :]
-
-
-def _is_call(frame: Frame) -> np.ndarray:
-    return (frame.kind == KIND_CODES["client"]) | (frame.kind == KIND_CODES["producer"])
 
 
 def _trace_extent(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
@@ -438,7 +428,7 @@ def _structure(inc: Frame, base: Frame, n_svc: int, n_ops: int) -> tuple[np.ndar
         child = np.flatnonzero(frame.parent >= 0)
         parent = frame.parent[child]
         # client -> server edges are one-to-one by construction; only a dropped span changes them.
-        keep = (frame.kind[parent] != 1) & (frame.kind[parent] != 2)
+        keep = ~frame.call[parent]
         key = frame.operation[parent[keep]] * n_ops + frame.operation[child[keep]]
         return key, np.bincount(frame.operation, minlength=n_ops).astype(np.float64)
 
