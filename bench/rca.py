@@ -41,11 +41,12 @@ def _speed(spans: int) -> tuple[int, float]:
     return len(scenario.incident), best
 
 
-def _write_params(calibrator: Calibrator, n: int) -> None:
+def write_params(calibrator: Calibrator, fitted_on: str) -> None:
+    """Rewrite ``aiops/rca/calibration_params.py`` with the calibrator's weights."""
     weights = ", ".join(f"{w:.6f}" for w in calibrator.weights)
     _PARAMS.write_text(
-        '"""Fitted by ``python -m bench.rca --fit``; do not edit by hand."""\n\n'
-        f"# features: {', '.join(FEATURES)}; fitted on {n} simulated scenarios\n"
+        '"""Fitted by ``python -m bench.real --fit`` (or ``bench.rca --fit``); do not edit by hand."""\n\n'
+        f"# features: {', '.join(FEATURES)}; fitted on {fitted_on}\n"
         f"WEIGHTS = ({weights})\n"
     )
 
@@ -65,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         train = run_scenarios(TOPOLOGIES, FAULT_KINDS, range(n_train))
         x, y = calibration_data(train)
         calibrator = fit_logistic(x, y)
-        _write_params(calibrator, len(y))
+        write_params(calibrator, f"{len(y)} simulated scenarios")
         print(
             f"fitted calibrator on {len(y)} scenarios (seeds 0..{n_train - 1}): weights {calibrator.weights}"
         )

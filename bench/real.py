@@ -23,9 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from aiops.detection import StreamingDetector, make_detector
-from aiops.rca.calibration import reliability
+from aiops.detection import ConformalDetector, StreamingDetector, make_detector
+from aiops.rca.calibration import FEATURES, fit_logistic, reliability
+from aiops.rca.evaluation import calibration_data, run_scenarios
 from aiops.rca.ranking import analyze
+from aiops.simulation import FAULT_KINDS, TOPOLOGIES
 from bench.datasets import (
     Split,
     baseline_spans,
@@ -40,11 +42,13 @@ from bench.datasets import (
     reference_detectors,
 )
 from bench.nab import Profile, score_corpus, series_stats
+from bench.rca import write_params
 from bench.rca_baselines import random_accuracy, self_time_ranking
 
 QUICK_SERIES = 6
 QUICK_FAULTS = 5
 OURS = "devart (default)"
+CONFORMAL = "devart conformal"
 _PROFILE_LABELS = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
 
 
@@ -61,8 +65,15 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 # --- detection ---------------------------------------------------------------------------------------
 
 
+OURS_DETECTORS: dict[str, Callable[[], StreamingDetector]] = {OURS: make_detector, CONFORMAL: ConformalDetector}
+
+
 def detection_report(
-    root: Path, split: Split, *, quick: bool = False, make: Callable[[], StreamingDetector] = make_detector
+    root: Path,
+    split: Split,
+    *,
+    quick: bool = False,
+    detectors: dict[str, Callable[[], StreamingDetector]] = OURS_DETECTORS,
 ) -> str:
     """The detection section: NAB scores per profile for ours and the published detectors, per-series
     precision / recall / delay, and throughput."""
@@ -70,11 +81,13 @@ def detection_report(
     if quick:
         names = names[:: max(len(names) // QUICK_SERIES, 1)][:QUICK_SERIES]
     series = load_nab(root, names)
-    began = time.perf_counter()
-    ours = [make().score_series(s.timestamps, s.values) for s in series]
-    seconds = time.perf_counter() - began
     points = sum(len(s.values) for s in series)
-    scored = {OURS: ours}
+    scored: dict[str, list[np.ndarray]] = {}
+    speed: dict[str, float] = {}
+    for label, make in detectors.items():
+        began = time.perf_counter()
+        scored[label] = [make().score_series(s.timestamps, s.values) for s in series]
+        speed[label] = points / (time.perf_counter() - began)
     for detector in reference_detectors(root):
         scored[detector] = [load_reference_scores(root, detector, s.name) for s in series]
     profiles = {name: Profile(*w) for name, w in nab_profiles(root).items()}
@@ -98,18 +111,21 @@ def detection_report(
         "detection):\n",
     ]
     compare = "numenta" if "numenta" in scored else None
-    header = ["series", "windows", "ours P", "ours R", "ours FP", "ours delay"]
-    if compare:
-        header += ["HTM P", "HTM R", "HTM FP", "HTM delay"]
+    shown = [*detectors, *([compare] if compare else [])]
+    header = ["series", "windows"]
+    for det in shown:
+        short = "HTM" if det == "numenta" else det.split(" ")[1]
+        header += [f"{short} P", f"{short} R", f"{short} FP", f"{short} delay"]
     rows = []
     for i, s in enumerate(series):
         row = [s.name, str(len(s.windows))]
-        for det in (OURS, compare) if compare else (OURS,):
+        for det in shown:
             st = series_stats(scored[det][i], s.windows, results[det]["standard"].threshold)
             row += [_fmt(st.precision, 2), _fmt(st.recall, 2), str(st.false_positives), _fmt(st.mean_delay_rows, 1)]
         rows.append(row)
     out.append(_table(header, rows))
-    out.append(f"\nDetector runtime: {points / seconds:,.0f} points/s ({points} rows in {seconds:.2f} s, one core)")
+    for label, rate in speed.items():
+        out.append(f"\n{label} runtime: {rate:,.0f} points/s ({points} rows, one core)")
     return "\n".join(out)
 
 
@@ -127,6 +143,7 @@ class RcaOutcome:
     confidence: float
     seconds: float
     spans: int
+    features: tuple[float, ...] = ()
 
 
 def _rank(names: Sequence[str], truth: str) -> int | None:
@@ -155,6 +172,7 @@ def run_rca(root: Path, split: Split, *, quick: bool = False) -> list[RcaOutcome
                 confidence=result.causes[0].confidence if result.causes else 0.0,
                 seconds=seconds,
                 spans=len(incident),
+                features=(1.0, *(result.stats.get(f"feature_{f}", 0.0) for f in FEATURES[1:])),
             )
         )
     return out
@@ -213,6 +231,22 @@ def rca_report(outcomes: Sequence[RcaOutcome], split: Split) -> str:
     return "\n".join(out)
 
 
+FIT_SIMULATED_SEEDS = 12
+"""Simulated training seeds per (topology, fault kind) the calibrator is fitted on with the real dev faults."""
+
+
+def fit_calibration(root: Path) -> str:
+    """Refit the confidence calibrator on the real dev faults plus simulated training scenarios and
+    rewrite ``aiops/rca/calibration_params.py``; the held-out day is never used."""
+    real = [o for o in run_rca(root, "dev") if o.features and o.features[1] > 0]
+    x_real = np.array([o.features for o in real])
+    y_real = np.array([float(o.rank == 1) for o in real])
+    x_sim, y_sim = calibration_data(run_scenarios(TOPOLOGIES, FAULT_KINDS, range(FIT_SIMULATED_SEEDS)))
+    calibrator = fit_logistic(np.vstack((x_real, x_sim)), np.concatenate((y_real, y_sim)))
+    write_params(calibrator, f"{len(y_real)} real nezha-ob dev faults and {len(y_sim)} simulated scenarios")
+    return f"fitted calibrator on {len(y_real)} real + {len(y_sim)} simulated incidents: {calibrator.weights}"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default=None,
@@ -222,8 +256,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="which part of each data set (held_out: look once, at the end)")
     parser.add_argument("--quick", action="store_true", help="a few series and faults (CI)")
     parser.add_argument("--only", choices=["detection", "rca"], default=None, help="one half only")
+    parser.add_argument("--fit", action="store_true",
+                        help="refit the RCA confidence calibrator on dev faults plus simulated ones first")
     args = parser.parse_args(argv)
     root = datasets_root(args.datasets)
+    if args.fit:
+        print(fit_calibration(root))
     started = time.perf_counter()
     print(f"datasets: {root}{' (quick)' if args.quick else ''}\n")
     if args.only in (None, "detection"):

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-_AGREEING_VIEWS = ("latency", "spectrum", "structure", "errors")
+_AGREEING_VIEWS = ("latency", "spectrum", "structure", "errors", "truncation")
 FEATURES = ("bias", "top_score", "margin", "agreement")
 
 

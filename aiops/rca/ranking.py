@@ -34,10 +34,11 @@ from aiops.rca.names import normalise_service
 from aiops.rca.recommend import categorise, recommend
 from aiops.rca.settings import RcaSettings
 from aiops.rca.stats import group_quantiles, group_sum
+from aiops.rca.truncation import truncation_blame
 from aiops.traces.model import Span
 
-VIEWS = ("latency", "spectrum", "structure", "errors", "change")
-_WEIGHTS = {"latency": 0.45, "spectrum": 0.25, "structure": 0.15, "errors": 0.15}
+VIEWS = ("latency", "spectrum", "structure", "errors", "truncation", "change")
+_WEIGHTS = {"latency": 0.45, "spectrum": 0.25, "structure": 0.15, "errors": 0.15, "truncation": 0.25}
 _CHANGE_BOOST = 1.0
 _Z = 3.0
 _REACTION_DISCOUNT = 0.2
@@ -335,6 +336,10 @@ def _score(
     reacting = np.zeros(n_svc, bool)
     for caller, callees in graph.items():
         reacting[caller] = any(callee_changed[c] > 0 for c in callees)
+    truncation = truncation_blame(inc, base, n_svc)
+    # Cut-short call sequences say whose answer made callers stop: a more specific explanation of
+    # "fewer calls" than blaming the caller, so when they are found the caller-side blame is dropped.
+    fewer = fewer if not truncation.any() else np.zeros(n_svc)
     structure = np.maximum.reduce([more, fast, np.where(reacting, _REACTION_DISCOUNT, 1.0) * fewer])
 
     # --- changes ---------------------------------------------------------------------------------
@@ -348,6 +353,7 @@ def _score(
         "spectrum": spectrum,
         "structure": structure,
         "errors": errors,
+        "truncation": truncation,
         "change": change,
     }
     total = sum(_WEIGHTS[v] * views[v] for v in _WEIGHTS)

@@ -16,7 +16,7 @@ def categorise(
     a datastore, errors or changed call structure (code), and plain self-time growth (resources).
     """
     latency = views.get("latency", 0.0)
-    behaviour = max(views.get("errors", 0.0), views.get("structure", 0.0))
+    behaviour = max(views.get("errors", 0.0), views.get("structure", 0.0), views.get("truncation", 0.0))
     if views.get("change", 0.0) > 0:
         return "configuration/deployment change"
     if traffic_ratio >= _TRAFFIC_SURGE and latency >= behaviour:

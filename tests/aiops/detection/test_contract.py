@@ -10,6 +10,7 @@ import pytest
 
 import aiops.detection as detection
 from aiops.detection import (
+    ConformalDetector,
     EwmaDetector,
     RobustDetector,
     RobustSettings,
@@ -19,7 +20,7 @@ from aiops.detection import (
     make_detector,
 )
 
-DETECTORS = [RobustDetector, RollingSigmaDetector, EwmaDetector]
+DETECTORS = [RobustDetector, RollingSigmaDetector, EwmaDetector, ConformalDetector]
 
 
 def _mixed_series(n: int = 3000, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -68,11 +69,21 @@ def test_state_round_trips_mid_series_through_json(cls: type[StreamingDetector])
     assert type(load_detector(state)) is cls
 
 
-@pytest.mark.parametrize("cls", DETECTORS)
+@pytest.mark.parametrize("cls", [c for c in DETECTORS if c is not ConformalDetector])
 def test_state_size_does_not_grow_with_series_length(cls: type[StreamingDetector]) -> None:
     ts, values = _mixed_series(n=6000)
     short, long = cls(), cls()
     short.score_series(ts[:500], values[:500])
+    long.score_series(ts, values)
+    assert len(json.dumps(long.state_dict())) <= len(json.dumps(short.state_dict())) * 1.05
+
+
+def test_conformal_state_stops_growing_once_its_buffers_are_full() -> None:
+    ts, values = _mixed_series(n=6000)
+    settings = ConformalDetector().settings
+    full = settings.window_points + settings.history_points + 10
+    short, long = ConformalDetector(), ConformalDetector()
+    short.score_series(ts[:full], values[:full])
     long.score_series(ts, values)
     assert len(json.dumps(long.state_dict())) <= len(json.dumps(short.state_dict())) * 1.05
 
@@ -106,6 +117,8 @@ def test_package_exports() -> None:
     assert sorted(detection.__all__) == sorted(
         [
             "AlertEvent",
+            "ConformalDetector",
+            "ConformalSettings",
             "Alerter",
             "AlerterSettings",
             "EwmaDetector",

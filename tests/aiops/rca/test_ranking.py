@@ -135,7 +135,7 @@ def test_result_carries_evidence_confidence_and_recommendations() -> None:
     assert top.evidence.baseline_trace in {s.trace_id for s in scenario.baseline}
     assert top.evidence.path[0] == "frontend" and top.evidence.path[-1] == top.service
     assert top.evidence.operations and top.evidence.operations[0].count_after > 0
-    assert set(top.evidence.views) == {"latency", "spectrum", "structure", "errors", "change"}
+    assert set(top.evidence.views) == {"latency", "spectrum", "structure", "errors", "truncation", "change"}
     assert {r.action for r in top.recommendations} <= {
         "restart",
         "scale",

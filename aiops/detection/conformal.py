@@ -1,0 +1,205 @@
+"""A detector whose score is a calibrated tail probability: conformal p-values with an
+extreme-value tail, at two time scales, with suppression of repeated alerts.
+
+Residual. Each point is compared with the median of the previous ``window_points`` values, in
+units of their interquartile spread (robust to the outliers it is looking for), floored at a small
+share of the series' typical magnitude so a flat series does not turn noise into huge z-scores.
+
+Two statistics per point: ``|z|`` of the point itself (spikes, dips) and ``|sum of the last k z| /
+sqrt(k)`` (a sustained moderate shift no single point shows), ``k = shift_points``.
+
+Calibration. Each statistic's p-value is its rank among the last ``history_points`` values of the
+same statistic on this series (a conformal p-value: under exchangeability of normal points it is
+uniform, whatever the series' distribution). Beyond the ``tail_share`` largest values seen the
+empirical rank runs out of resolution, so the tail is extrapolated with an exponential (the
+generalised Pareto law with zero shape, as in SPOT, Siffer et al. 2017) fitted to those largest
+values. The two p-values are combined by Bonferroni (twice the smaller).
+
+Score. ``-log10(p)`` mapped to [0, 1] with 0.5 at ``alert_p`` (the detector's own alert boundary,
+as for every detector here), rising steeply around it. After a point reaches the boundary, the next
+``suppress_points`` points score 0 unless they are ``escalation`` times less likely still: one
+anomaly, one alert. No score during the first ``warmup_points`` points (the window and the history
+fill), none for NaN or infinite values (they change nothing).
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from aiops.detection.base import StreamingDetector
+
+_IQR_PER_SIGMA = 1.349
+"""Interquartile range of a normal law in sigmas: turns the window's IQR into a sigma."""
+_MIN_HISTORY = 100
+"""Fewest past statistics before a p-value is given: below that, 1/(n+1) is too coarse to alert on."""
+_MIN_TAIL = 5
+"""Fewest largest values the exponential tail is fitted to."""
+_P_FLOOR = 1e-15
+"""Smallest p-value reported: keeps -log10(p) finite and scores below 1.0 in floating point."""
+_HILL_ORDER = 4.0
+"""Steepness of the score curve around its 0.5 point, shared with ``squash``."""
+
+
+class ConformalSettings(BaseSettings):
+    """Settings of the conformal detector (env prefix ``DEVART_DETECTION_CONFORMAL_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="DEVART_DETECTION_CONFORMAL_", extra="ignore")
+
+    window_points: int = Field(
+        default=288, ge=10, le=20_000, description="points whose median and spread a point is compared with"
+    )
+    history_points: int = Field(
+        default=1000, ge=_MIN_HISTORY, le=50_000, description="past statistics a p-value is ranked among"
+    )
+    shift_points: int = Field(
+        default=6, ge=2, le=1000, description="points summed into the sustained-shift statistic"
+    )
+    tail_share: float = Field(
+        default=0.01, gt=0, lt=0.5, description="share of the largest past statistics the tail is fitted to"
+    )
+    alert_p: float = Field(
+        default=0.002, gt=0, lt=0.5, description="p-value that scores 0.5 (and starts suppression)"
+    )
+    suppress_points: int = Field(
+        default=100, ge=0, description="points after an alert that score 0 unless far less likely"
+    )
+    escalation: float = Field(
+        default=0.01, gt=0, le=1, description="p-value ratio by which a suppressed point must beat the alert"
+    )
+    warmup_points: int = Field(default=288, ge=10, description="points seen before any score above 0")
+    relative_scale_floor: float = Field(
+        default=1e-3, ge=0, description="smallest spread, as a fraction of the series' typical magnitude"
+    )
+    absolute_scale_floor: float = Field(default=1e-9, gt=0, description="smallest spread, in the series' unit")
+
+
+class _Ranked:
+    """A bounded FIFO of floats kept sorted too, for ranks and quantiles in O(log n + n) per point."""
+
+    def __init__(self, size: int, values: list[float] | None = None) -> None:
+        self.size = size
+        self.fifo: deque[float] = deque(values or ())
+        self.sorted = sorted(self.fifo)
+
+    def push(self, value: float) -> None:
+        self.fifo.append(value)
+        bisect.insort(self.sorted, value)
+        if len(self.fifo) > self.size:
+            old = self.fifo.popleft()
+            del self.sorted[bisect.bisect_left(self.sorted, old)]
+
+    def p_value(self, value: float, tail_share: float) -> float:
+        """Share of past values at or above ``value`` (plus one, conformal), exponential tail beyond
+        the largest ``tail_share``."""
+        s = self.sorted
+        n = len(s)
+        top = max(int(tail_share * n), _MIN_TAIL)
+        u = s[n - top]
+        if value > u:
+            mean_excess = max(math.fsum(s[n - top :]) / top - u, 1e-12)
+            return top / (n + 1) * math.exp(-(value - u) / mean_excess)
+        return (n - bisect.bisect_left(s, value) + 1) / (n + 1)
+
+
+class ConformalDetector(StreamingDetector):
+    """Conformal, tail-extrapolated p-values of point and shift statistics, with alert suppression."""
+
+    kind = "conformal"
+    settings_type = ConformalSettings
+    settings: ConformalSettings
+
+    def __init__(self, settings: ConformalSettings | None = None) -> None:
+        super().__init__(settings)
+        cfg = self.settings
+        self.n = 0
+        self.hold = 0
+        self.alert_p = 1.0
+        self.magnitude = 0.0
+        self.window = _Ranked(cfg.window_points)
+        self.recent: deque[float] = deque(maxlen=cfg.shift_points)
+        self.points = _Ranked(cfg.history_points)
+        self.shifts = _Ranked(cfg.history_points)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "n": self.n,
+            "hold": self.hold,
+            "alert_p": self.alert_p,
+            "magnitude": self.magnitude,
+            "last_sign": self.last_sign,
+            "window": list(self.window.fifo),
+            "recent": list(self.recent),
+            "points": list(self.points.fifo),
+            "shifts": list(self.shifts.fifo),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        cfg = self.settings
+        for name, limit in (
+            ("window", cfg.window_points),
+            ("recent", cfg.shift_points),
+            ("points", cfg.history_points),
+            ("shifts", cfg.history_points),
+        ):
+            if len(state[name]) > limit:
+                raise ValueError(f"state.{name}: {len(state[name])} values, settings allow {limit}")
+        self.n, self.hold = int(state["n"]), int(state["hold"])
+        self.alert_p, self.magnitude = float(state["alert_p"]), float(state["magnitude"])
+        self.last_sign = int(state["last_sign"])
+        self.window = _Ranked(cfg.window_points, [float(v) for v in state["window"]])
+        self.recent = deque((float(v) for v in state["recent"]), maxlen=cfg.shift_points)
+        self.points = _Ranked(cfg.history_points, [float(v) for v in state["points"]])
+        self.shifts = _Ranked(cfg.history_points, [float(v) for v in state["shifts"]])
+
+    def _run(self, timestamps: list[float], values: list[float]) -> list[float]:
+        cfg = self.settings
+        k, root_k = cfg.shift_points, math.sqrt(cfg.shift_points)
+        alert_level = -math.log10(cfg.alert_p)
+        out: list[float] = []
+        for t, x in zip(timestamps, values, strict=True):
+            if not (math.isfinite(x) and math.isfinite(t)):
+                out.append(0.0)
+                continue
+            self.n += 1
+            score, sign = 0.0, 0
+            window = self.window.sorted
+            if len(window) >= 10:
+                m = len(window)
+                median = window[m // 2]
+                spread = (window[(3 * m) // 4] - window[m // 4]) / _IQR_PER_SIGMA
+                floor = max(cfg.relative_scale_floor * max(abs(median), self.magnitude), cfg.absolute_scale_floor)
+                z = (x - median) / max(spread, floor)
+                self.recent.append(z)
+                point = abs(z)
+                shift = abs(math.fsum(self.recent)) / root_k if len(self.recent) == k else 0.0
+                p = 1.0
+                if len(self.points.fifo) >= _MIN_HISTORY:
+                    p = min(1.0, 2.0 * min(
+                        self.points.p_value(point, cfg.tail_share), self.shifts.p_value(shift, cfg.tail_share)
+                    ))
+                self.points.push(point)
+                self.shifts.push(shift)
+                if self.n > cfg.warmup_points:
+                    if self.hold > 0:
+                        self.hold -= 1
+                        if p < self.alert_p * cfg.escalation:
+                            self.alert_p, self.hold = p, cfg.suppress_points
+                        else:
+                            p = 1.0
+                    elif p <= cfg.alert_p:
+                        self.alert_p, self.hold = p, cfg.suppress_points
+                    q = (-math.log10(max(p, _P_FLOOR)) / alert_level) ** _HILL_ORDER
+                    score = q / (1.0 + q)
+                    sign = 1 if z >= 0.0 else -1
+            self.last_sign = sign
+            out.append(score * sign)
+            a = 1.0 / self.n if self.n < 100 else 0.01
+            self.magnitude += a * (abs(x) - self.magnitude)
+            self.window.push(x)
+        return out
