@@ -1,4 +1,6 @@
-"""The AIOps step: spans of one closed step -> RED signals -> detectors -> incidents, in one transaction.
+"""The AIOps step: spans of one closed step -> RED signals -> detectors -> incidents, committed in one
+transaction. The signals and the detector loop are CPU work: they run in a worker thread, before the
+transaction that takes the advisory lock, so neither the event loop nor the lock waits on them.
 
 Every tracked series is observed at every step (an operation without requests has rate 0 and no
 latency), so an anomaly can always recover. Detector state is written in the step's transaction
@@ -8,6 +10,7 @@ step ended; an interrupted step is simply processed again.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections import OrderedDict
@@ -82,8 +85,11 @@ class IncidentPipeline:
             results.append(result)
 
     async def _step(self, last_closed: int) -> StepResult | None:
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+        """Process the next step: read progress, compute signals and run the detectors in a worker
+        thread with no transaction open, then commit the outcome under the advisory lock. When
+        another worker committed that step meanwhile, the in-memory detectors are stale: reload and
+        start over."""
+        async with self._pool.acquire() as conn:
             progress = await series_store.get_progress(conn)
             if progress is not None and progress >= last_closed:
                 return None
@@ -93,12 +99,24 @@ class IncidentPipeline:
             try:
                 if self._series is None or self._progress != progress:
                     await self._load(conn, progress, step)
-                report = await self._process(conn, step)
             except BaseException:
-                self._series = None  # memory may be ahead of the rolled-back database: reload next time
+                self._series = None
                 raise
-            self._progress = step
-            return StepResult(step, report)
+        try:
+            spans = await self._source.spans_between(step, step + self.step_ns)
+            evicted: list[SeriesKey] = []
+            observations = await asyncio.to_thread(self._observe_step, spans, step, evicted)
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
+                if await series_store.get_progress(conn) != progress:
+                    self._series = None
+                    return await self._step(last_closed)
+                report = await self._commit(conn, step, observations, evicted)
+        except BaseException:
+            self._series = None  # memory may be ahead of the rolled-back database: reload next time
+            raise
+        self._progress = step
+        return StepResult(step, report)
 
     async def _load(self, conn: asyncpg.Connection, progress: int | None, step: int) -> None:
         points = self.settings.incident_excerpt_points
@@ -110,6 +128,11 @@ class IncidentPipeline:
     async def _warm_up(self, step: int) -> None:
         start = step - self.settings.incident_warmup_steps * self.step_ns
         spans = await self._source.spans_between(start, step)
+        await asyncio.to_thread(self._learn_history, spans, start, step)
+        log.info("warmed up %d series from %d spans of history", len(self._series or ()), len(spans))
+
+    def _learn_history(self, spans: list[Span], start: int, step: int) -> None:
+        """Feed the history to the detectors (blocking: runs in a worker thread)."""
         self.graph.observe(spans)
         frame = self._frame(spans, start, step)
         for j, t in enumerate(frame.timestamps_ns.tolist()):
@@ -118,15 +141,17 @@ class IncidentPipeline:
         assert self._series is not None
         for tracked in self._series.values():
             tracked.alerter = Alerter(tracked.alerter.detector, self._alerter_settings)
-        log.info("warmed up %d series from %d spans of history", len(self._series), len(spans))
 
-    async def _process(self, conn: asyncpg.Connection, step: int) -> StepReport:
-        spans = await self._source.spans_between(step, step + self.step_ns)
+    def _observe_step(self, spans: list[Span], step: int, evicted: list[SeriesKey]) -> list[Observation]:
+        """Signals of one step and every detector's verdict on them (blocking: a worker thread)."""
         self.graph.observe(spans)
         self.graph.expire(step)
         frame = self._frame(spans, step, step + self.step_ns)
-        evicted: list[SeriesKey] = []
-        observations = self._observe_all(frame, 0, step, evicted=evicted)
+        return self._observe_all(frame, 0, step, evicted=evicted)
+
+    async def _commit(
+        self, conn: asyncpg.Connection, step: int, observations: list[Observation], evicted: list[SeriesKey]
+    ) -> StepReport:
         report = await apply_step(
             conn, step_start_ns=step, observations=observations, graph=self.graph, policy=self._policy
         )

@@ -1,5 +1,5 @@
 """The evaluation set is reproducible and labelled, scoring counts what it says, and the default
-detector keeps its measured quality (floors a little under what the benchmark prints)."""
+detector keeps its measured quality (floors a little under the worst of several seeds)."""
 
 from __future__ import annotations
 
@@ -48,13 +48,22 @@ def test_outcome_counts_detections_delays_repeats_and_false_alerts() -> None:
     assert (result.detected, result.repeats, result.false_alerts, result.delays) == (2, 1, 2, (2.0, 2.0))
 
 
-def test_default_detector_quality_floor(dataset: list[LabelledSeries]) -> None:
-    overall = summarise("default", evaluate(make_detector, dataset))[-1]
-    assert overall.group == "all"
-    assert overall.recall >= 0.9
-    assert overall.precision >= 0.7
-    assert overall.median_delay <= 1.0
-    assert overall.false_per_1k <= 0.3
+FLOOR_SEEDS = range(5)
+"""The floors must hold on every one of these evaluation sets, not just on the one they were read from."""
+
+
+def test_default_detector_quality_floor_holds_for_the_worst_of_several_seeds() -> None:
+    # Measured minimum over seeds 0-4 (copies=2): precision 0.672, recall 0.925, median delay 0,
+    # 0.313 false alerts per 1000 points; the floors sit just under the worst seed.
+    overall = [
+        summarise("default", evaluate(make_detector, build_evaluation_set(seed=seed, copies=2)))[-1]
+        for seed in FLOOR_SEEDS
+    ]
+    assert all(o.group == "all" for o in overall)
+    assert min(o.recall for o in overall) >= 0.9
+    assert min(o.precision for o in overall) >= 0.65
+    assert max(o.median_delay for o in overall) <= 1.0
+    assert max(o.false_per_1k for o in overall) <= 0.35
 
 
 def test_default_beats_the_ewma_baseline(dataset: list[LabelledSeries]) -> None:
