@@ -1,7 +1,14 @@
 """A detector whose score is a calibrated tail probability: conformal p-values with an
 extreme-value tail, at two time scales, with suppression of repeated alerts.
 
-Residual. Each point is compared with the median of the previous ``window_points`` values, in
+Period. The first ``period_probe_points`` values are kept and their autocorrelation computed once:
+the first local maximum above ``_SEASONAL_ACF`` at a lag of at least ``min_period_points`` is the
+series' period (a daily cycle at any sampling step, a weekly one, a job's cadence). With a period,
+the detector judges the *seasonal residual*, the value minus the median of the same phase over the
+last ``_SEASONAL_CYCLES`` cycles; the state learnt until then is dropped, since it described raw
+values. Without one it judges the values themselves.
+
+Residual. Each input is compared with the median of the previous ``window_points`` inputs, in
 units of their interquartile spread (robust to the outliers it is looking for), floored at a small
 share of the series' typical magnitude so a flat series does not turn noise into huge z-scores.
 
@@ -19,7 +26,7 @@ Score. ``-log10(p)`` mapped to [0, 1] with 0.5 at ``alert_p`` (the detector's ow
 as for every detector here), rising steeply around it. After a point reaches the boundary, the next
 ``suppress_points`` points score 0 unless they are ``escalation`` times less likely still: one
 anomaly, one alert. No score during the first ``warmup_points`` points (the window and the history
-fill), none for NaN or infinite values (they change nothing).
+fill; again after a period is found), none for NaN or infinite values (they change nothing).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import math
 from collections import deque
 from typing import Any
 
+import numpy as np
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -44,6 +52,10 @@ _P_FLOOR = 1e-15
 """Smallest p-value reported: keeps -log10(p) finite and scores below 1.0 in floating point."""
 _HILL_ORDER = 4.0
 """Steepness of the score curve around its 0.5 point, shared with ``squash``."""
+_SEASONAL_ACF = 0.5
+"""Autocorrelation a lag needs to be a period: more than half the variance repeats one cycle later."""
+_SEASONAL_CYCLES = 3
+"""Past cycles whose same-phase median is the seasonal expectation: the median of 3 ignores one outlier."""
 
 
 class ConformalSettings(BaseSettings):
@@ -73,6 +85,12 @@ class ConformalSettings(BaseSettings):
         default=0.01, gt=0, le=1, description="p-value ratio by which a suppressed point must beat the alert"
     )
     warmup_points: int = Field(default=288, ge=10, description="points seen before any score above 0")
+    period_probe_points: int = Field(
+        default=600, ge=0, le=20_000, description="first points whose autocorrelation finds the period (0: never)"
+    )
+    min_period_points: int = Field(
+        default=48, ge=2, description="shortest lag accepted as a period (shorter ones are noise correlation)"
+    )
     relative_scale_floor: float = Field(
         default=1e-3, ge=0, description="smallest spread, as a fraction of the series' typical magnitude"
     )
@@ -125,6 +143,10 @@ class ConformalDetector(StreamingDetector):
         self.recent: deque[float] = deque(maxlen=cfg.shift_points)
         self.points = _Ranked(cfg.history_points)
         self.shifts = _Ranked(cfg.history_points)
+        self.probe: list[float] = []
+        self.period = 0
+        """0 until the probe is full, then the period in points, or -1 when there is none."""
+        self.cycles: deque[float] = deque()
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -137,6 +159,9 @@ class ConformalDetector(StreamingDetector):
             "recent": list(self.recent),
             "points": list(self.points.fifo),
             "shifts": list(self.shifts.fifo),
+            "probe": list(self.probe),
+            "period": self.period,
+            "cycles": list(self.cycles),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -146,6 +171,8 @@ class ConformalDetector(StreamingDetector):
             ("recent", cfg.shift_points),
             ("points", cfg.history_points),
             ("shifts", cfg.history_points),
+            ("probe", cfg.period_probe_points),
+            ("cycles", _SEASONAL_CYCLES * cfg.period_probe_points),
         ):
             if len(state[name]) > limit:
                 raise ValueError(f"state.{name}: {len(state[name])} values, settings allow {limit}")
@@ -156,6 +183,42 @@ class ConformalDetector(StreamingDetector):
         self.recent = deque((float(v) for v in state["recent"]), maxlen=cfg.shift_points)
         self.points = _Ranked(cfg.history_points, [float(v) for v in state["points"]])
         self.shifts = _Ranked(cfg.history_points, [float(v) for v in state["shifts"]])
+        self.probe = [float(v) for v in state["probe"]]
+        self.period = int(state["period"])
+        self.cycles = deque(float(v) for v in state["cycles"])
+
+    def _find_period(self) -> None:
+        """Set ``period`` from the probe's autocorrelation and, when there is one, start afresh on the
+        seasonal residual (cycles seeded with the probe, so the residual is available at once)."""
+        x = np.asarray(self.probe) - float(np.mean(self.probe))
+        variance = float(np.dot(x, x))
+        n = x.size
+        if variance > 0:
+            acf = np.correlate(x, x, "full")[n - 1 :] / variance
+            for lag in range(max(self.settings.min_period_points, 1), n // 2):
+                if acf[lag] > _SEASONAL_ACF and acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]:
+                    self.period = lag
+                    break
+        if self.period > 0:
+            cfg = self.settings
+            self.cycles = deque(self.probe[-_SEASONAL_CYCLES * self.period :])
+            self.window = _Ranked(cfg.window_points)
+            self.points, self.shifts = _Ranked(cfg.history_points), _Ranked(cfg.history_points)
+            self.recent.clear()
+            self.n = 0
+        else:
+            self.period = -1
+        self.probe = []
+
+    def _seasonal(self, x: float) -> float:
+        """The value minus the median of the same phase over the past cycles (then remember it)."""
+        p = self.period
+        past = sorted(self.cycles[len(self.cycles) - k * p] for k in range(1, _SEASONAL_CYCLES + 1)
+                      if len(self.cycles) >= k * p)
+        self.cycles.append(x)
+        if len(self.cycles) > _SEASONAL_CYCLES * p:
+            self.cycles.popleft()
+        return x - past[len(past) // 2] if past else 0.0
 
     def _run(self, timestamps: list[float], values: list[float]) -> list[float]:
         cfg = self.settings
@@ -166,6 +229,15 @@ class ConformalDetector(StreamingDetector):
             if not (math.isfinite(x) and math.isfinite(t)):
                 out.append(0.0)
                 continue
+            if self.period > 0:
+                x = self._seasonal(x)
+            elif self.period == 0 and cfg.period_probe_points:
+                self.probe.append(x)
+                if len(self.probe) == cfg.period_probe_points:
+                    self._find_period()
+                    if self.period > 0:
+                        out.append(0.0)
+                        continue
             self.n += 1
             score, sign = 0.0, 0
             window = self.window.sorted

@@ -81,7 +81,7 @@ def test_state_size_does_not_grow_with_series_length(cls: type[StreamingDetector
 def test_conformal_state_stops_growing_once_its_buffers_are_full() -> None:
     ts, values = _mixed_series(n=6000)
     settings = ConformalDetector().settings
-    full = settings.window_points + settings.history_points + 10
+    full = settings.period_probe_points + settings.window_points + settings.history_points + 10
     short, long = ConformalDetector(), ConformalDetector()
     short.score_series(ts[:full], values[:full])
     long.score_series(ts, values)
