@@ -28,6 +28,7 @@ from control_plane.dispatch import Dispatcher
 from control_plane.events import EventsConfig, EventsConsumer
 from control_plane.installation import Installation, load_installation
 from control_plane.metrics import PrometheusMetrics
+from control_plane.notify import Notifications, NotifySettings
 from control_plane.outbox import OutboxRelay
 from control_plane.reaper import Reaper
 from control_plane.remediation import RemediationLoop, build_pipeline
@@ -63,6 +64,7 @@ class Workers:
     sweeper: JobSweeper | None = None
     span_retention: SpanRetention | None = None
     metrics: ControlPlaneMetrics | None = None
+    notifications: Notifications | None = None
 
 
 class ControlPlane:
@@ -82,6 +84,7 @@ class ControlPlane:
         observability: ObservabilitySettings | None = None,
         remediation: RemediationSettings | None = None,
         workflows: WorkflowSettings | None = None,
+        notify: NotifySettings | None = None,
     ) -> None:
         self.settings = settings
         self.workflow_settings = workflows or WorkflowSettings()
@@ -94,6 +97,7 @@ class ControlPlane:
         self.remediation_settings = remediation or RemediationSettings()
         self._remediation: Pipeline | None = None
         self._remediation_source: SpanSource | None = None
+        self.notify = notify or NotifySettings()
         self.telemetry: Telemetry | None = None
         self._span_sink: SpanProcessor | None = None
         self._span_pool: asyncpg.Pool | None = None
@@ -226,6 +230,7 @@ class ControlPlane:
             ),
             metrics=ControlPlaneMetrics(pool, interval_s=self.observability.metrics_poll_s),
             remediation=RemediationLoop(self.remediation) if self.remediation_settings.enabled else None,
+            notifications=Notifications(pool, self.notify),
         )
         await self.workers.relay.listen()
         self.workers.relay.start()
@@ -242,6 +247,7 @@ class ControlPlane:
             self.workers.metrics.start()
         if self.aiops.span_source == "postgres":
             self.workers.span_retention.start()
+        await self.workers.notifications.start()
 
     def _start_telemetry(self) -> None:
         """Join the process's telemetry; without an OTLP endpoint, this process's spans go straight
@@ -282,6 +288,8 @@ class ControlPlane:
         if self.workers is not None:
             if self.workers.sweeper is not None:
                 await self.workers.sweeper.stop()
+            if self.workers.notifications is not None:
+                await self.workers.notifications.stop()
             for loop in (self.workers.metrics, self.workers.span_retention, self.workers.approval_expiry,
                          self.workers.remediation):
                 if loop is not None:

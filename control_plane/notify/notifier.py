@@ -1,0 +1,71 @@
+"""The notifier: turns changes of incidents (and approvals) into Telegram messages and webhook deliveries.
+
+Every ``scan_interval_s`` (sooner when an incident notification arrives) it finds the subjects whose
+facts differ from those last told (:mod:`control_plane.notify.subjects`) and, per subject in one
+transaction, records the new facts, writes the webhook deliveries of its events and re-renders its
+Telegram messages. With no channel configured the events are only logged.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+
+from aiops.incidents.store import INCIDENTS_CHANNEL
+from control_plane.loops import LoopService
+from control_plane.notify import telegram_outbox, webhooks
+from control_plane.notify.settings import NotifySettings
+from control_plane.notify.subjects import Change, changed_incidents, claim
+
+log = logging.getLogger("devart.notify")
+
+
+class Notifier(LoopService):
+    name = "notifier"
+
+    def __init__(self, pool: asyncpg.Pool, settings: NotifySettings) -> None:
+        super().__init__(settings.scan_interval_s)
+        self._pool = pool
+        self._settings = settings
+        self._listener: asyncpg.Connection | None = None
+
+    async def listen(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            self._listener = await self._pool.acquire()
+            await self._listener.add_listener(INCIDENTS_CHANNEL, self._on_notify)
+
+    def _on_notify(self, *_: object) -> None:
+        self.wake()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._listener is not None:
+            try:
+                await self._listener.remove_listener(INCIDENTS_CHANNEL, self._on_notify)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                pass
+            await self._pool.release(self._listener)
+            self._listener = None
+
+    async def run_once(self) -> None:
+        try:
+            await self.listen()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("notifier cannot listen for incident changes: %s", exc)
+        async with self._pool.acquire() as conn:
+            changes = await changed_incidents(conn, lookback_s=self._settings.lookback_s)
+            for change in changes:
+                async with conn.transaction():
+                    told = await claim(conn, change)
+                    if told is not None:
+                        await self.tell(conn, told)
+
+    async def tell(self, conn: asyncpg.Connection, change: Change) -> None:
+        """Inside the transaction that recorded ``change``: write what each channel must send."""
+        events = change.events
+        if events:
+            log.info("notify %s %s: %s", change.kind, change.subject_id, ", ".join(events))
+        await webhooks.enqueue(conn, self._settings, change, events)
+        if self._settings.telegram.enabled:
+            await telegram_outbox.project(conn, self._settings, change)

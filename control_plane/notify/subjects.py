@@ -1,0 +1,110 @@
+"""What is worth telling about each subject, read from the state it lives in, and the events a change makes.
+
+The facts of a subject are a small JSON object computed in SQL from the tables that own the state
+(incidents, their RCA, approvals). ``notify_subjects`` keeps the facts last told; a subject whose
+current facts differ is *changed*, and the difference names the events (``incident.opened``,
+``incident.rca_ready``, ...). Reading state rather than listening for notifications means nothing
+is missed when a process was down: the next scan sees the difference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import asyncpg
+
+SubjectKind = Literal["incident", "approval"]
+
+_INCIDENT_FACTS = """
+    SELECT i.id::text AS subject_id, jsonb_build_object(
+        'status', i.status, 'severity', round(i.severity::numeric, 2), 'title', i.title,
+        'services', to_jsonb(i.services), 'opened_at', i.opened_at,
+        'acknowledged_by', i.acknowledged_by, 'resolved_by', i.resolved_by,
+        'rca', CASE WHEN r.status = 'done' AND jsonb_array_length(coalesce(r.result->'causes', '[]')) > 0
+                    THEN jsonb_build_object(
+                        'service', r.result->'causes'->0->>'service',
+                        'category', r.result->'causes'->0->>'category',
+                        'confidence', round((r.result->'causes'->0->>'confidence')::numeric, 2),
+                        'summary', r.result->>'summary') END
+    ) AS facts
+    FROM incidents i LEFT JOIN rca_results r ON r.incident_id = i.id
+"""
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: SubjectKind
+    subject_id: str
+    facts: dict[str, Any]
+    previous: dict[str, Any] | None
+
+    @property
+    def events(self) -> list[str]:
+        return incident_events(self.previous, self.facts) if self.kind == "incident" else []
+
+
+def incident_events(previous: dict[str, Any] | None, facts: dict[str, Any]) -> list[str]:
+    events = []
+    if previous is None:
+        events.append("incident.opened")
+    before = previous or {}
+    if facts["status"] != before.get("status", "open"):
+        events.append(f"incident.{facts['status']}")
+    if facts.get("rca") and not before.get("rca"):
+        events.append("incident.rca_ready")
+    old = {r["id"]: r["state"] for r in before.get("remediations") or []}
+    for remediation in facts.get("remediations") or []:
+        if old.get(remediation["id"]) != remediation["state"]:
+            events.append(f"remediation.{remediation['state']}")
+    return events
+
+
+async def changed_incidents(conn: asyncpg.Connection, *, lookback_s: float, limit: int = 200) -> list[Change]:
+    """Incidents opened within ``lookback_s`` whose facts differ from those last told."""
+    rows = await conn.fetch(
+        f"""WITH f AS ({_INCIDENT_FACTS} WHERE i.opened_at > now() - make_interval(secs => $1))
+            SELECT f.subject_id, f.facts, s.facts AS previous FROM f
+            LEFT JOIN notify_subjects s ON s.kind = 'incident' AND s.subject_id = f.subject_id
+            WHERE s.facts IS DISTINCT FROM f.facts ORDER BY f.facts->>'opened_at' LIMIT $2""",
+        lookback_s, limit,
+    )
+    return [Change("incident", r["subject_id"], r["facts"], r["previous"]) for r in rows]
+
+
+async def claim(conn: asyncpg.Connection, change: Change) -> Change | None:
+    """Inside a transaction: lock the subject, re-read its facts and record them as told.
+
+    Returns the change as it stands under the lock, or None when another process already told it.
+    """
+    await conn.execute(
+        """INSERT INTO notify_subjects (kind, subject_id, facts) VALUES ($1, $2, 'null'::jsonb)
+           ON CONFLICT DO NOTHING""",
+        change.kind, change.subject_id,
+    )
+    previous = await conn.fetchval(
+        "SELECT facts FROM notify_subjects WHERE kind = $1 AND subject_id = $2 FOR UPDATE",
+        change.kind, change.subject_id,
+    )
+    facts = await current_facts(conn, change.kind, change.subject_id)
+    if facts is None or facts == previous:
+        return None
+    await conn.execute(
+        "UPDATE notify_subjects SET facts = $3, updated_at = now() WHERE kind = $1 AND subject_id = $2",
+        change.kind, change.subject_id, facts,
+    )
+    return Change(change.kind, change.subject_id, facts, previous)
+
+
+async def current_facts(conn: asyncpg.Connection, kind: SubjectKind, subject_id: str) -> dict[str, Any] | None:
+    if kind == "incident":
+        return await conn.fetchval(f"SELECT facts FROM ({_INCIDENT_FACTS} WHERE i.id::text = $1) f", subject_id)
+    return None
+
+
+async def told_facts(conn: asyncpg.Connection, kind: SubjectKind, subject_ids: list[str]) -> dict[str, dict[str, Any]]:
+    rows = await conn.fetch(
+        "SELECT subject_id, facts FROM notify_subjects WHERE kind = $1 AND subject_id = ANY($2::text[])",
+        kind, subject_ids,
+    )
+    return {r["subject_id"]: r["facts"] for r in rows if r["facts"] is not None}
