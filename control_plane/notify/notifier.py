@@ -16,7 +16,7 @@ from aiops.incidents.store import INCIDENTS_CHANNEL
 from control_plane.loops import LoopService
 from control_plane.notify import telegram_outbox, webhooks
 from control_plane.notify.settings import NotifySettings
-from control_plane.notify.subjects import Change, changed_incidents, claim
+from control_plane.notify.subjects import Change, SubjectKind, changed_incidents, claim
 
 log = logging.getLogger("devart.notify")
 
@@ -59,13 +59,21 @@ class Notifier(LoopService):
                 async with conn.transaction():
                     told = await claim(conn, change)
                     if told is not None:
-                        await self.tell(conn, told)
+                        await tell(conn, self._settings, told)
 
-    async def tell(self, conn: asyncpg.Connection, change: Change) -> None:
-        """Inside the transaction that recorded ``change``: write what each channel must send."""
-        events = change.events
-        if events:
-            log.info("notify %s %s: %s", change.kind, change.subject_id, ", ".join(events))
-        await webhooks.enqueue(conn, self._settings, change, events)
-        if self._settings.telegram.enabled:
-            await telegram_outbox.project(conn, self._settings, change)
+
+async def tell(conn: asyncpg.Connection, settings: NotifySettings, change: Change) -> None:
+    """Inside the transaction that recorded ``change``: write what each channel must send."""
+    events = change.events
+    if events:
+        log.info("notify %s %s: %s", change.kind, change.subject_id, ", ".join(events))
+    await webhooks.enqueue(conn, settings, change, events)
+    if settings.telegram.enabled:
+        await telegram_outbox.project(conn, settings, change)
+
+
+async def refresh(conn: asyncpg.Connection, settings: NotifySettings, kind: SubjectKind, subject_id: str) -> None:
+    """Inside the transaction that changed a subject: tell the change now rather than at the next scan."""
+    told = await claim(conn, Change(kind, subject_id, {}, None))
+    if told is not None:
+        await tell(conn, settings, told)

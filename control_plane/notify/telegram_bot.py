@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import warnings
 
 from telegram import Bot
@@ -14,8 +15,13 @@ from control_plane.notify.settings import TelegramSettings
 
 
 def make_bot(settings: TelegramSettings) -> Bot:
-    """A Bot on its own HTTP connections: one pool for calls, one for the long poll."""
+    """A Bot on its own HTTP connections: one pool for calls, one for the long poll.
+
+    Opts in to python-telegram-bot's time periods as ``timedelta`` (``PTB_TIMEDELTA``), the behaviour
+    of its next major version; otherwise every 429 warns that ``retry_after`` will change type.
+    """
     assert settings.bot_token is not None
+    os.environ.setdefault("PTB_TIMEDELTA", "true")
     timeout = settings.request_timeout_s
     return Bot(
         settings.bot_token.get_secret_value(),

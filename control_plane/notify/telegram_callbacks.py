@@ -23,6 +23,7 @@ from control_plane.audit import audit
 from control_plane.auth import OPERATE_INCIDENTS, Principal
 from control_plane.errors import DomainError
 from control_plane.notify import telegram_outbox
+from control_plane.notify.notifier import refresh
 from control_plane.notify.settings import NotifySettings
 from control_plane.notify.telegram_outbox import CALLBACK_PREFIX
 from control_plane.notify.telegram_text import decision_note
@@ -101,6 +102,7 @@ async def handle_press(pool: asyncpg.Pool, settings: NotifySettings, press: Pres
                WHERE message_row = $1 AND used_at IS NULL AND (ref = $3 OR action IN ('approve', 'refuse') AND $4)""",
             button["message_row"], press.user, button["ref"], action in ("approve", "refuse"),
         )
+        await refresh(conn, settings, button["subject_kind"], button["subject_id"])
         await telegram_outbox.add_note(conn, settings, button["message_row"],
                                        decision_note(verb, press.user, datetime.now(UTC)))
         return Answer(reply)

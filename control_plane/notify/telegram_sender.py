@@ -43,7 +43,7 @@ _GONE = ("message to edit not found", "message can't be edited")
 class TelegramSender(LoopService):
     name = "telegram-sender"
 
-    def __init__(self, pool: asyncpg.Pool, bot: Bot, settings: TelegramSettings, *, interval_s: float = 0.5) -> None:
+    def __init__(self, pool: asyncpg.Pool, bot: Bot, settings: TelegramSettings, *, interval_s: float = 1.0) -> None:
         super().__init__(interval_s)
         self._pool = pool
         self._bot = bot

@@ -44,8 +44,10 @@ class TelegramPoller(LoopService):
 
     name = "telegram-poller"
 
-    def __init__(self, pool: asyncpg.Pool, bot: Bot, settings: NotifySettings, *, interval_s: float = 0.1) -> None:
-        super().__init__(interval_s, jitter=0.0)
+    def __init__(self, pool: asyncpg.Pool, bot: Bot, settings: NotifySettings) -> None:
+        # A poll lasts up to poll_timeout_s and the next one starts at once (wake); the interval is
+        # only the pause after a failed poll.
+        super().__init__(settings.telegram.poll_timeout_s + settings.telegram.request_timeout_s, jitter=0.0)
         self._pool = pool
         self._bot = bot
         self._settings = settings
@@ -61,9 +63,8 @@ class TelegramPoller(LoopService):
                                                   allowed_updates=ALLOWED_UPDATES)
         except TelegramError as exc:
             log.warning("telegram getUpdates failed: %s", exc)
-            self.interval_s = min(max(self.interval_s * 2, 1.0), 30.0)
             return
-        self.interval_s = 0.1
+        self.wake()
         for update in updates:
             await handle_update(self._pool, self._bot, self._settings, update)
             await self._save_offset(update.update_id + 1)
