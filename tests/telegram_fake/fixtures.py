@@ -11,9 +11,9 @@ from uuid import UUID, uuid4
 import asyncpg
 import pytest
 
+from agents.sdk import BrokerSettings
 from aiops.incidents import Anomaly, Excerpt, Incident
 from aiops.incidents.store import notify, save_incident
-from agents.sdk import BrokerSettings
 from control_plane.notify import NotifySettings, TelegramSettings
 from control_plane.service import ControlPlane
 from tests.support.system import fast_settings
