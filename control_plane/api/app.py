@@ -22,6 +22,7 @@ from control_plane.api import (
     health,
     incidents,
     metrics,
+    notifications,
     rca,
     remediations,
     stream,
@@ -170,7 +171,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
     app.include_router(traces.router)  # bounds and decodes its own bodies
     for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals,
-                   workflows):
+                   workflows, notifications):
         app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
     app.include_router(remediations.router, dependencies=[Depends(refuse_unstorable_body)])
     return app

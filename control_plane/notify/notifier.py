@@ -1,4 +1,4 @@
-"""The notifier: turns changes of incidents (and approvals) into Telegram messages and webhook deliveries.
+"""The notifier: turns changes of incidents and approvals into Telegram messages and webhook deliveries.
 
 Every ``scan_interval_s`` (sooner when an incident notification arrives) it finds the subjects whose
 facts differ from those last told (:mod:`control_plane.notify.subjects`) and, per subject in one
@@ -16,7 +16,7 @@ from aiops.incidents.store import INCIDENTS_CHANNEL
 from control_plane.loops import LoopService
 from control_plane.notify import telegram_outbox, webhooks
 from control_plane.notify.settings import NotifySettings
-from control_plane.notify.subjects import Change, SubjectKind, changed_incidents, claim
+from control_plane.notify.subjects import Change, SubjectKind, changed, claim
 
 log = logging.getLogger("devart.notify")
 
@@ -54,7 +54,9 @@ class Notifier(LoopService):
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("notifier cannot listen for incident changes: %s", exc)
         async with self._pool.acquire() as conn:
-            changes = await changed_incidents(conn, lookback_s=self._settings.lookback_s)
+            lookback = self._settings.lookback_s
+            changes = await changed(conn, "incident", lookback_s=lookback) + await changed(
+                conn, "approval", lookback_s=lookback)
             for change in changes:
                 async with conn.transaction():
                     told = await claim(conn, change)

@@ -10,8 +10,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-Risk = Literal["low", "medium", "high", "critical"]
-RISKS: tuple[Risk, ...] = ("low", "medium", "high", "critical")
+from control_plane.approvals import RISKS, Risk
 
 
 class TelegramChat(BaseModel):

@@ -31,6 +31,21 @@ _INCIDENT_FACTS = """
     FROM incidents i LEFT JOIN rca_results r ON r.incident_id = i.id
 """
 
+_APPROVAL_FACTS = """
+    SELECT a.id AS subject_id, jsonb_build_object(
+        'state', a.state, 'risk', a.risk, 'title', a.subject_summary, 'subject_kind', a.subject_kind,
+        'subject_id', a.subject_id, 'link', a.subject_link, 'reason', a.state_reason,
+        'min_approvals', a.min_approvals, 'expires_at', a.expires_at, 'requested_by', a.requested_by,
+        'approvals', (SELECT count(*) FROM approval_decisions d WHERE d.approval_id = a.id AND d.decision = 'approve'),
+        'decisions', (SELECT coalesce(jsonb_agg(jsonb_build_object('who', d.principal, 'decision', d.decision,
+                                                                   'via', d.via, 'at', d.at) ORDER BY d.id), '[]')
+                      FROM approval_decisions d WHERE d.approval_id = a.id),
+        'opened_at', a.created_at
+    ) AS facts
+    FROM approvals a
+"""
+_FACTS = {"incident": (_INCIDENT_FACTS, "i.opened_at", "i.id::text"), "approval": (_APPROVAL_FACTS, "a.created_at", "a.id")}
+
 
 @dataclass(frozen=True)
 class Change:
@@ -41,7 +56,9 @@ class Change:
 
     @property
     def events(self) -> list[str]:
-        return incident_events(self.previous, self.facts) if self.kind == "incident" else []
+        if self.kind == "incident":
+            return incident_events(self.previous, self.facts)
+        return approval_events(self.previous, self.facts)
 
 
 def incident_events(previous: dict[str, Any] | None, facts: dict[str, Any]) -> list[str]:
@@ -60,16 +77,27 @@ def incident_events(previous: dict[str, Any] | None, facts: dict[str, Any]) -> l
     return events
 
 
-async def changed_incidents(conn: asyncpg.Connection, *, lookback_s: float, limit: int = 200) -> list[Change]:
-    """Incidents opened within ``lookback_s`` whose facts differ from those last told."""
+def approval_events(previous: dict[str, Any] | None, facts: dict[str, Any]) -> list[str]:
+    if previous is None:
+        return ["approval.requested"] + ([f"approval.{facts['state']}"] if facts["state"] != "pending" else [])
+    if facts["state"] != previous["state"]:
+        return [f"approval.{facts['state']}"]
+    if len(facts["decisions"]) != len(previous["decisions"]):
+        return ["approval.decision"]
+    return []
+
+
+async def changed(conn: asyncpg.Connection, kind: SubjectKind, *, lookback_s: float, limit: int = 200) -> list[Change]:
+    """Subjects created within ``lookback_s`` whose facts differ from those last told, oldest first."""
+    query, created, _ = _FACTS[kind]
     rows = await conn.fetch(
-        f"""WITH f AS ({_INCIDENT_FACTS} WHERE i.opened_at > now() - make_interval(secs => $1))
+        f"""WITH f AS ({query} WHERE {created} > now() - make_interval(secs => $1))
             SELECT f.subject_id, f.facts, s.facts AS previous FROM f
-            LEFT JOIN notify_subjects s ON s.kind = 'incident' AND s.subject_id = f.subject_id
+            LEFT JOIN notify_subjects s ON s.kind = $3 AND s.subject_id = f.subject_id
             WHERE s.facts IS DISTINCT FROM f.facts ORDER BY f.facts->>'opened_at' LIMIT $2""",
-        lookback_s, limit,
+        lookback_s, limit, kind,
     )
-    return [Change("incident", r["subject_id"], r["facts"], r["previous"]) for r in rows]
+    return [Change(kind, r["subject_id"], r["facts"], r["previous"]) for r in rows]
 
 
 async def claim(conn: asyncpg.Connection, change: Change) -> Change | None:
@@ -97,9 +125,8 @@ async def claim(conn: asyncpg.Connection, change: Change) -> Change | None:
 
 
 async def current_facts(conn: asyncpg.Connection, kind: SubjectKind, subject_id: str) -> dict[str, Any] | None:
-    if kind == "incident":
-        return await conn.fetchval(f"SELECT facts FROM ({_INCIDENT_FACTS} WHERE i.id::text = $1) f", subject_id)
-    return None
+    query, _, key = _FACTS[kind]
+    return await conn.fetchval(f"SELECT facts FROM ({query} WHERE {key} = $1) f", subject_id)
 
 
 async def told_facts(conn: asyncpg.Connection, kind: SubjectKind, subject_ids: list[str]) -> dict[str, dict[str, Any]]:

@@ -19,9 +19,10 @@ import asyncpg
 
 from aiops.incidents import store as incident_store
 from aiops.incidents.errors import IncidentError, IncidentStateError
+from control_plane import approvals
 from control_plane.audit import audit
-from control_plane.auth import OPERATE_INCIDENTS, Principal
-from control_plane.errors import DomainError
+from control_plane.auth import DECIDE_APPROVALS, OPERATE_INCIDENTS, Principal
+from control_plane.errors import DomainError, Forbidden
 from control_plane.notify import telegram_outbox
 from control_plane.notify.notifier import refresh
 from control_plane.notify.settings import NotifySettings
@@ -91,7 +92,7 @@ async def handle_press(pool: asyncpg.Pool, settings: NotifySettings, press: Pres
             return Answer("This button has expired.", alert=True)
         try:
             async with conn.transaction():
-                reply, verb = await _ACTIONS[action](conn, principal, button["subject_id"], press, remote)
+                reply, verb = await _actions(settings)[action](conn, principal, button["subject_id"], press, remote)
         except _Refused as exc:
             await _refused(conn, press, principal, button, remote, reason=exc.answer.text)
             return exc.answer
@@ -163,5 +164,27 @@ async def _silence(conn: asyncpg.Connection, who: Principal, incident_id: str, p
     return "Silenced for 1 hour.", "silenced for 1h"
 
 
-_PERMISSION = {"acknowledge": OPERATE_INCIDENTS, "silence": OPERATE_INCIDENTS}
-_ACTIONS: dict[str, Action] = {"acknowledge": _acknowledge, "silence": _silence}
+def _decision(decision: approvals.Decision, settings: NotifySettings) -> Action:
+    async def decide(conn: asyncpg.Connection, who: Principal, approval_id: str, press: Press,
+                     remote: str) -> tuple[str, str]:
+        current = await approvals.get_approval(conn, approval_id)
+        if not settings.telegram.may_decide_in_chat(current.risk):
+            raise _Refused(Answer(f"A {current.risk}-risk approval cannot be decided from the chat.", alert=True))
+        try:
+            await approvals.decide(conn, approval_id, who, decision, "telegram",
+                                   comment=f"from Telegram by {press.user}", remote=remote)
+        except Forbidden as exc:
+            raise _Refused(Answer(f"Not allowed: {exc.message}", alert=True)) from exc
+        return ("Approved." if decision == "approve" else "Refused."), (
+            "approved" if decision == "approve" else "refused")
+
+    return decide
+
+
+_PERMISSION = {"acknowledge": OPERATE_INCIDENTS, "silence": OPERATE_INCIDENTS, "approve": DECIDE_APPROVALS,
+               "refuse": DECIDE_APPROVALS}
+
+
+def _actions(settings: NotifySettings) -> dict[str, Action]:
+    return {"acknowledge": _acknowledge, "silence": _silence, "approve": _decision("approve", settings),
+            "refuse": _decision("refuse", settings)}

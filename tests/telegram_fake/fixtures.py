@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -14,6 +14,8 @@ import pytest
 from agents.sdk import BrokerSettings
 from aiops.incidents import Anomaly, Excerpt, Incident
 from aiops.incidents.store import notify, save_incident
+from control_plane import approvals
+from control_plane.db import connect
 from control_plane.notify import NotifySettings, TelegramSettings
 from control_plane.service import ControlPlane
 from tests.support.system import fast_settings
@@ -75,6 +77,25 @@ async def store_rca(database_url: str, incident_id: UUID, *, service: str = "pay
         )
     finally:
         await conn.close()
+
+
+async def request_approval(database_url: str, *, risk: approvals.Risk = "medium", expires_in_s: float = 3600.0,
+                           kind: str = "remediation", summary: str = "restart deployment shop/checkout") -> str:
+    """A pending approval created through the approvals module, as a remediation would."""
+    conn = await connect(database_url)
+    try:
+        approval = await approvals.create_approval(
+            conn, subject_kind=kind, subject_id=str(uuid4()), summary=summary, link="/api/v1/remediations/r1",
+            risk=risk, requested_by="policy", expires_at=datetime.now(UTC) + timedelta(seconds=expires_in_s),
+        )
+    finally:
+        await conn.close()
+    return approval.id
+
+
+async def message_with(fake: FakeTelegram, chat_id: int, needle: str) -> dict[str, Any] | None:
+    """The chat's message whose text contains ``needle`` (for ``wait_for``)."""
+    return next((m for m in fake.messages[chat_id].values() if needle in m["text"]), None)
 
 
 def buttons(message: dict[str, Any]) -> dict[str, str]:
