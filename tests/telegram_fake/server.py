@@ -84,6 +84,12 @@ class FakeTelegram:
         self._new_update.set()
         return update
 
+    def redeliver(self, update: dict[str, Any]) -> None:
+        """Queue an update again, its callback query answerable again (Telegram retrying it)."""
+        self._queries[update["callback_query"]["id"]] = False
+        self._updates.append(update)
+        self._new_update.set()
+
     def last_text(self, chat_id: int) -> str:
         return list(self.messages[chat_id].values())[-1]["text"]
 
