@@ -10,7 +10,7 @@ import asyncpg
 
 from agents.sdk import BrokerSettings
 from control_plane.service import ControlPlane
-from tests.support.system import fast_settings, make_token, wait_for
+from tests.support.system import client, fast_settings, make_token, serve_api, wait_for
 from tests.telegram_fake.fixtures import (
     APPROVER,
     GROUP,
@@ -138,10 +138,16 @@ async def test_a_rejected_message_is_recorded_and_does_not_block_other_chats(
     fake.blocked.add(PRIVATE)
     chats = [{"chat_id": 31337}, {"chat_id": PRIVATE}, {"chat_id": GROUP}]
     settings = notify_settings(fake, telegram.url, chats=chats)
-    async with ControlPlane(fast_settings(database_url, broker_settings), notify=settings):
+    async with ControlPlane(fast_settings(database_url, broker_settings), notify=settings) as cp:
         await open_incident(database_url, title="<script>alert(1)</script> & " + "x" * 5000)
         await wait_for(lambda: db.fetchval("SELECT count(*) = 3 FROM telegram_messages WHERE state <> 'pending'"),
                        what="all three chats tried")
+        async with serve_api(cp) as base_url, client(base_url, await make_token(database_url, "viewer")) as viewer:
+            listed = (await viewer.get("/api/v1/telegram/messages", params={"state": "rejected"})).json()
+            assert sorted(m["chat_id"] for m in listed) == sorted([31337, PRIVATE])
+            assert all(m["last_error"] for m in listed)
+            bad = await viewer.get("/api/v1/telegram/messages", params={"state": "lost"})
+            assert bad.status_code == 422 and bad.json()["error"]["field"] == "query.state"
     rows = {r["chat_id"]: r for r in await db.fetch("SELECT chat_id, state, last_error FROM telegram_messages")}
     assert rows[31337]["state"] == "rejected" and "chat not found" in rows[31337]["last_error"].lower()
     assert rows[PRIVATE]["state"] == "rejected" and "bot was blocked" in rows[PRIVATE]["last_error"]
