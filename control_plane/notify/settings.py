@@ -120,7 +120,7 @@ class NotifySettings(BaseSettings):
     )
     scan_interval_s: float = Field(default=2.0, gt=0, description="period of the scan for incident and approval changes")
     lookback_s: float = Field(
-        default=24 * 3600.0, gt=0, description="incidents opened longer ago than this are never notified"
+        default=24 * 3600.0, gt=0, description="incidents and approvals created longer ago than this are never notified"
     )
     webhook_max_attempts: int = Field(default=8, ge=1, description="attempts of one webhook delivery before it fails")
     webhook_backoff_s: float = Field(default=1.0, gt=0, description="first retry delay of a webhook delivery (doubles)")
