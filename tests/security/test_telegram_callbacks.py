@@ -97,13 +97,14 @@ async def test_a_replayed_update_and_a_double_tap_decide_once(
     fake = telegram.fake
     await make_token(database_url, "supervisor", name="ana")
     approval_id, message = await _approval_message(fake, database_url)
-    approve = buttons(message)["Approve"]
+    keys = buttons(message)  # read now: the fake edits the message dict in place once it is decided
+    approve = keys["Approve"]
     update = fake.press(GROUP, message["message_id"], approve, user_id=APPROVER)
     await _answers(fake, 1)
     # the very same update again (a replay), then a second tap on the same button
     fake.press(GROUP, message["message_id"], approve, user_id=APPROVER, update_id=update["update_id"] + 100,
                query_id="replayed-1")
-    refuse_after = fake.press(GROUP, message["message_id"], buttons(message)["Refuse"], user_id=APPROVER,
+    refuse_after = fake.press(GROUP, message["message_id"], keys["Refuse"], user_id=APPROVER,
                               query_id="late-refuse")
     await _answers(fake, 3)
     texts = [a["text"] for a in fake.answers]
