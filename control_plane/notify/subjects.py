@@ -26,7 +26,11 @@ _INCIDENT_FACTS = """
                         'service', r.result->'causes'->0->>'service',
                         'category', r.result->'causes'->0->>'category',
                         'confidence', round((r.result->'causes'->0->>'confidence')::numeric, 2),
-                        'summary', r.result->>'summary') END
+                        'summary', r.result->>'summary') END,
+        'remediations', (SELECT coalesce(jsonb_agg(jsonb_build_object(
+                             'id', m.id, 'action', m.action, 'target', m.target, 'state', m.state,
+                             'reason', left(m.state_reason, 200)) ORDER BY m.created_at, m.id), '[]')
+                         FROM remediations m WHERE m.incident_id = i.id)
     ) AS facts
     FROM incidents i LEFT JOIN rca_results r ON r.incident_id = i.id
 """

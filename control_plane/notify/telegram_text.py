@@ -69,7 +69,8 @@ def incident_text(facts: dict[str, Any], notes: list[str]) -> str:
         if rca.get("summary"):
             lines.append(clip(str(rca["summary"])))
     for remediation in facts.get("remediations") or []:
-        lines.append(f"Remediation {clip(str(remediation.get('action', '')), 60)}: "
+        lines.append(f"Remediation {clip(str(remediation.get('action', '')), 60)} "
+                     f"{clip(str(remediation.get('target', '')), 120)}: "
                      f"<b>{clip(str(remediation.get('state', '')), 40)}</b>"
                      + (f" — {clip(str(remediation['reason']), 200)}" if remediation.get("reason") else ""))
     if facts.get("acknowledged_by"):

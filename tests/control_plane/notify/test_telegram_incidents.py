@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable
 from datetime import timedelta
+from uuid import uuid4
 
 import asyncpg
 
@@ -158,3 +159,26 @@ async def test_a_rejected_message_is_recorded_and_does_not_block_other_chats(
 
 async def _async(value: object) -> object:
     return value
+
+
+async def test_the_incident_message_follows_its_remediation(
+    tg_cp: ControlPlane, telegram: FakeTelegramServer, database_url: str, db: asyncpg.Pool
+) -> None:
+    fake = telegram.fake
+    incident_id = await open_incident(database_url)
+    await wait_for(lambda: sent(fake, "sendMessage"), what="the incident message")
+    remediation_id = uuid4()
+    # the rows the remediation pipeline writes as it proposes, then verifies, a restart
+    await db.execute(
+        """INSERT INTO remediations (id, action, target, incident_id, origin, proposed_by, mode, state, state_reason)
+           VALUES ($1, 'restart', 'shop/checkout', $2, 'rca', 'policy', 'approve', 'awaiting_approval',
+                   'policy asks for approval')""",
+        remediation_id, incident_id,
+    )
+    await wait_for(lambda: _async("Remediation restart shop/checkout: awaiting_approval" in fake.last_text(GROUP)),
+                   what="the remediation line")
+    await db.execute("UPDATE remediations SET state = 'successful', state_reason = 'verified' WHERE id = $1",
+                     remediation_id)
+    await wait_for(lambda: _async("Remediation restart shop/checkout: successful — verified" in fake.last_text(GROUP)),
+                   what="the verified remediation")
+    assert len(fake.calls_of("sendMessage")) == 1 and len(fake.messages[GROUP]) == 1
