@@ -19,7 +19,10 @@ PARTS: dict[str, tuple[list[str], list[str]]] = {
     "control_plane": (["control_plane", "schema"], ["api"]),
 }
 # Imported only where an operator asked for them, behind a function-level import.
-OPTIONAL = {"control_plane.k8s_sweeper": ["k8s"]}
+OPTIONAL = {"control_plane.k8s_sweeper": ["k8s"],
+            # the Telegram channel: loaded only when DEVART_TELEGRAM_BOT_TOKEN and chats are set
+            **{f"control_plane.notify.{m}": ["telegram"] for m in
+               ("telegram_bot", "telegram_channel", "telegram_sender", "telegram_updates")}}
 
 _CHECK = r"""
 import importlib, pkgutil, sys
