@@ -206,7 +206,7 @@ class AttemptCgroup:
                 pass
         return found
 
-    def signal(self, sig: signal.Signals, *, sparing: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    def signal(self, sig: signal.Signals, *, sparing: frozenset[int] = frozenset()) -> None:
         for pid in self.pids() - sparing:
             try:
                 os.kill(pid, sig)

@@ -581,7 +581,7 @@ class _Attempt:
     def terminate(self, pid: int) -> None:
         """SIGTERM the attempt's own processes (not bubblewrap's, whose death would SIGKILL them)."""
         if self.cgroup is not None and self.boundary.namespaces:
-            self.cgroup.signal(signal.SIGTERM, sparing={pid, *_children(pid)})
+            self.cgroup.signal(signal.SIGTERM, sparing=frozenset({pid, *_children(pid)}))
         else:
             _signal_group(pid, signal.SIGTERM)
 
