@@ -107,7 +107,8 @@ async def confirm_incident_cause(
 ) -> RcaPublic:
     async with conn.transaction():
         row = await conn.fetchrow(
-            "SELECT status, result::text AS result, signature, embedding::text AS embedding FROM rca_results "
+            "SELECT status, result::text AS result, signature, embedding::text AS embedding, resolving_action "
+            "FROM rca_results "
             "WHERE incident_id = $1 FOR UPDATE",
             incident_id,
         )
@@ -125,8 +126,8 @@ async def confirm_incident_cause(
                                field="body.category")
         await conn.execute(
             """UPDATE rca_results
-               SET confirmed_service = $2, confirmed_category = $3, resolving_action = $4, feedback_note = $5,
-                   confirmed_by = $6, confirmed_at = now(), updated_at = now()
+               SET confirmed_service = $2, confirmed_category = $3, resolving_action = coalesce($4, resolving_action),
+                   feedback_note = $5, confirmed_by = $6, confirmed_at = now(), updated_at = now()
                WHERE incident_id = $1""",
             incident_id, service, category, body.resolving_action, body.note, who.name,
         )
@@ -135,7 +136,7 @@ async def confirm_incident_cause(
             await remember(
                 conn, incident_id=str(incident_id), signature=row["signature"], embedding=json.loads(row["embedding"]),
                 cause_service=service, category=category, summary=result["summary"] if result else "",
-                remediation=body.resolving_action or "",
+                remediation=body.resolving_action or row["resolving_action"] or "",
             )
         correct = await _record_calibration_sample(conn, incident_id, result, service)
         await audit(

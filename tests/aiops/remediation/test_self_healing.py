@@ -117,6 +117,9 @@ async def test_a_failing_pool_is_drained_after_approval_and_its_failures_stop(
             assert await asyncio.wait_for(serving, timeout=30)  # the agent drained cleanly and left
             incident = await _incident(database_url, proposal["incident_id"])
             assert incident["resolved_by_remediation"] == done["id"] and "drain_pool" in incident["resolving_action"]
+            confirmed = await sam.post(f"/api/v1/incidents/{proposal['incident_id']}/rca/feedback", json={"service": FLAKY})
+            assert confirmed.status_code == 200, confirmed.text
+            assert await _remembered(database_url, proposal["incident_id"]) == incident["resolving_action"]
 
 
 async def test_an_invalid_policy_stops_the_start_naming_the_line(
@@ -158,5 +161,14 @@ async def _incident(database_url: str, incident_id: str) -> dict[str, Any]:
             "SELECT i.resolved_by_remediation::text AS resolved_by_remediation, r.resolving_action "
             "FROM incidents i JOIN rca_results r ON r.incident_id = i.id WHERE i.id = $1::uuid", incident_id)
         return dict(row)
+    finally:
+        await conn.close()
+
+
+async def _remembered(database_url: str, incident_id: str) -> str:
+    """The remediation the similar-incidents memory keeps for an incident."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        return await conn.fetchval("SELECT remediation FROM rca_memory WHERE incident_id = $1", incident_id)
     finally:
         await conn.close()
