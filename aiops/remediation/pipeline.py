@@ -243,7 +243,7 @@ class Pipeline:
             await store.transition(ctx.conn, row["id"], "refused", str(refusal), actor=POLICY)
             return False
         mode = row["mode"]
-        if found.get("gitops_handling") == "approve" and mode != "approve":
+        if found.get("gitops_handling") == "approve" and mode == "auto":
             mode = "approve"
             ctx.warnings.append(f"managed by {found['gitops']}: needs approval (policy gitops: approve)")
         await store.transition(ctx.conn, row["id"], "preflight", _summary("preflight passed", found, ctx.warnings),
