@@ -100,21 +100,7 @@ class Reaper(LoopService):
                    FOR UPDATE SKIP LOCKED"""
             )
             for task in expired:
-                reason = _waiting_reason(task)
-                await conn.execute(
-                    """UPDATE tasks SET status = 'timed_out', status_reason = $2, finished_at = now(),
-                              updated_at = now(), lease_expires_at = NULL
-                       WHERE id = $1""",
-                    task["id"], reason,
-                )
-                await conn.execute(
-                    """UPDATE attempts SET status = 'timed_out', finished_at = now()
-                       WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
-                    task["id"], task["attempt"],
-                )
-                await record_transition(conn, task["id"], task["attempt"], task["status"], "timed_out", "reaper", reason)
-                if task["status"] == "running" and task["agent_id"]:
-                    await enqueue(conn, [cancel_command(self._topology, task["agent_id"], task["id"], task["attempt"], reason)])
+                await self._time_out(conn, task, _waiting_reason(task))
             await self._ended(conn, [task["id"] for task in expired])
             return len(expired)
 
@@ -128,29 +114,31 @@ class Reaper(LoopService):
                 self._grace_s,
             )
             for task in expired:
-                reason = (
-                    f"agent {task['agent_id']} went silent past its lease" if task["lease_lost"] else "deadline exceeded"
-                )
-                await conn.execute(
-                    """UPDATE tasks SET status = 'timed_out', status_reason = $2, finished_at = now(),
-                              updated_at = now(), lease_expires_at = NULL
-                       WHERE id = $1""",
-                    task["id"], reason,
-                )
-                await conn.execute(
-                    """UPDATE attempts SET status = 'timed_out', finished_at = now()
-                       WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
-                    task["id"], task["attempt"],
-                )
-                await record_transition(conn, task["id"], task["attempt"], "running", "timed_out", "reaper", reason)
-                if task["agent_id"]:
-                    await enqueue(conn, [cancel_command(self._topology, task["agent_id"], task["id"], task["attempt"], reason)])
+                lost = f"agent {task['agent_id']} went silent past its lease"
+                await self._time_out(conn, task, lost if task["lease_lost"] else "deadline exceeded")
             await self._ended(conn, [task["id"] for task in expired])
             return len(expired)
 
     async def _ended(self, conn: asyncpg.Connection, task_ids: list[UUID]) -> None:
         if task_ids and self._on_tasks_ended is not None:
             await self._on_tasks_ended(conn, task_ids)
+
+    async def _time_out(self, conn: asyncpg.Connection, task: asyncpg.Record, reason: str) -> None:
+        """End ``task`` (locked by the caller) as timed_out; a running attempt's agent is told to stop."""
+        await conn.execute(
+            """UPDATE tasks SET status = 'timed_out', status_reason = $2, finished_at = now(),
+                      updated_at = now(), lease_expires_at = NULL
+               WHERE id = $1""",
+            task["id"], reason,
+        )
+        await conn.execute(
+            """UPDATE attempts SET status = 'timed_out', finished_at = now()
+               WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
+            task["id"], task["attempt"],
+        )
+        await record_transition(conn, task["id"], task["attempt"], task["status"], "timed_out", "reaper", reason)
+        if task["status"] == "running" and task["agent_id"]:
+            await enqueue(conn, [cancel_command(self._topology, task["agent_id"], task["id"], task["attempt"], reason)])
 
     async def _orphaned_pools(self, conn: asyncpg.Connection) -> list[str]:
         """Pools with open tasks but no live agent."""
@@ -285,6 +273,7 @@ class Reaper(LoopService):
                     task_id, task["attempt"],
                 )
                 await record_transition(conn, task_id, task["attempt"], "queued", "failed", "reaper", reason[:500])
+                await self._ended(conn, [task_id])
                 return 1
             reason = f"message missing ({seen}); published again ({task['republished'] + 1}/{self._max_republish})"
             await conn.execute(

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
+import sys
+import tempfile
 from pathlib import Path
 
 import asyncpg
@@ -58,3 +61,23 @@ async def test_agents_die_with_a_killed_devart_up(
         return not any(_alive(pid) for pid in pids)
 
     await wait_for(gone, timeout_s=30, what="the agent to follow its parent")
+
+
+async def test_down_stops_the_embedded_postgres() -> None:
+    root = Path(tempfile.mkdtemp(prefix="devart-test-home-"))
+    root.chmod(0o755)  # as root, pgserver runs Postgres as its own user, which must reach the data
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DEVART_") and k != "DATABASE_URL"}
+    env["DEVART_HOME"] = str(root)
+    try:
+        migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "control_plane.cli", "migrate", env=env)
+        assert await asyncio.wait_for(migrate.wait(), timeout=90) == 0
+        pid = int((root / "postgres" / "postmaster.pid").read_text().split("\n", 1)[0])
+        assert _alive(pid)  # the embedded Postgres outlives the command that started it
+
+        down = await asyncio.create_subprocess_exec(sys.executable, "-m", "control_plane.cli", "down", env=env,
+                                                    stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(down.communicate(), timeout=90)
+        assert down.returncode == 0 and f"stopped the embedded Postgres under {root}" in err.decode()
+        assert not _alive(pid)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
