@@ -481,6 +481,7 @@ async def bench_devart(
         conn = await connect(database_url)
         try:
             _, token = await create_token(conn, name=f"{prefix}bench", role="ci", created_by="bench")
+            _, agent_token = await create_token(conn, name=f"{prefix}agent", role="agent", created_by="bench")
         finally:
             await conn.close()
         port = _free_port()
@@ -508,8 +509,10 @@ async def bench_devart(
                         return False
 
                 await _wait_until(api_ready, timeout_s=60, what="devart serve to be ready", interval_s=0.1)
+                # DEVART_AGENT_API_URL: registration only; DEVART_API_URL would also export its spans
+                agent_env = dict(env, DEVART_AGENT_API_URL=f"http://127.0.0.1:{port}", DEVART_AGENT_TOKEN=agent_token)
                 async with _process([sys.executable, "-m", "agents.noop", "--slots", str(settings.slots), "--skills", "noop"],
-                              env=env, log_path=agent_log) as agent:
+                              env=agent_env, log_path=agent_log) as agent:
                     async def agent_ready() -> bool:
                         agent.check_alive()
                         return bool(await db.fetchval(

@@ -30,6 +30,7 @@ PROPOSE_REMEDIATIONS = "remediations:propose"
 CONTROL_REMEDIATION = "remediation:control"
 READ_ENV = "tasks:read-env"
 """See the values of a task's plain ``input.env`` (others see its keys with redacted values)."""
+REGISTER_AGENT = "agents:register"
 READ = "read"
 
 PERMISSIONS: dict[str, frozenset[str]] = {
@@ -41,8 +42,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
         {READ, READ_ENV, CREATE_TASKS, OPERATE_TASKS, OPERATE_AGENTS, OPERATE_INCIDENTS, RECORD_CHANGES, MANAGE_TOKENS,
          INGEST_TRACES, DECIDE_APPROVALS, PROPOSE_REMEDIATIONS, CONTROL_REMEDIATION}
     ),
-    # agent tokens exist only so agent processes can export their spans to the built-in receiver
-    "agent": frozenset({INGEST_TRACES}),
+    # agent tokens exist so agent processes can register (to sign their events) and export spans
+    "agent": frozenset({REGISTER_AGENT, INGEST_TRACES}),
 }
 
 

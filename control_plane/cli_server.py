@@ -125,7 +125,7 @@ async def _aiops_in_process(cp: ControlPlane, enabled: bool) -> AsyncIterator[No
     from aiops.service import AiopsService
     from aiops.settings import AiopsSettings
 
-    async with AiopsService(AiopsSettings(), pool=cp.pool) as service:
+    async with AiopsService(AiopsSettings(), pool=cp.loops_pool) as service:
         service.start()
         yield
 
@@ -156,7 +156,8 @@ async def _serve(settings: Settings, *, agents: int = 0, agent_slots: int = 2, a
     async with ControlPlane(settings) as cp, _aiops_in_process(cp, aiops):
         app = create_app(control_plane=cp)
         server = _server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=logging.getLevelName(logging.getLogger().getEffectiveLevel()).lower(),
-                                        access_log=False, lifespan="on"))
+                                        access_log=False, lifespan="on",
+                                        timeout_graceful_shutdown=5))  # event streams never end by themselves
         token_id, otlp_token = await _agent_token(cp) if agents else (None, "")
         children: list[subprocess.Popen[bytes]] = []
         try:

@@ -30,3 +30,7 @@ class Forbidden(DomainError):
 
 class Unauthorized(DomainError):
     pass
+
+
+class TooManyRequests(DomainError):
+    """A limit on concurrent use (open streams) is reached; the client should retry later."""

@@ -38,6 +38,8 @@ from agents.sdk.messages import (
 )
 from agents.sdk.telemetry import extract_context
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
+from agents.sdk.trust import HEADER_SIGNATURE
+from control_plane.agent_keys import EventVerifier
 from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt
 from control_plane.outbox import OutboxMessage, enqueue
 from control_plane.tasks import TERMINAL, TaskEndHook, cancel_command
@@ -185,8 +187,8 @@ class EventApplier:
 
     async def _failed(self, conn: asyncpg.Connection, ev: TaskFailed) -> None:
         task = await self._lock(conn, ev.task_id)
-        if task is None:
-            return
+        if task is None or (task["status"] == "running" and task["agent_id"] != ev.agent_id):
+            return  # only the agent running the attempt may fail it
         error = {"message": ev.error, "type": ev.error_type, "reason": ev.reason, "retryable": ev.retryable}
         attempt_status = {"timeout": "timed_out", "cancelled": "cancelled"}.get(ev.reason, "failed")
         retry = False
@@ -251,7 +253,11 @@ SELECT status, attempt FROM before
 # current attempt and the task is still queued or running, finish the task and record the transition.
 # $1 task, $2 attempt, $3 attempt status, $4 task status, $5 reason, $6 result, $7 error, $8 agent, $9 agent's time.
 _FINISH = """
-WITH before AS (SELECT id, status, attempt FROM tasks WHERE id = $1 FOR UPDATE),
+WITH before AS (
+    -- only the agent running the attempt may finish it (a queued one: whoever the broker gave it to)
+    SELECT id, status, attempt FROM tasks
+    WHERE id = $1 AND (status <> 'running' OR agent_id IS NOT DISTINCT FROM $8) FOR UPDATE
+),
 closed AS (
     UPDATE attempts SET status = $3, finished_at = least(now(), $9), result = $6, error = $7,
            agent_id = coalesce(agent_id, $8)
@@ -291,6 +297,7 @@ class EventsConsumer:
         self._connection = connection
         self._config = config
         self._applier = EventApplier(config)
+        self._verifier = EventVerifier()
         self._batch = batch
         self._prefetch = prefetch
         self._on_agents_joined = on_agents_joined
@@ -353,6 +360,7 @@ class EventsConsumer:
                 decoded.append((message, EVENT_ADAPTER.validate_json(message.body)))
             except (ValidationError, ValueError, RecursionError) as exc:
                 set_aside.append((message, f"undecodable: {exc}"))
+        decoded = await self._authentic(decoded, set_aside)
         while True:
             try:
                 effects = await self._apply_all(decoded)
@@ -370,6 +378,24 @@ class EventsConsumer:
             await message.ack()
         self.applied += len(decoded)
         await self._after_commit(effects)
+
+    async def _authentic(
+        self, decoded: list[tuple[AbstractIncomingMessage, Event]], set_aside: list[tuple[AbstractIncomingMessage, str]]
+    ) -> list[tuple[AbstractIncomingMessage, Event]]:
+        """The events signed by the agent they name; the others are set aside as forged."""
+        if not decoded:
+            return decoded
+        kept = []
+        async with self._pool.acquire() as conn:
+            for message, event in decoded:
+                signature = (message.headers or {}).get(HEADER_SIGNATURE)
+                refused = await self._verifier.refusal(conn, event.agent_id, message.body, signature)
+                if refused is None:
+                    kept.append((message, event))
+                else:
+                    log.warning("refused a %s event: %s", event.kind, refused)
+                    set_aside.append((message, refused))
+        return kept
 
     async def _apply_all(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> _Effects:
         effects = _Effects()

@@ -23,6 +23,7 @@ from opentelemetry import trace
 
 from agents.sdk.telemetry import extract_context, inject_headers
 from agents.sdk.topology import Topology, declare_retry_queue
+from agents.sdk.trust import HEADER_SIGNATURE, MessageSigner
 from control_plane.loops import LoopService
 
 log = logging.getLogger("devart.outbox")
@@ -75,6 +76,7 @@ class OutboxRelay(LoopService):
         pool: asyncpg.Pool,
         connection: AbstractRobustConnection,
         topology: Topology,
+        signer: MessageSigner,
         *,
         batch: int = 500,
         sweep_s: float = 1.0,
@@ -84,6 +86,9 @@ class OutboxRelay(LoopService):
         self._pool = pool
         self._connection = connection
         self._topology = topology
+        self._signer = signer
+        self._signed = frozenset({topology.tasks, topology.retry, topology.control})
+        """Exchanges whose messages agents act on: signed, so agents can tell them from forgeries."""
         self._batch = batch
         self._retry_s = retry_s
         self._channel: AbstractChannel | None = None
@@ -175,6 +180,8 @@ class OutboxRelay(LoopService):
             },
         ):
             inject_headers(headers)
+            if row["exchange"] in self._signed:
+                headers[HEADER_SIGNATURE] = self._signer.sign(bytes(row["body"]))
             if row["exchange"] == self._topology.retry:
                 await self._ensure_retry_queue(channel, headers)
             message = aio_pika.Message(

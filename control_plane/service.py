@@ -16,10 +16,12 @@ from opentelemetry.sdk.trace import SpanProcessor
 from agents.sdk.settings import BrokerSettings
 from agents.sdk.telemetry import API_SERVICE, Telemetry, TelemetrySettings, batch_processor, start_telemetry
 from agents.sdk.topology import Topology, declare_dead_queue, declare_events_queue, declare_exchanges
+from agents.sdk.trust import MessageSigner
 from aiops.remediation.pipeline import Pipeline
 from aiops.remediation.settings import RemediationSettings
 from aiops.settings import AiopsSettings
 from aiops.traces.source import SpanSource, make_span_source
+from control_plane.agent_keys import load_signer
 from control_plane.approvals import ApprovalExpiry
 from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
 from control_plane.db import EmbeddedPostgres, create_pool, migrate_database
@@ -109,6 +111,8 @@ class ControlPlane:
         self.input_schemas = InputSchemas(agent_ttl_s=settings.heartbeat_ttl_s, refresh_s=settings.schema_refresh_s)
         self._run_workers = workers
         self._pool: asyncpg.Pool | None = None
+        self._loops_pool: asyncpg.Pool | None = None
+        self._signer: MessageSigner | None = None
         self._connection: AbstractRobustConnection | None = None
         self._private_broker: PrivateRabbitMQ | None = None
         self.workers: Workers | None = None
@@ -132,6 +136,22 @@ class ControlPlane:
         if self._workflows is None:
             raise RuntimeError("ControlPlane used outside `async with`")
         return self._workflows
+
+    @property
+    def signer(self) -> MessageSigner:
+        """Signs what the control plane sends agents; its public key is handed out at registration."""
+        if self._signer is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._signer
+
+    @property
+    def loops_pool(self) -> asyncpg.Pool:
+        """Connections of the background loops and consumers (outbox relay, events, dead letters,
+        reaper, dispatcher, the event hub's LISTEN), apart from ``pool`` so that slow or many API
+        requests can never starve them."""
+        if self._loops_pool is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._loops_pool
 
     @property
     def span_pool(self) -> asyncpg.Pool:
@@ -167,6 +187,9 @@ class ControlPlane:
             self.broker = s.broker.model_copy(update={"prefix": self.installation.broker_prefix})
         self._topology = self.broker.topology()
         self._workflows = WorkflowEngine(s, self.workflow_settings, self._topology)
+        self._loops_pool = await create_pool(self.database_url, min_size=1, max_size=s.db_loops_pool_max)
+        async with self._pool.acquire() as conn:
+            self._signer = await load_signer(conn)
         self._span_pool = await asyncpg.create_pool(
             self.database_url, min_size=1, max_size=self.observability.span_pool_max
         )
@@ -199,7 +222,7 @@ class ControlPlane:
 
     async def _start_workers(self) -> None:
         s = self.settings
-        pool, connection = self.pool, self.connection
+        pool, connection = self.loops_pool, self.connection
         dispatcher = Dispatcher(pool, self.topology, interval_s=s.dispatch_interval_s, agent_ttl_s=s.heartbeat_ttl_s)
 
         async def agents_joined() -> None:
@@ -208,7 +231,7 @@ class ControlPlane:
 
         self.workers = Workers(
             relay=OutboxRelay(
-                pool, connection, self.topology, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s
+                pool, connection, self.topology, self.signer, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s
             ),
             events=EventsConsumer(
                 pool, connection,
@@ -277,7 +300,7 @@ class ControlPlane:
         from control_plane.k8s_sweeper import JobSweeper
 
         sandbox = KubernetesSandboxSettings(namespace=s.job_sweeper_namespace)
-        return JobSweeper(self.pool, sandbox, interval_s=s.job_sweeper_interval_s)
+        return JobSweeper(self.loops_pool, sandbox, interval_s=s.job_sweeper_interval_s)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -312,9 +335,10 @@ class ControlPlane:
         if self._span_pool is not None:
             await self._span_pool.close()
             self._span_pool = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        for pool in (self._pool, self._loops_pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._loops_pool = None
         if self._private_broker is not None:
             await self._private_broker.stop()
             self._private_broker = None

@@ -37,6 +37,22 @@ class Settings(BaseSettings):
     )
     db_pool_min: int = Field(default=2, ge=1, description="minimum connections in the API's pool")
     db_pool_max: int = Field(default=10, ge=1, description="maximum connections in the API's pool")
+    db_loops_pool_max: int = Field(
+        default=8, ge=3,
+        description="maximum connections of the background loops and consumers, a pool apart from the API's",
+    )
+    sse_max_streams: int = Field(
+        default=2000, ge=1, description="open server-sent event streams per API process; more get 429"
+    )
+    sse_max_streams_per_token: int = Field(
+        default=100, ge=1, description="open server-sent event streams per token and API process; more get 429"
+    )
+    sse_heartbeat_s: float = Field(
+        default=15.0, gt=0, description="seconds of silence after which a stream gets a keepalive comment"
+    )
+    sse_revocation_check_s: float = Field(
+        default=2.0, gt=0, description="how often open streams' tokens are checked; a revoked token's streams close"
+    )
     embedded_broker: bool = Field(
         default=True, description="start a private rabbitmq-server under DEVART_HOME when AMQP_URL does not answer"
     )

@@ -6,7 +6,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import asyncpg
@@ -15,6 +15,7 @@ import pytest
 from agents.sdk import Agent, AgentRuntime, AgentRuntimeSettings
 from agents.sdk.settings import BrokerSettings
 from agents.sdk.topology import Topology
+from agents.sdk.trust import AgentCredentials, MessageSigner
 from tests.support.services import (
     TEST_QUEUE_PREFIX,
     EmbeddedTestPostgres,
@@ -62,12 +63,32 @@ def runtime_settings(broker_settings: BrokerSettings) -> AgentRuntimeSettings:
 
 
 @pytest.fixture
-async def start_agent(runtime_settings: AgentRuntimeSettings) -> AsyncIterator[StartAgent]:
+def signer() -> MessageSigner:
+    """The key a stand-in control plane signs task messages with (tests/agents/sdk/broker.py)."""
+    return MessageSigner(MessageSigner.generate())
+
+
+@pytest.fixture
+def agent_credentials(signer: MessageSigner) -> Callable[[Agent], Awaitable[AgentCredentials]]:
+    """How an in-process agent gets its keys: here, made up to match ``signer``; the control plane
+    tests register with their real control plane instead (tests/control_plane/conftest.py)."""
+
+    async def credentials(agent: Agent) -> AgentCredentials:
+        return AgentCredentials(agent_id=agent.agent_id, event_key=os.urandom(32), control_plane_key=signer.public_key)
+
+    return credentials
+
+
+@pytest.fixture
+async def start_agent(
+    runtime_settings: AgentRuntimeSettings, agent_credentials: Callable[[Agent], Awaitable[AgentCredentials]]
+) -> AsyncIterator[StartAgent]:
     """Start an in-process agent runtime; every one started is drained at the end of the test."""
     started: list[AgentRuntime] = []
 
     async def start(agent: Agent, **overrides: object) -> AgentRuntime:
-        runtime = AgentRuntime(agent, runtime_settings.model_copy(update=overrides))
+        runtime = AgentRuntime(agent, runtime_settings.model_copy(update=overrides),
+                               credentials=await agent_credentials(agent))
         await runtime.start()
         started.append(runtime)
         return runtime

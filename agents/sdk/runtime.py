@@ -31,7 +31,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 from opentelemetry import trace
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import AliasChoices, BaseModel, Field, ValidationError
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -79,6 +79,7 @@ from agents.sdk.topology import (
     declare_exchanges,
     declare_pool_queue,
 )
+from agents.sdk.trust import HEADER_SIGNATURE, AgentCredentials, register
 
 log = logging.getLogger("devart.agent")
 _tracer = trace.get_tracer("devart.agent")
@@ -127,6 +128,14 @@ class AgentRuntimeSettings(BaseSettings):
         "delivery is handed back to the broker",
     )
     event_loop: EventLoop = Field(default="uvloop", description="event loop of the agent process: uvloop or asyncio")
+    api_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("DEVART_API_URL", "DEVART_AGENT_API_URL"),
+        description="control plane base URL the agent registers with at start (to get its event key)",
+    )
+    token: str | None = Field(
+        default=None, validation_alias=AliasChoices("DEVART_AGENT_TOKEN", "DEVART_OTLP_TOKEN"),
+        description="API token of role agent used to register (never logged)",
+    )
     broker: BrokerSettings = Field(default_factory=BrokerSettings, description="broker URL and names")
 
     def topology(self) -> Topology:
@@ -347,9 +356,13 @@ def _trace_headers(delivery: AbstractIncomingMessage) -> dict[str, str]:
 class AgentRuntime:
     """Runs one :class:`Agent` against the broker. Use ``async with`` and ``run_until_stopped()``."""
 
-    def __init__(self, agent: Agent, settings: AgentRuntimeSettings | None = None) -> None:
+    def __init__(
+        self, agent: Agent, settings: AgentRuntimeSettings | None = None, *, credentials: AgentCredentials | None = None
+    ) -> None:
         self.agent = agent
         self.settings = settings or AgentRuntimeSettings()
+        self._credentials = credentials
+        """The agent's event key and the control plane's public key; registered for at start if None."""
         self.topology = self.settings.topology()
         self.state: AgentState = "active"
         self._agent_seq = 0
@@ -382,6 +395,8 @@ class AgentRuntime:
         """Connect, declare what the agent uses, say hello and start taking tasks."""
         if self._connection is not None:
             raise RuntimeError("AgentRuntime already started")
+        if self._credentials is None:
+            self._credentials = await self._register()
         connection = await aio_pika.connect_robust(
             self.settings.broker.amqp_url,
             reconnect_interval=self.settings.reconnect_interval_s,
@@ -401,6 +416,21 @@ class AgentRuntime:
             self.agent.pool_id,
             self.agent.slots,
         )
+
+    async def _register(self) -> AgentCredentials:
+        s = self.settings
+        if not s.api_url or not s.token:
+            raise RuntimeError(
+                "an agent registers with the control plane to sign its events: set DEVART_API_URL and "
+                "DEVART_AGENT_TOKEN (a token of role agent: devart token create --role agent)"
+            )
+        return await register(s.api_url, s.token, self.agent.agent_id)
+
+    @property
+    def credentials(self) -> AgentCredentials:
+        if self._credentials is None:
+            raise RuntimeError("AgentRuntime not started")
+        return self._credentials
 
     async def _open(self, connection: AbstractRobustConnection) -> None:
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
@@ -502,6 +532,10 @@ class AgentRuntime:
             self._settling.discard(callback)
 
     async def _take(self, delivery: AbstractIncomingMessage) -> None:
+        refused = self.credentials.verify_from_control_plane(delivery.body, (delivery.headers or {}).get(HEADER_SIGNATURE))
+        if refused is not None:
+            await self._dead_letter(delivery, f"task message {refused}")
+            return
         try:
             message = TaskMessage.model_validate_json(delivery.body)
         except ValidationError as exc:
@@ -738,6 +772,10 @@ class AgentRuntime:
         await queue.consume(self._on_control, no_ack=True)
 
     async def _on_control(self, delivery: AbstractIncomingMessage) -> None:
+        refused = self.credentials.verify_from_control_plane(delivery.body, (delivery.headers or {}).get(HEADER_SIGNATURE))
+        if refused is not None:
+            log.warning("ignoring a control command: %s", refused)
+            return
         try:
             command = ControlCommand.model_validate_json(delivery.body)
         except ValidationError as exc:
@@ -881,8 +919,10 @@ class AgentRuntime:
         ):
             carrier: dict[str, Any] = dict(headers or {})
             inject_headers(carrier)
+            body = event.model_dump_json().encode()
+            carrier[HEADER_SIGNATURE] = self.credentials.sign_event(body)
             message = aio_pika.Message(
-                event.model_dump_json().encode(),
+                body,
                 content_type="application/json",
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 headers=carrier,

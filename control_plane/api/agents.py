@@ -2,22 +2,48 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Annotated, Literal
 
 import asyncpg
 from fastapi import APIRouter, Depends, status
+from pydantic import BaseModel, ConfigDict, Field
 
 from agents.sdk.messages import ControlCommand
+from control_plane.agent_keys import register_agent
 from control_plane.api.deps import ControlPlaneDep, DbConn, Remote, require
 from control_plane.api.models import AgentPublic, CommandAccepted, PoolPublic
 from control_plane.audit import audit
-from control_plane.auth import OPERATE_AGENTS, READ, Principal
+from control_plane.auth import OPERATE_AGENTS, READ, REGISTER_AGENT, Principal
 from control_plane.errors import NotFound
 from control_plane.outbox import OutboxMessage, enqueue
 
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 Reader = Annotated[Principal, Depends(require(READ))]
 Operator = Annotated[Principal, Depends(require(OPERATE_AGENTS))]
+Registrant = Annotated[Principal, Depends(require(REGISTER_AGENT))]
+
+
+class AgentRegistration(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    agent_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$", description="the agent process's id")
+
+
+class AgentKeys(BaseModel):
+    agent_id: str
+    event_key: str = Field(description="base64 HMAC-SHA256 key the agent signs its events with; shown once")
+    control_plane_key: str = Field(description="base64 Ed25519 public key that signs task messages and commands")
+
+
+@router.post("/agents/register", response_model=AgentKeys, operation_id="register_agent",
+             summary="An agent process (agent token) gets its event key and the control plane's public key")
+async def register(body: AgentRegistration, conn: DbConn, cp: ControlPlaneDep, who: Registrant,
+                   remote: Remote) -> AgentKeys:
+    async with conn.transaction():
+        key = await register_agent(conn, who, body.agent_id)
+        await audit(conn, actor=who.name, action="agent.register", target=body.agent_id, remote=remote)
+    return AgentKeys(agent_id=body.agent_id, event_key=base64.b64encode(key).decode(),
+                     control_plane_key=base64.b64encode(cp.signer.public_key).decode())
 
 _AGENTS = """
 SELECT a.*, p.skills, p.types,

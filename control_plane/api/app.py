@@ -35,16 +35,24 @@ from control_plane.api import (
 from control_plane.api.hub import EventHub
 from control_plane.api.text import refuse_unstorable_body, refuse_unstorable_params
 from control_plane.auth import TokenCache
-from control_plane.errors import Conflict, DomainError, Forbidden, InvalidInput, NotFound, Unauthorized
+from control_plane.errors import (
+    Conflict,
+    DomainError,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    TooManyRequests,
+    Unauthorized,
+)
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
 from control_plane.telemetry import RequestSpans
 
 log = logging.getLogger("devart.api")
 
-_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unauthorized: 401}
+_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unauthorized: 401, TooManyRequests: 429}
 _CODES = {404: "not_found", 409: "conflict", 422: "invalid_input", 403: "forbidden", 401: "unauthorized",
-          413: "too_large", 400: "bad_request", 405: "method_not_allowed", 415: "unsupported_media_type"}
+          413: "too_large", 400: "bad_request", 429: "too_many_requests", 405: "method_not_allowed", 415: "unsupported_media_type"}
 
 
 def _error(status: int, message: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None,
@@ -179,8 +187,9 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
 
 @asynccontextmanager
 async def _hub(app: FastAPI, cp: ControlPlane) -> AsyncIterator[None]:
-    hub = EventHub(cp.pool)
-    await hub.start()
+    hub = EventHub(cp.loops_pool, cp.settings)
+    await hub.listen()
+    hub.start()
     app.state.hub = hub
     try:
         yield

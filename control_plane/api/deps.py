@@ -35,13 +35,9 @@ async def _connection(cp: Annotated[ControlPlane, Depends(_control_plane)]) -> A
         yield conn
 
 
-async def _principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    conn: Annotated[asyncpg.Connection, Depends(_connection)],
+async def _authenticate(
+    request: Request, credentials: HTTPAuthorizationCredentials | None, conn: asyncpg.Connection
 ) -> Principal:
-    # The token is checked on the request's own connection: a second one per request would let
-    # concurrent requests exhaust the pool while each holds its first.
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)", field="Authorization")
     cache: TokenCache = request.app.state.token_cache
@@ -51,19 +47,51 @@ async def _principal(
     return principal
 
 
+async def _principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    conn: Annotated[asyncpg.Connection, Depends(_connection)],
+) -> Principal:
+    # The token is checked on the request's own connection: a second one per request would let
+    # concurrent requests exhaust the pool while each holds its first.
+    return await _authenticate(request, credentials, conn)
+
+
+async def _stream_principal(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    cp: Annotated[ControlPlane, Depends(_control_plane)],
+) -> Principal:
+    # A stream lives for minutes or hours: it borrows a connection for the check only, where a
+    # request-scoped one would stay taken until the stream ends (seven streams starved the API).
+    async with cp.pool.acquire() as conn:
+        return await _authenticate(request, credentials, conn)
+
+
+def _permission_check(
+    permission: str, principal_dependency: Callable[..., Awaitable[Principal]]
+) -> Callable[[Principal], Awaitable[Principal]]:
+    # a default, not Annotated: postponed annotations could not see this closure's variable
+    async def check(principal: Principal = Depends(principal_dependency)) -> Principal:  # noqa: B008
+        if not principal.can(permission):
+            raise Forbidden(f"role '{principal.role}' may not do this (needs {permission})")
+        return principal
+
+    return check
+
+
 def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
     """A dependency that admits callers whose role has ``permission``.
 
     Dependencies here are ``async`` although they do not await: FastAPI would run a plain ``def``
     in a worker thread, which costs more than the check itself.
     """
+    return _permission_check(permission, _principal)
 
-    async def check(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
-        if not principal.can(permission):
-            raise Forbidden(f"role '{principal.role}' may not do this (needs {permission})")
-        return principal
 
-    return check
+def require_for_stream(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
+    """:func:`require` for streaming endpoints: holds no database connection while streaming."""
+    return _permission_check(permission, _stream_principal)
 
 
 async def remote_address(request: Request) -> str:

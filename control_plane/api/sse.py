@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi.responses import StreamingResponse
-
-KEEPALIVE_S = 15.0
+from starlette.background import BackgroundTask
 
 
 def sse_frame(event: str, data: Any, *, id: str | None = None) -> bytes:
@@ -22,7 +21,10 @@ def sse_frame(event: str, data: Any, *, id: str | None = None) -> bytes:
 KEEPALIVE = b": keepalive\n\n"
 
 
-def sse_response(frames: AsyncIterator[bytes]) -> StreamingResponse:
+def sse_response(frames: AsyncIterator[bytes], *, on_close: Callable[[], None]) -> StreamingResponse:
+    """Stream ``frames``; ``on_close`` runs when the response ends, even if the client left before
+    the first frame (the generator's own ``finally`` would then never run)."""
     return StreamingResponse(
-        frames, media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        frames, media_type="text/event-stream", headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(on_close),
     )

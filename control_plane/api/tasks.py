@@ -11,7 +11,16 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 
 from control_plane import tasks as task_store
-from control_plane.api.deps import ControlPlaneDep, DbConn, HubDep, Remote, SettingsDep, require
+from control_plane.api.deps import (
+    ControlPlaneDep,
+    DbConn,
+    HubDep,
+    Remote,
+    SettingsDep,
+    require,
+    require_for_stream,
+)
+from control_plane.api.hub import EventHub, Stream
 from control_plane.api.models import (
     LogLinePublic,
     LogPage,
@@ -23,7 +32,7 @@ from control_plane.api.models import (
     TaskPublic,
     TaskStatus,
 )
-from control_plane.api.sse import KEEPALIVE, KEEPALIVE_S, sse_frame, sse_response
+from control_plane.api.sse import KEEPALIVE, sse_frame, sse_response
 from control_plane.audit import audit
 from control_plane.auth import CREATE_TASKS, OPERATE_TASKS, READ, READ_ENV, Principal
 from control_plane.errors import InvalidInput
@@ -229,10 +238,9 @@ def _parse_after(after: str | None) -> int | None:
 )
 async def task_logs(
     task_id: UUID,
-    conn: DbConn,
     cp: ControlPlaneDep,
     hub: HubDep,
-    _: Reader,
+    who: Annotated[Principal, Depends(require_for_stream(READ))],
     after: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     follow: bool = False,
@@ -240,10 +248,13 @@ async def task_logs(
     settings = cp.settings
     size = min(limit or settings.log_page_max, settings.log_page_max)
     position = _parse_after(after)
-    await task_store.get_task(conn, task_id)
+    async with cp.pool.acquire() as conn:  # not for the request's lifetime: a follow may last hours
+        await task_store.get_task(conn, task_id)
+        if not follow:
+            rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
     if follow:
-        return sse_response(_follow_logs(cp, hub, task_id, position, size))
-    rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
+        stream = hub.open(who)
+        return sse_response(_follow_logs(cp, hub, stream, task_id, position, size), on_close=stream.close)
     return LogPage(
         lines=[LogLinePublic.model_validate(dict(r)) for r in rows],
         next_after=str(rows[-1]["position"]) if rows else None,
@@ -251,12 +262,12 @@ async def task_logs(
 
 
 async def _follow_logs(
-    cp: ControlPlaneDep, hub: HubDep, task_id: UUID, position: int | None, size: int
+    cp: ControlPlane, hub: EventHub, stream: Stream, task_id: UUID, position: int | None, size: int
 ) -> AsyncIterator[bytes]:
     key = str(task_id)
     seen: tuple[str, str] | None = None
-    async with hub.subscribe() as queue:
-        while True:
+    try:
+        while not stream.closed:
             async with cp.pool.acquire() as conn:
                 rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
                 task = await task_store.get_task(conn, task_id)
@@ -272,10 +283,12 @@ async def _follow_logs(
             if task["status"] in task_store.TERMINAL:
                 yield sse_frame("end", {"status": task["status"]})
                 return
-            async for item in hub.notifications(queue, idle_s=KEEPALIVE_S):
+            async for item in hub.notifications(stream):
                 if item is None:
                     yield KEEPALIVE
-                elif (item[0] == "devart_logs" and item[1] == key) or (item[0] == "devart_events" and key in item[1]):
+                elif (item.channel == "devart_logs" and item.payload == key) or (
+                    item.channel == "devart_events" and key in item.payload
+                ):
                     break
-            else:
-                return
+    finally:
+        stream.close()

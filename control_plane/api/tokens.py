@@ -41,3 +41,4 @@ async def revoke(token_id: UUID, request: Request, conn: DbConn, who: Admin, rem
         await revoke_token(conn, token_id)
         await audit(conn, actor=who.name, action="token.revoke", target=str(token_id), remote=remote)
     request.app.state.token_cache.forget()
+    request.app.state.hub.revoke(token_id)  # its open streams end now (other processes: within seconds)

@@ -20,7 +20,15 @@ from agents.noop import build_agent as noop_agent
 from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.service import ControlPlane
-from tests.support.system import client, fast_settings, free_port, make_token, serve_api, wait_for
+from tests.support.system import (
+    client,
+    fast_settings,
+    free_port,
+    make_token,
+    register_in_database,
+    serve_api,
+    wait_for,
+)
 
 BURST = 1000
 SETTLE_S = 60
@@ -95,8 +103,10 @@ async def test_broker_restart_during_a_burst(
 ) -> None:
     broker = BrokerSettings(amqp_url=private_broker.url, prefix="")
     async with ControlPlane(fast_settings(database_url, broker)) as cp, serve_api(cp) as base_url:
-        runtime = AgentRuntime(noop_agent(slots=16), AgentRuntimeSettings(
-            broker=broker, heartbeat_interval_s=0.5, reconnect_interval_s=0.5))
+        agent = noop_agent(slots=16)
+        runtime = AgentRuntime(agent, AgentRuntimeSettings(
+            broker=broker, heartbeat_interval_s=0.5, reconnect_interval_s=0.5),
+            credentials=await register_in_database(cp, database_url, agent.agent_id))
         async with runtime:
             await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), what="the agent")
             token = await make_token(database_url, "ci")
@@ -120,9 +130,19 @@ async def test_broker_down_at_submit_time(private_broker: PrivateRabbitMQ, datab
             assert ready.status_code == 503 and ready.json()["checks"]["broker"] == "unavailable"
         # Nothing can take it yet; the agent arrives with the broker.
         await private_broker.start()
-        runtime = AgentRuntime(noop_agent(slots=1), AgentRuntimeSettings(broker=broker, heartbeat_interval_s=0.5))
+        agent = noop_agent(slots=1)
+        runtime = AgentRuntime(agent, AgentRuntimeSettings(broker=broker, heartbeat_interval_s=0.5),
+                               credentials=await register_in_database(cp, database_url, agent.agent_id))
         async with runtime:
             await _assert_all_succeeded_once(db, [response.json()["id"]], timeout_s=60)
+
+
+async def _ready(base_url: str) -> bool:
+    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as api:
+        try:
+            return (await api.get("/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
 
 
 def _control_plane_process(database_url: str, broker: BrokerSettings, port: int) -> subprocess.Popen[bytes]:
@@ -140,8 +160,11 @@ async def test_control_plane_killed_during_a_burst(
     base_url = f"http://127.0.0.1:{port}"
     process = _control_plane_process(database_url, broker_settings, port)
     try:
-        async with AgentRuntime(noop_agent(slots=16), AgentRuntimeSettings(broker=broker_settings,
-                                                                          heartbeat_interval_s=0.5)):
+        await wait_for(lambda: _ready(base_url), timeout_s=60, what="the control plane")
+        # the agent registers over HTTP, as agents do (the key outlives the control plane's restart)
+        async with AgentRuntime(noop_agent(slots=16), AgentRuntimeSettings(
+                broker=broker_settings, heartbeat_interval_s=0.5, api_url=base_url,
+                token=await make_token(database_url, "agent"))):
             await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), timeout_s=60, what="the agent")
             token = await make_token(database_url, "ci")
             midway = asyncio.Event()

@@ -12,8 +12,10 @@ import httpx
 import uvicorn
 
 from agents.sdk import AgentRuntime
+from agents.sdk.trust import AgentCredentials
+from control_plane.agent_keys import register_agent
 from control_plane.api.app import create_app
-from control_plane.auth import create_token
+from control_plane.auth import Principal, create_token
 from control_plane.db import connect
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
@@ -46,7 +48,8 @@ async def serve_api(cp: ControlPlane) -> AsyncIterator[str]:
     """The real API on a free loopback port; yields its base URL."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(control_plane=cp), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
+                                           log_level="warning", lifespan="on",
+                                           timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve())
     while not server.started:
         if task.done():
@@ -66,6 +69,17 @@ async def make_token(database_url: str, role: str, name: str | None = None) -> s
     finally:
         await conn.close()
     return token
+
+
+async def register_in_database(cp: ControlPlane, database_url: str, agent_id: str) -> AgentCredentials:
+    """What ``POST /api/v1/agents/register`` gives an agent, done straight in the database."""
+    conn = await connect(database_url)
+    try:
+        token_id, _ = await create_token(conn, name=f"agent-{agent_id}", role="agent", created_by="test")
+        key = await register_agent(conn, Principal(token_id, f"agent-{agent_id}", "agent"), agent_id)
+    finally:
+        await conn.close()
+    return AgentCredentials(agent_id=agent_id, event_key=key, control_plane_key=cp.signer.public_key)
 
 
 def client(base_url: str, token: str | None) -> httpx.AsyncClient:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import base64
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -14,6 +16,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from agents.sdk import ControlCommand, Event, TaskMessage
 from agents.sdk.messages import EVENT_ADAPTER, HEADER_TRACEPARENT
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges, declare_pool_queue
+from agents.sdk.trust import HEADER_SIGNATURE, REGISTER_PATH, MessageSigner
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -48,12 +51,14 @@ class Received:
 
 
 class ControlPlane:
-    """Publishes tasks and commands like the real control plane and records every event."""
+    """Publishes tasks and commands like the real control plane (signed with ``signer``) and records
+    every event."""
 
-    def __init__(self, channel: AbstractChannel, topology: Topology, received: Received) -> None:
+    def __init__(self, channel: AbstractChannel, topology: Topology, received: Received, signer: MessageSigner) -> None:
         self.channel = channel
         self.topology = topology
         self.received = received
+        self.signer = signer
 
     async def submit(
         self,
@@ -76,12 +81,15 @@ class ControlPlane:
         await self.publish_raw(pool_id, task.model_dump_json().encode())
         return task
 
-    async def publish_raw(self, pool_id: str, body: bytes, headers: dict[str, Any] | None = None) -> None:
+    async def publish_raw(
+        self, pool_id: str, body: bytes, headers: dict[str, Any] | None = None, *, signed: bool = True
+    ) -> None:
         exchange = await self.channel.get_exchange(self.topology.tasks)
+        signature = {HEADER_SIGNATURE: self.signer.sign(body)} if signed else {}
         await exchange.publish(
             aio_pika.Message(
                 body,
-                headers={HEADER_TRACEPARENT: TRACEPARENT, **(headers or {})},
+                headers={HEADER_TRACEPARENT: TRACEPARENT, **signature, **(headers or {})},
                 delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             ),
             routing_key=pool_id,
@@ -90,8 +98,9 @@ class ControlPlane:
 
     async def command(self, agent_id: str, command: ControlCommand) -> None:
         exchange = await self.channel.get_exchange(self.topology.control)
+        body = command.model_dump_json().encode()
         await exchange.publish(
-            aio_pika.Message(command.model_dump_json().encode()),
+            aio_pika.Message(body, headers={HEADER_SIGNATURE: self.signer.sign(body)}),
             routing_key=f"agent.{agent_id}",
             mandatory=True,
         )
@@ -106,7 +115,7 @@ class ControlPlane:
 
 
 @asynccontextmanager
-async def control_plane(amqp_url: str, topology: Topology) -> AsyncIterator[ControlPlane]:
+async def control_plane(amqp_url: str, topology: Topology, signer: MessageSigner) -> AsyncIterator[ControlPlane]:
     connection = await aio_pika.connect_robust(amqp_url)
     async with connection:
         channel = await connection.channel(on_return_raises=True)
@@ -114,7 +123,7 @@ async def control_plane(amqp_url: str, topology: Topology) -> AsyncIterator[Cont
         events = await declare_events_queue(channel, topology)
         received = Received()
         await events.consume(received.on_message)
-        yield ControlPlane(channel, topology, received)
+        yield ControlPlane(channel, topology, received, signer)
 
 
 async def until(condition: Callable[[], Any], within: float = 15.0, what: str = "condition") -> None:
@@ -177,3 +186,27 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     finally:
         writer.transport.abort()
+
+
+@asynccontextmanager
+async def registration_server(signer: MessageSigner) -> AsyncIterator[str]:
+    """``POST /api/v1/agents/register`` as the control plane answers it (any token, a fresh key),
+    on a free loopback port, for agents started as processes; yields the base URL."""
+    from aiohttp import web
+
+    async def register(request: web.Request) -> web.Response:
+        body = await request.json()
+        return web.json_response({"agent_id": body["agent_id"], "event_key": base64.b64encode(os.urandom(32)).decode(),
+                                  "control_plane_key": base64.b64encode(signer.public_key).decode()})
+
+    app = web.Application()
+    app.router.add_post(REGISTER_PATH, register)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -7,12 +7,13 @@ from collections.abc import AsyncIterator
 import pytest
 
 from agents.sdk.topology import Topology
+from agents.sdk.trust import MessageSigner
 from tests.agents.sdk.broker import ControlPlane, control_plane
 
 
 @pytest.fixture
-async def cp(amqp_url: str, topology: Topology) -> AsyncIterator[ControlPlane]:
-    async with control_plane(amqp_url, topology) as plane:
+async def cp(amqp_url: str, topology: Topology, signer: MessageSigner) -> AsyncIterator[ControlPlane]:
+    async with control_plane(amqp_url, topology, signer) as plane:
         yield plane
 
 

@@ -13,8 +13,9 @@ import pytest
 
 from agents.sdk import AgentHello, BrokerSettings, TaskStarted, TaskSucceeded
 from agents.sdk.messages import TERMINAL_EVENT_KINDS
+from agents.sdk.trust import MessageSigner
 from tests.agents.sdk import sample_agent
-from tests.agents.sdk.broker import ControlPlane
+from tests.agents.sdk.broker import ControlPlane, registration_server
 from tests.support.system import StartAgent
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -23,13 +24,18 @@ SpawnAgent = Callable[..., Awaitable[tuple[asyncio.subprocess.Process, AgentHell
 
 @pytest.fixture
 async def spawn_agent(
-    cp: ControlPlane, broker_settings: BrokerSettings, tmp_path: Path
+    cp: ControlPlane, broker_settings: BrokerSettings, tmp_path: Path, signer: MessageSigner
 ) -> AsyncIterator[SpawnAgent]:
-    """Start ``python -m <module> <args>`` as an agent process and wait for its hello."""
+    """Start ``python -m <module> <args>`` as an agent process (it registers over HTTP) and wait
+    for its hello."""
     processes: list[asyncio.subprocess.Process] = []
+    registration = registration_server(signer)
+    api_url = await registration.__aenter__()
     env = {
         **os.environ,
         **broker_settings.environment(),
+        "DEVART_API_URL": api_url,
+        "DEVART_AGENT_TOKEN": "dvt_test",
         "DEVART_AGENT_HEARTBEAT_INTERVAL_S": "0.2",
         "DEVART_AGENT_LOG_FLUSH_INTERVAL_S": "0.05",
         "DEVART_AGENT_DRAIN_TIMEOUT_S": "20",
@@ -52,6 +58,7 @@ async def spawn_agent(
         if process.returncode is None:
             process.kill()
             await process.wait()
+    await registration.__aexit__(None, None, None)
 
 
 async def test_sigterm_drains_the_running_task(cp: ControlPlane, spawn_agent: SpawnAgent) -> None:

@@ -4,13 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 from agents.sandbox import SandboxSettings
-from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings, TaskFailed, TaskLog, TaskSucceeded
+from agents.sdk import (
+    Agent,
+    AgentRuntime,
+    AgentRuntimeSettings,
+    BrokerSettings,
+    TaskFailed,
+    TaskLog,
+    TaskSucceeded,
+)
 from agents.sdk.topology import Topology
+from agents.sdk.trust import AgentCredentials, MessageSigner
 from agents.shell import build_shell_agent
 from tests.agents.sdk.broker import TRACEPARENT, ControlPlane, control_plane
 
@@ -29,18 +38,20 @@ def test_build_shell_agent() -> None:
 
 
 @pytest.fixture
-async def plane(amqp_url: str, topology: Topology) -> AsyncIterator[ControlPlane]:
-    async with control_plane(amqp_url, topology) as cp:
+async def plane(amqp_url: str, topology: Topology, signer: MessageSigner) -> AsyncIterator[ControlPlane]:
+    async with control_plane(amqp_url, topology, signer) as cp:
         yield cp
 
 
 async def test_shell_task_through_the_broker(
-    plane: ControlPlane, broker_settings: BrokerSettings, sandbox_settings: SandboxSettings
+    plane: ControlPlane, broker_settings: BrokerSettings, sandbox_settings: SandboxSettings,
+    agent_credentials: Callable[[Agent], Awaitable[AgentCredentials]],
 ) -> None:
     agent = build_shell_agent(slots=1, settings=sandbox_settings)
     runtime = AgentRuntime(
         agent,
         AgentRuntimeSettings(log_flush_interval_s=0.05, heartbeat_interval_s=0.5, broker=broker_settings),
+        credentials=await agent_credentials(agent),
     )
     await runtime.start()
     try:

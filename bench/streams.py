@@ -1,0 +1,184 @@
+"""Submit latency with and without 1,000 open event streams.
+
+    python -m bench.streams [--streams 1000] [--submits 200] [--rate 10]
+
+``devart serve`` runs as a subprocess on an embedded pgserver (or ``--database-url``) with its
+production defaults; no agent runs, so every task stays ``pending`` and each submit fans one
+``task`` event out to every open stream. The driver (aiohttp) submits ``--submits`` tasks one at a
+time (at most ``--rate`` per second) and times each ``POST /api/v1/tasks``: first with no stream
+open, then with ``--streams`` ``GET /api/v1/events`` streams open (spread over tokens so no
+per-token cap is reached), and prints p50/p99 of both and the ratio of the p99s (target: at most
+2x). It also reports how many events the streams received, and /readyz with the streams open.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bench.dispatch import _database, _free_port, _process, _wait_until
+
+
+class StreamsBenchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEVART_BENCH_", extra="ignore", cli_parse_args=False)
+
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/",
+                          validation_alias=AliasChoices("AMQP_URL", "DEVART_BENCH_AMQP_URL"),
+                          description="RabbitMQ the control plane uses")
+    database_url: str | None = Field(default=None, description="Postgres (a scratch database); unset = embedded pgserver")
+    streams: int = Field(default=1000, ge=1, description="event streams held open during the second phase")
+    streams_per_token: int = Field(default=100, ge=1, description="streams per viewer token (the server's default cap)")
+    submits: int = Field(default=200, ge=10, description="tasks submitted one at a time in each phase")
+    rate: float = Field(default=10.0, gt=0, description="most submits per second")
+    phase_timeout_s: float = Field(default=300.0, gt=0, description="give up on a phase after this long")
+
+
+async def _submits(http: aiohttp.ClientSession, count: int, rate: float) -> list[float]:
+    took: list[float] = []
+    for i in range(count):
+        started = time.perf_counter()
+        async with http.post("/api/v1/tasks", json={"type": "bench-stream", "input": {"i": i}}) as response:
+            await response.read()
+            if response.status != 201:
+                raise RuntimeError(f"submit answered {response.status}: {await response.text()}")
+        took.append((time.perf_counter() - started) * 1000)
+        await asyncio.sleep(max(0.0, 1.0 / rate - (time.perf_counter() - started)))
+    return took
+
+
+class _Streams:
+    """``count`` open ``GET /api/v1/events`` streams, each counting the events it receives."""
+
+    def __init__(self, base_url: str, tokens: list[str], count: int, per_token: int) -> None:
+        self._base_url = base_url
+        self._tokens = tokens
+        self._count = count
+        self._per_token = per_token
+        self.events = [0] * count
+        self.opened = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._session: aiohttp.ClientSession | None = None
+        self._all_open = asyncio.Event()
+
+    async def __aenter__(self) -> _Streams:
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
+        self._tasks = [asyncio.create_task(self._one(i)) for i in range(self._count)]
+        await asyncio.wait_for(self._all_open.wait(), 120)
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        assert self._session is not None
+        await self._session.close()
+
+    async def _one(self, i: int) -> None:
+        assert self._session is not None
+        token = self._tokens[i // self._per_token]
+        async with self._session.get(f"{self._base_url}/api/v1/events",
+                                     headers={"Authorization": f"Bearer {token}"}) as response:
+            if response.status != 200:
+                raise RuntimeError(f"stream {i} answered {response.status}: {await response.text()}")
+            self.opened += 1
+            if self.opened == self._count:
+                self._all_open.set()
+            async for line in response.content:
+                if line.startswith(b"event: "):
+                    self.events[i] += 1
+
+
+def _p50_p99(values: list[float]) -> tuple[float, float]:
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+async def run(settings: StreamsBenchSettings) -> str:
+    from control_plane.auth import create_token
+    from control_plane.db import connect, migrate_database
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    with tempfile.TemporaryDirectory(prefix="devart-bench-streams-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # pgserver runs Postgres as its own user when we are root
+        async with _database(settings, workdir) as (database_url, _postgres):
+            await migrate_database(database_url)
+            conn = await connect(database_url)
+            try:
+                _, submitter = await create_token(conn, name=f"{prefix}ci", role="ci", created_by="bench")
+                viewers = [
+                    (await create_token(conn, name=f"{prefix}viewer-{i}", role="viewer", created_by="bench"))[1]
+                    for i in range(-(-settings.streams // settings.streams_per_token))
+                ]
+            finally:
+                await conn.close()
+            port = _free_port()
+            env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
+                       DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING",
+                       DEVART_BROKER_QUEUE_EXPIRES_S="60")
+            base_url = f"http://127.0.0.1:{port}"
+            http = aiohttp.ClientSession(base_url=base_url, headers={"Authorization": f"Bearer {submitter}"},
+                                         timeout=aiohttp.ClientTimeout(total=settings.phase_timeout_s))
+            try:
+                async with _process([sys.executable, "-m", "control_plane.cli", "serve", "--port", str(port)],
+                                    env=env, log_path=workdir / "serve.log") as serve:
+                    async def ready() -> bool:
+                        serve.check_alive()
+                        try:
+                            async with http.get("/readyz") as response:
+                                return response.status == 200
+                        except aiohttp.ClientError:
+                            return False
+
+                    await _wait_until(ready, timeout_s=60, what="devart serve to be ready", interval_s=0.1)
+                    await _submits(http, 20, settings.rate * 4)  # warm-up
+                    quiet = await _submits(http, settings.submits, settings.rate)
+                    async with _Streams(base_url, viewers, settings.streams, settings.streams_per_token) as streams:
+                        loaded = await _submits(http, settings.submits, settings.rate)
+                        started = time.perf_counter()
+                        async with http.get("/readyz") as response:
+                            readyz = (response.status, (time.perf_counter() - started) * 1000)
+                        await asyncio.sleep(1.0)  # the last events reach the streams
+                        received = sorted(streams.events)
+                    serve.check_alive()
+            finally:
+                await http.close()
+    q50, q99 = _p50_p99(quiet)
+    l50, l99 = _p50_p99(loaded)
+    ratio = l99 / q99
+    return "\n".join([
+        f"POST /api/v1/tasks, {settings.submits} submits one at a time (at most {settings.rate:g}/s), no agent:",
+        f"  no streams open:        p50 {q50:6.1f} ms   p99 {q99:6.1f} ms",
+        f"  {settings.streams:>5} streams open:     p50 {l50:6.1f} ms   p99 {l99:6.1f} ms",
+        f"  p99 with / without streams: {ratio:.2f}x (target at most 2x: {'met' if ratio <= 2 else 'NOT met'})",
+        f"  events received per stream (of {settings.submits}): min {received[0]}, median {received[len(received) // 2]}",
+        f"  /readyz with the streams open: {readyz[0]} in {readyz[1]:.1f} ms",
+    ])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.splitlines()[0])
+    for name, info in StreamsBenchSettings.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=info.description,
+                            type=type(info.default) if info.default is not None else str)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = {k: v for k, v in vars(_parser().parse_args(argv)).items() if v is not None}
+    print(asyncio.run(run(StreamsBenchSettings(**args))))
+
+
+if __name__ == "__main__":
+    main()
