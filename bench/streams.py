@@ -58,46 +58,54 @@ async def _submits(http: aiohttp.ClientSession, count: int, rate: float) -> list
 
 
 class _Streams:
-    """``count`` open ``GET /api/v1/events`` streams, each counting the events it receives."""
+    """``count`` open ``GET /api/v1/events`` streams on plain sockets (the lightest client, so the
+    driver leaves the cores to the server), each counting the events it receives."""
 
-    def __init__(self, base_url: str, tokens: list[str], count: int, per_token: int) -> None:
-        self._base_url = base_url
+    def __init__(self, port: int, tokens: list[str], count: int, per_token: int) -> None:
+        self._port = port
         self._tokens = tokens
         self._count = count
         self._per_token = per_token
         self.events = [0] * count
         self.opened = 0
         self._tasks: list[asyncio.Task[None]] = []
-        self._session: aiohttp.ClientSession | None = None
         self._all_open = asyncio.Event()
 
     async def __aenter__(self) -> _Streams:
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                              timeout=aiohttp.ClientTimeout(total=None, sock_connect=30))
         self._tasks = [asyncio.create_task(self._one(i)) for i in range(self._count)]
-        await asyncio.wait_for(self._all_open.wait(), 120)
+        done = asyncio.create_task(self._all_open.wait())
+        await asyncio.wait([done, *self._tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        for task in self._tasks:
+            if task.done():
+                task.result()  # a stream that failed to open says why
+        if not done.done():
+            raise RuntimeError(f"only {self.opened} of {self._count} streams opened")
         return self
 
     async def __aexit__(self, *_: object) -> None:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        assert self._session is not None
-        await self._session.close()
 
     async def _one(self, i: int) -> None:
-        assert self._session is not None
         token = self._tokens[i // self._per_token]
-        async with self._session.get(f"{self._base_url}/api/v1/events",
-                                     headers={"Authorization": f"Bearer {token}"}) as response:
-            if response.status != 200:
-                raise RuntimeError(f"stream {i} answered {response.status}: {await response.text()}")
+        reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
+        try:
+            writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+                         "Accept: text/event-stream\r\n\r\n".encode())
+            status = await reader.readline()
+            if b" 200 " not in status:
+                raise RuntimeError(f"stream {i} answered {status!r}: {await reader.read(500)!r}")
             self.opened += 1
             if self.opened == self._count:
                 self._all_open.set()
-            async for line in response.content:
-                if line.startswith(b"event: "):
-                    self.events[i] += 1
+            tail = b""
+            while chunk := await reader.read(65536):
+                data = tail + chunk
+                self.events[i] += data.count(b"event: ") - tail.count(b"event: ")
+                tail = data[-6:]
+        finally:
+            writer.close()
 
 
 def _p50_p99(values: list[float]) -> tuple[float, float]:
@@ -144,7 +152,7 @@ async def run(settings: StreamsBenchSettings) -> str:
                     await _wait_until(ready, timeout_s=60, what="devart serve to be ready", interval_s=0.1)
                     await _submits(http, 20, settings.rate * 4)  # warm-up
                     quiet = await _submits(http, settings.submits, settings.rate)
-                    async with _Streams(base_url, viewers, settings.streams, settings.streams_per_token) as streams:
+                    async with _Streams(port, viewers, settings.streams, settings.streams_per_token) as streams:
                         loaded = await _submits(http, settings.submits, settings.rate)
                         started = time.perf_counter()
                         async with http.get("/readyz") as response:

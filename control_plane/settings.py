@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     sse_heartbeat_s: float = Field(
         default=15.0, gt=0, description="seconds of silence after which a stream gets a keepalive comment"
     )
+    sse_flush_s: float = Field(
+        default=0.2, gt=0, description="notifications reach streams in batches at most this often (fan-out cost)"
+    )
     sse_revocation_check_s: float = Field(
         default=2.0, gt=0, description="how often open streams' tokens are checked; a revoked token's streams close"
     )

@@ -1,6 +1,9 @@
 """One LISTEN connection per API process, fanned out to every live SSE stream.
 
-A stream holds no database connection: it is a bounded queue fed by the hub. Streams are counted
+A stream holds no database connection: it is a bounded queue fed by the hub. Notifications are
+handed out in batches, at most one per ``sse_flush_s`` per stream, with the event frames built once
+for all streams: the cost of fan-out grows with the number of streams, not with streams x events.
+Streams are counted
 per process and per token; beyond ``sse_max_streams`` or ``sse_max_streams_per_token`` a new one
 gets 429. Every ``sse_revocation_check_s`` the hub asks Postgres which of its streams' tokens were
 revoked (on any API process) and closes those streams; a revocation through this process closes
@@ -13,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import random
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,8 +38,14 @@ CHANNELS = ("devart_events", "devart_logs")
 class Notification:
     channel: str
     payload: str
-    kind: str
-    """The ``kind`` of a ``devart_events`` payload (task, incident, ...), parsed once for every stream."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The notifications of one flush, and the ``devart_events`` ones framed as SSE once for all."""
+
+    notifications: tuple[Notification, ...]
+    event_frames: bytes
 
 
 @dataclass(eq=False)
@@ -43,7 +53,7 @@ class Stream:
     """One open SSE stream: what the hub has for it, and whose token opened it."""
 
     token_id: UUID
-    queue: asyncio.Queue[Notification | None]
+    queue: asyncio.Queue[Batch | None]
     closed: bool = False
     reason: str = ""
     _hub: EventHub | None = field(default=None, repr=False)
@@ -73,6 +83,8 @@ class EventHub(LoopService):
         self._streams: set[Stream] = set()
         self._per_token: Counter[UUID] = Counter()
         self._conn: asyncpg.Connection | None = None
+        self._pending: list[Notification] = []
+        self._flush_at: asyncio.TimerHandle | None = None
 
     @property
     def open_streams(self) -> int:
@@ -85,6 +97,9 @@ class EventHub(LoopService):
 
     async def stop(self) -> None:
         await super().stop()
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
         for stream in list(self._streams):
             stream.close("server stopping")
         if self._conn is not None:
@@ -95,10 +110,21 @@ class EventHub(LoopService):
             self._conn = None
 
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
-        item = Notification(channel, payload, _kind(payload) if channel == "devart_events" else "")
+        self._pending.append(Notification(channel, payload))
+        if self._flush_at is None:
+            self._flush_at = asyncio.get_running_loop().call_later(self._settings.sse_flush_s, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_at = None
+        pending, self._pending = tuple(self._pending), []
+        if not pending or not self._streams:
+            return
+        frames = b"".join(f"event: {_kind(n.payload)}\ndata: {n.payload}\n\n".encode()
+                          for n in pending if n.channel == "devart_events")
+        batch = Batch(pending, frames)
         for stream in list(self._streams):
             try:
-                stream.queue.put_nowait(item)
+                stream.queue.put_nowait(batch)
             except asyncio.QueueFull:
                 log.warning("closing a slow event stream")
                 stream.close("too slow")
@@ -142,13 +168,16 @@ class EventHub(LoopService):
         for row in revoked:
             self.revoke(row["id"])
 
-    async def notifications(self, stream: Stream) -> AsyncIterator[Notification | None]:
-        """Notifications as they come, ``None`` after each ``sse_heartbeat_s`` of silence (time for
+    async def notifications(self, stream: Stream) -> AsyncIterator[Batch | None]:
+        """Batches of notifications as they come, ``None`` after each ``sse_heartbeat_s`` of silence (time for
         a keepalive); ends when the stream is closed."""
         idle_s = self._settings.sse_heartbeat_s
+        first = random.uniform(0.5, 1.0) * idle_s  # streams opened together do not beat together
         while not stream.closed:
+            wait, first = first or idle_s, 0.0
             try:
-                item = await asyncio.wait_for(stream.queue.get(), timeout=idle_s)
+                async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
+                    item = await stream.queue.get()
             except TimeoutError:
                 yield None
                 continue

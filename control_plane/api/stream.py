@@ -31,8 +31,8 @@ async def _frames(hub: EventHub, stream: Stream) -> AsyncIterator[bytes]:
         async for item in hub.notifications(stream):
             if item is None:
                 yield KEEPALIVE
-            elif item.channel == "devart_events":
-                yield f"event: {item.kind}\ndata: {item.payload}\n\n".encode()
+            elif item.event_frames:
+                yield item.event_frames
         if stream.reason:
             yield f": closed ({stream.reason})\n\n".encode()
     finally:

@@ -286,9 +286,8 @@ async def _follow_logs(
             async for item in hub.notifications(stream):
                 if item is None:
                     yield KEEPALIVE
-                elif (item.channel == "devart_logs" and item.payload == key) or (
-                    item.channel == "devart_events" and key in item.payload
-                ):
+                elif any((n.channel == "devart_logs" and n.payload == key)
+                         or (n.channel == "devart_events" and key in n.payload) for n in item.notifications):
                     break
     finally:
         stream.close()

@@ -243,7 +243,8 @@ def test_operation_ids_are_stable() -> None:
         "delete_maintenance_window", "delete_silence", "drain_agent", "get_agent", "get_approval", "get_incident",
         "get_incident_rca", "get_task", "get_trace", "healthz", "ingest_traces", "list_agents", "list_approvals",
         "list_changes", "list_incidents", "list_maintenance_windows", "list_pools", "list_silences", "list_tasks",
-        "list_tokens", "pause_agent", "readyz", "record_change", "refuse_approval", "resolve_incident", "resume_agent",
+        "list_tokens", "pause_agent", "readyz", "record_change", "refuse_approval", "register_agent",
+        "resolve_incident", "resume_agent",
         "retry_task", "revoke_token", "stream_events", "task_logs",
     }
     assert published <= ids, sorted(published - ids)

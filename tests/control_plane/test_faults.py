@@ -18,19 +18,22 @@ from agents.noop import build_agent as noop_agent
 from agents.sandbox import SandboxSettings
 from agents.sdk import AgentRuntimeSettings, TaskMessage
 from agents.sdk.topology import declare_pool_queue
+from agents.sdk.trust import HEADER_SIGNATURE, MessageSigner
 from agents.shell import build_shell_agent
 from control_plane.service import ControlPlane
 from tests.control_plane.test_end_to_end import _finished
 from tests.support.processes import marker, running
-from tests.support.system import StartAgent, wait_for
+from tests.support.system import StartAgent, make_token, wait_for
 
 
-async def _publish(amqp_url: str, exchange: str, routing_key: str, body: bytes) -> None:
+async def _publish(amqp_url: str, exchange: str, routing_key: str, body: bytes, signer: MessageSigner) -> None:
+    """Publish as the control plane does, signed: these messages test what agents do with bodies."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         target = await channel.get_exchange(exchange)
-        await target.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+        await target.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                              headers={HEADER_SIGNATURE: signer.sign(body)}),
                              routing_key=routing_key, mandatory=True)
 
 
@@ -46,7 +49,7 @@ async def test_poison_messages_reach_dead_letters_with_reason(
     pool = agent.agent.pool_id
     await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), what="the agent's hello")
 
-    await _publish(amqp_url, cp.topology.tasks, pool, b"\x00 not json")
+    await _publish(amqp_url, cp.topology.tasks, pool, b"\x00 not json", cp.signer)
     rows = await wait_for(lambda: _dead_letters(db, 1), what="the garbage message in dead_letters")
     assert rows[0]["task_id"] is None and "undecodable" in rows[0]["reason"]
 
@@ -54,7 +57,7 @@ async def test_poison_messages_reach_dead_letters_with_reason(
     created = (await admin.post("/api/v1/tasks", json={"type": "compile", "requires": ["python"]})).json()
     assert created["status"] == "pending"
     wrong = TaskMessage(task_id=uuid.UUID(created["id"]), attempt=1, type="compile", timeout_s=5, pool_id=pool)
-    await _publish(amqp_url, cp.topology.tasks, pool, wrong.model_dump_json().encode())
+    await _publish(amqp_url, cp.topology.tasks, pool, wrong.model_dump_json().encode(), cp.signer)
     task = await _finished(admin, created["id"])
     assert task["status"] == "dead"
     assert "unknown task type" in task["status_reason"]
@@ -69,7 +72,7 @@ async def test_delivery_limit_makes_a_message_poison(
     async with connection:
         channel = await connection.channel()
         queue = await declare_pool_queue(channel, cp.topology, "pool-crashy")
-        await _publish(amqp_url, cp.topology.tasks, "pool-crashy", message.model_dump_json().encode())
+        await _publish(amqp_url, cp.topology.tasks, "pool-crashy", message.model_dump_json().encode(), cp.signer)
         # A consumer that crashes on every delivery: the broker counts and finally dead-letters it.
         for _ in range(cp.topology.delivery_limit + 1):
             delivery = await wait_for(lambda: queue.get(no_ack=False, fail=False), what="a redelivery")
@@ -79,15 +82,18 @@ async def test_delivery_limit_makes_a_message_poison(
     assert "delivery limit" in task["status_reason"]
 
 
-def _agent_process(runtime_settings: AgentRuntimeSettings) -> subprocess.Popen[bytes]:
-    env = dict(os.environ, **runtime_settings.broker.environment(), DEVART_AGENT_HEARTBEAT_INTERVAL_S="0.3")
+def _agent_process(runtime_settings: AgentRuntimeSettings, base_url: str, token: str) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, **runtime_settings.broker.environment(), DEVART_AGENT_HEARTBEAT_INTERVAL_S="0.3",
+               DEVART_AGENT_API_URL=base_url, DEVART_AGENT_TOKEN=token)
     return subprocess.Popen([sys.executable, "-m", "tests.agents.sdk.sample_agent", "--slots", "1"], env=env)
 
 
 async def test_agent_killed_mid_task_hands_it_over(
-    admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool
+    admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool, base_url: str,
+    database_url: str,
 ) -> None:
-    processes = [_agent_process(runtime_settings) for _ in range(2)]
+    token = await make_token(database_url, "agent")
+    processes = [_agent_process(runtime_settings, base_url, token) for _ in range(2)]
     try:
         await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM agents WHERE state = 'active'"),
                        what="two agents")

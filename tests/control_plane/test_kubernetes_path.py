@@ -210,7 +210,7 @@ async def test_a_second_delivery_of_the_same_attempt_adopts_the_job(
         timeout_s=created["timeout_s"],
         pool_id=created["pool_id"],
     )
-    await _publish(amqp_url, cp.topology.tasks, created["pool_id"], again.model_dump_json().encode())
+    await _publish(amqp_url, cp.topology.tasks, created["pool_id"], again.model_dump_json().encode(), cp.signer)
 
     async def both_created() -> bool:
         posts = [r for r in fake.requests if r.method == "POST" and r.resource == "jobs"]
