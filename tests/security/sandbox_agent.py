@@ -70,9 +70,13 @@ async def shell_agent_process(
         agent_secret=f"agent-secret-{secrets.token_hex(12)}",
         amqp_url=broker.amqp_url,
     )
+    registration = await admin.post("/api/v1/tokens", json={"name": f"agent-{secrets.token_hex(4)}", "role": "agent"})
     env = {
         **{name: value for name, value in os.environ.items() if not name.startswith("DEVART_")},
         **broker.environment(),
+        # the agent registers with the control plane to sign its events (agents.sdk.trust)
+        "DEVART_AGENT_API_URL": str(admin.base_url).rstrip("/"),
+        "DEVART_AGENT_TOKEN": registration.json()["token"],
         "DEVART_HOME": str(home),
         "DEVART_OTLP_TOKEN": agent.otlp_token,
         "DEVART_SECRET_VAULT_TOKEN": agent.agent_secret,
