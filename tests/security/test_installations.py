@@ -21,7 +21,7 @@ from agents.sdk.settings import BrokerPrefixUnset
 from control_plane.service import ControlPlane
 from tests.conftest import QUEUE_EXPIRES_S
 from tests.support.services import EmbeddedTestPostgres
-from tests.support.system import client, fast_settings, make_token, serve_api, wait_for
+from tests.support.system import client, fast_settings, make_token, register_in_database, serve_api, wait_for
 
 RAN: dict[UUID, list[str]] = defaultdict(list)
 """Which agents ran each task."""
@@ -64,8 +64,9 @@ async def installations(
             _broker_prefixes.add(cp.broker.prefix or "")
             base_url = await stack.enter_async_context(serve_api(cp))
             api = await stack.enter_async_context(client(base_url, await make_token(url, "admin")))
-            agent = AgentRuntime(Agent("pinger", skills=["net"], slots=2, handlers=[ping]),
-                                 runtime_settings.model_copy(update={"broker": cp.broker}))
+            pinger = Agent("pinger", skills=["net"], slots=2, handlers=[ping])
+            agent = AgentRuntime(pinger, runtime_settings.model_copy(update={"broker": cp.broker}),
+                                 credentials=await register_in_database(cp, url, pinger.agent_id))
             await agent.start()
             stack.push_async_callback(agent.drain)
             found.append(_Installation(cp, api, agent))
