@@ -7,11 +7,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from agents.sdk import Agent, BrokerSettings
+from agents.sdk import Agent, AgentRuntime, BrokerSettings
 from agents.sdk.trust import AgentCredentials
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
-from tests.support.system import client, fast_settings, make_token, register_in_database, serve_api
+from tests.support.system import (
+    StartAgent,
+    client,
+    fast_settings,
+    make_token,
+    register_in_database,
+    serve_api,
+    wait_for,
+)
 
 
 @pytest.fixture
@@ -47,3 +55,21 @@ async def admin(base_url: str, database_url: str) -> AsyncIterator[httpx.AsyncCl
         yield c
 
 
+
+
+@pytest.fixture
+async def start_agent(start_agent: StartAgent, cp: ControlPlane) -> StartAgent:
+    """The root ``start_agent``, returning once the control plane has applied the agent's hello
+    (its signature is checked first), so a task submitted next finds the pool live."""
+
+    async def start(agent: Agent, **overrides: object) -> AgentRuntime:
+        runtime = await start_agent(agent, **overrides)
+
+        async def known() -> bool:
+            async with cp.pool.acquire() as conn:
+                return bool(await conn.fetchval("SELECT 1 FROM agents WHERE id = $1", agent.agent_id))
+
+        await wait_for(known, what=f"the hello of {agent.agent_id}")
+        return runtime
+
+    return start
