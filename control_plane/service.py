@@ -21,6 +21,7 @@ from aiops.remediation.pipeline import Pipeline
 from aiops.remediation.settings import RemediationSettings
 from aiops.settings import AiopsSettings
 from aiops.traces.source import SpanSource, make_span_source
+from control_plane import approvals
 from control_plane.agent_keys import load_signer
 from control_plane.approvals import ApprovalExpiry
 from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
@@ -38,7 +39,7 @@ from control_plane.schemas import InputSchemas
 from control_plane.settings import Settings
 from control_plane.span_retention import SpanRetention
 from control_plane.telemetry import ControlPlaneMetrics, ObservabilitySettings, SpanStoreExporter
-from control_plane.workflows.engine import WorkflowEngine
+from control_plane.workflows.engine import APPROVAL_SUBJECT, WorkflowEngine
 from control_plane.workflows.settings import WorkflowSettings
 
 if TYPE_CHECKING:
@@ -190,6 +191,7 @@ class ControlPlane:
         self._loops_pool = await create_pool(self.database_url, min_size=1, max_size=s.db_loops_pool_max)
         async with self._pool.acquire() as conn:
             self._signer = await load_signer(conn)
+        approvals.register_outcome_handler(APPROVAL_SUBJECT, self._workflows.approval_decided)
         self._span_pool = await asyncpg.create_pool(
             self.database_url, min_size=1, max_size=self.observability.span_pool_max
         )

@@ -10,10 +10,11 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
+from control_plane.approvals import DECIDING_ROLES, Risk
 from control_plane.workflows.cron import Cron, CronError, parse_cron
 from control_plane.workflows.expressions import ExpressionError, Node, Template, condition, paths, template
 from control_plane.workflows.outputs import Selector, SelectorError, compile_selector
@@ -21,6 +22,8 @@ from control_plane.workflows.outputs import Selector, SelectorError, compile_sel
 RESULTS = ("succeeded", "failed", "skipped", "cancelled")
 ON_CONFLICT = ("queue", "cancel_pending", "cancel_running")
 MISSED = ("skip", "run_once", "run_all")
+APPROVER_ROLES = tuple(sorted(DECIDING_ROLES))
+RISKS = get_args(Risk)
 INPUT_TYPES = {"string": str, "number": (int, float), "boolean": bool, "object": dict, "list": list}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,62}$")
 _WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
@@ -47,6 +50,8 @@ class InputSpec:
 @dataclass(frozen=True)
 class ApprovalSpec:
     roles: tuple[str, ...]
+    principals: tuple[str, ...]
+    risk: str
     min: int
     prevent_self: bool
     timeout_s: float
@@ -307,8 +312,6 @@ def _step(c: _Checker, name: str, body: Any, path: str, phase: str) -> StepSpec 
         return None
     before = len(c.problems)
     approval = _approval(c, doc.get("approval"), f"{path}.approval") if "approval" in doc else None
-    if "approval" in doc:
-        c.fail(f"{path}.approval", "approval steps are not available yet")
     if approval is not None and phase == "finally":
         c.fail(f"{path}.approval", "a finally step cannot wait for an approval")
     if "approval" in doc:
@@ -472,16 +475,26 @@ def _retry(c: _Checker, value: Any, path: str) -> tuple[int | None, dict[str, fl
 
 
 def _approval(c: _Checker, value: Any, path: str) -> ApprovalSpec | None:
-    doc = c.mapping(value, path, ("roles", "min", "prevent_self", "timeout", "on_expire", "subject"))
+    doc = c.mapping(value, path, ("roles", "principals", "risk", "min", "prevent_self", "timeout", "on_expire",
+                                  "subject"))
     if doc is None:
         return None
-    roles = doc.get("roles", ["supervisor", "admin"])
-    if not isinstance(roles, list) or not roles or not all(isinstance(r, str) for r in roles):
-        c.fail(f"{path}.roles", "must be a non-empty list of roles")
+    roles = doc.get("roles", list(APPROVER_ROLES))
+    if not isinstance(roles, list) or not all(isinstance(r, str) and r in APPROVER_ROLES for r in roles):
+        c.fail(f"{path}.roles", f"must be a list of roles among {', '.join(APPROVER_ROLES)}")
         roles = []
+    principals = doc.get("principals", [])
+    if not isinstance(principals, list) or not all(isinstance(p, str) and p for p in principals):
+        c.fail(f"{path}.principals", "must be a list of token names")
+        principals = []
+    if not roles and not principals:
+        c.fail(f"{path}.roles", "name approver roles or principals")
+    risk = doc.get("risk", "medium")
+    if risk not in RISKS:
+        c.fail(f"{path}.risk", f"must be one of {', '.join(RISKS)}")
     minimum = doc.get("min", 1)
-    if isinstance(minimum, bool) or not isinstance(minimum, int) or minimum < 1:
-        c.fail(f"{path}.min", "must be a whole number of at least 1")
+    if isinstance(minimum, bool) or not isinstance(minimum, int) or not 1 <= minimum <= 10:
+        c.fail(f"{path}.min", "must be a whole number from 1 to 10")
     prevent_self = doc.get("prevent_self", True)
     if not isinstance(prevent_self, bool):
         c.fail(f"{path}.prevent_self", "must be true or false")
@@ -501,8 +514,8 @@ def _approval(c: _Checker, value: Any, path: str) -> ApprovalSpec | None:
         c.fail(f"{path}.subject", "must be a string")
         subject = ""
     c.template(subject, f"{path}.subject")
-    return ApprovalSpec(tuple(roles), minimum if isinstance(minimum, int) else 1, bool(prevent_self), timeout_s,
-                        str(on_expire), subject)
+    return ApprovalSpec(tuple(roles), tuple(principals), str(risk), minimum if isinstance(minimum, int) else 1,
+                        bool(prevent_self), timeout_s, str(on_expire), subject)
 
 
 def _concurrency(c: _Checker, value: Any, inputs: dict[str, InputSpec]) -> Concurrency | None:

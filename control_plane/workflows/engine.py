@@ -19,12 +19,14 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
 import asyncpg
 
 from agents.sdk.topology import Topology
+from control_plane import approvals
 from control_plane import tasks as task_store
 from control_plane.errors import Conflict, InvalidInput, NotFound
 from control_plane.settings import Settings
@@ -48,6 +50,8 @@ FINISHED_RUN = frozenset({"succeeded", "failed", "cancelled"})
 _TASK_TO_JOB = {"succeeded": "succeeded", "failed": "failed", "dead": "failed", "timed_out": "failed",
                 "cancelled": "cancelled"}
 _ENGINE = "workflow-engine"
+APPROVAL_SUBJECT = "workflow_step"
+"""The approvals' subject kind of approval steps; the subject id is ``<run id>/<job>``."""
 
 
 @dataclass
@@ -61,6 +65,7 @@ class _Job:
     matrix: dict[str, Any] | None
     outputs: dict[str, Any] | None
     task_id: UUID | None
+    approval_id: str | None = None
 
 
 @dataclass
@@ -289,10 +294,10 @@ class WorkflowEngine:
             return None
         definition = await self.definition(conn, row["workflow"], row["version"])
         jobs = [
-            _Job(r["job"], r["step"], r["phase"], r["state"], r["matrix"], r["outputs"], r["task_id"])
+            _Job(r["job"], r["step"], r["phase"], r["state"], r["matrix"], r["outputs"], r["task_id"], r["approval_id"])
             for r in await conn.fetch(
-                "SELECT job, step, phase, state, matrix, outputs, task_id FROM run_steps WHERE run_id = $1 "
-                "ORDER BY position, job", run_id)
+                "SELECT job, step, phase, state, matrix, outputs, task_id, approval_id FROM run_steps "
+                "WHERE run_id = $1 ORDER BY position, job", run_id)
         ]
         return _Run(row, definition, jobs)
 
@@ -341,11 +346,63 @@ class WorkflowEngine:
                 running = sum(1 for j in run.of_step(spec.name) if j.state == "running")
                 if running >= spec.max_parallel:
                     return
-            task_input = render_value(spec.input, context)
+            if spec.approval is not None:
+                summary = render_value(spec.approval.subject, context) or (
+                    f"{run.definition.name}: approve step {job.job} of run {run.id}")
+            else:
+                task_input = render_value(spec.input, context)
         except ExpressionError as exc:
             await self._end_job(conn, run, job, "failed", reason=f"expression error: {exc}")
             return
-        await self._start_task(conn, run, job, spec, task_input)
+        if spec.approval is not None:
+            await self._request_approval(conn, run, job, spec, str(summary))
+        else:
+            await self._start_task(conn, run, job, spec, task_input)
+
+    async def _request_approval(self, conn: asyncpg.Connection, run: _Run, job: _Job, spec: StepSpec,
+                                summary: str) -> None:
+        rule = spec.approval
+        assert rule is not None
+        approval = await approvals.create_approval(
+            conn, subject_kind=APPROVAL_SUBJECT, subject_id=f"{run.id}/{job.job}", summary=summary[:500],
+            link=f"/api/v1/runs/{run.id}", risk=rule.risk, requested_by=run.row["created_by"],  # type: ignore[arg-type]
+            expires_at=datetime.now(UTC) + timedelta(seconds=rule.timeout_s), roles=rule.roles,
+            principals=rule.principals, min_approvals=rule.min, prevent_self=rule.prevent_self,
+        )
+        await conn.execute(
+            """UPDATE run_steps SET state = 'running', approval_id = $3, started_at = now(), reason = $4
+               WHERE run_id = $1 AND job = $2""",
+            run.id, job.job, approval.id, f"waiting for approval {approval.id} until {approval.expires_at.isoformat()}",
+        )
+        await _transition(conn, run.id, job.job, job.state, "running", _ENGINE, f"approval {approval.id}")
+        job.state, job.approval_id = "running", approval.id
+
+    async def approval_decided(self, conn: asyncpg.Connection, approval: approvals.Approval) -> None:
+        """The approvals' outcome handler for approval steps (in the deciding transaction): the
+        step succeeds when approved, fails when refused, fails or is skipped when expired."""
+        run_id_text, _, job_name = approval.subject.id.partition("/")
+        run = await self._load(conn, UUID(run_id_text))
+        if run is None:
+            return
+        job = next((j for j in run.jobs if j.job == job_name and j.approval_id == approval.id), None)
+        if job is None or job.state != "running":
+            return
+        rule = run.definition.steps[job.step].approval
+        if approval.state == "approved":
+            deciders = ", ".join(d.who for d in approval.decisions if d.decision == "approve")
+            await self._end_job(conn, run, job, "succeeded", reason=f"approved by {deciders}", actor=deciders)
+        elif approval.state == "refused":
+            refusal = next(d for d in approval.decisions if d.decision == "refuse")
+            why = f"refused by {refusal.who}" + (f": {refusal.comment}" if refusal.comment else "")
+            await self._end_job(conn, run, job, "failed", reason=why, actor=refusal.who)
+        elif approval.state == "expired" and rule is not None and rule.on_expire == "skip":
+            await self._end_job(conn, run, job, "skipped", skip_reason="approval_expired", actor="approval-expiry")
+        elif approval.state == "expired":
+            await self._end_job(conn, run, job, "failed", reason="approval expired: nobody decided in time",
+                                actor="approval-expiry")
+        else:
+            return
+        await self._advance_loaded(conn, run)
 
     def _context(self, run: _Run, job: _Job) -> dict[str, Any]:
         d = run.definition
@@ -433,6 +490,10 @@ class WorkflowEngine:
                     await self._cancel_job(conn, run, job, f"fail_fast: {failed.job} failed", _ENGINE)
 
     async def _cancel_job(self, conn: asyncpg.Connection, run: _Run, job: _Job, reason: str, actor: str) -> None:
+        if job.state == "running" and job.approval_id is not None:
+            pending = await conn.fetchval("SELECT state = 'pending' FROM approvals WHERE id = $1", job.approval_id)
+            if pending:
+                await approvals.cancel(conn, job.approval_id, by=actor, reason=reason)
         if job.state == "running" and job.task_id is not None:
             status = await conn.fetchval("SELECT status FROM tasks WHERE id = $1", job.task_id)
             if status in task_store.CANCELLABLE:
