@@ -40,6 +40,7 @@ from control_plane.settings import Settings
 from control_plane.span_retention import SpanRetention
 from control_plane.telemetry import ControlPlaneMetrics, ObservabilitySettings, SpanStoreExporter
 from control_plane.workflows.engine import APPROVAL_SUBJECT, WorkflowEngine
+from control_plane.workflows.scheduler import WorkflowScheduler
 from control_plane.workflows.settings import WorkflowSettings
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class Workers:
     reaper: Reaper
     dispatcher: Dispatcher
     approval_expiry: ApprovalExpiry
+    workflow_scheduler: WorkflowScheduler
     remediation: RemediationLoop | None = None
     sweeper: JobSweeper | None = None
     span_retention: SpanRetention | None = None
@@ -249,6 +251,8 @@ class ControlPlane:
             ),
             dispatcher=dispatcher,
             approval_expiry=ApprovalExpiry(pool, interval_s=s.approval_expiry_interval_s),
+            workflow_scheduler=WorkflowScheduler(pool, self.workflows,
+                                                 interval_s=self.workflow_settings.schedule_interval_s),
             sweeper=self._job_sweeper(),
             span_retention=SpanRetention(
                 self.span_pool, self.aiops, interval_s=self.observability.retention_interval_s
@@ -264,6 +268,7 @@ class ControlPlane:
         self.workers.reaper.start()
         dispatcher.start()
         self.workers.approval_expiry.start()
+        self.workers.workflow_scheduler.start()
         if self.workers.remediation is not None:
             self.workers.remediation.start()
         if self.workers.sweeper is not None:
@@ -316,7 +321,7 @@ class ControlPlane:
             if self.workers.notifications is not None:
                 await self.workers.notifications.stop()
             for loop in (self.workers.metrics, self.workers.span_retention, self.workers.approval_expiry,
-                         self.workers.remediation):
+                         self.workers.workflow_scheduler, self.workers.remediation):
                 if loop is not None:
                     await loop.stop()
             await self.workers.dispatcher.stop()
