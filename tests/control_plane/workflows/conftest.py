@@ -20,7 +20,8 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 
 @pytest.fixture
 def sandbox_settings(tmp_path: Path) -> SandboxSettings:
-    return SandboxSettings(root=tmp_path / "sandboxes", kill_grace_s=0.5)
+    # the tests' git repositories live under tmp_path: local clones of them are allowed
+    return SandboxSettings(root=tmp_path / "sandboxes", kill_grace_s=0.5, git_local_roots=[tmp_path])
 
 
 @pytest.fixture

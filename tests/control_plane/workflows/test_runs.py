@@ -172,13 +172,14 @@ async def test_rerun_from_the_failed_step_reuses_upstream_outputs(
     })
     first = await finished(admin, (await start(admin, "fixable", {"repo": str(repo)}))["id"])
     assert states(first) == {"build": "succeeded", "test": "failed", "side": "succeeded", "notify": "succeeded"}
+    assert jobs(first)["test"]["reason"] == "task failed: command failed: exit code 1", jobs(first)["test"]
     (repo / "check.sh").write_text("exit 0\n")
     git(repo, "commit", "--quiet", "-am", "fixed")
 
     response = await admin.post(f"/api/v1/runs/{first['id']}/rerun")
     assert response.status_code == 201, response.text
     second = await finished(admin, response.json()["id"])
-    assert second["state"] == "succeeded", second
+    assert second["state"] == "succeeded", jobs(second)["test"]
     assert second["rerun_of"] == first["id"] and second["trigger"] == "rerun"
     old, new = jobs(first), jobs(second)
     for kept in ("build", "side"):
