@@ -129,8 +129,9 @@ class AgentRuntimeSettings(BaseSettings):
     )
     event_loop: EventLoop = Field(default="uvloop", description="event loop of the agent process: uvloop or asyncio")
     api_url: str | None = Field(
-        default=None, validation_alias=AliasChoices("DEVART_API_URL", "DEVART_AGENT_API_URL"),
-        description="control plane base URL the agent registers with at start (to get its event key)",
+        default=None, validation_alias=AliasChoices("DEVART_AGENT_API_URL", "DEVART_API_URL"),
+        description="control plane base URL the agent registers with at start (to get its event key); "
+        "falls back to DEVART_API_URL, which the telemetry settings read too",
     )
     token: str | None = Field(
         default=None, validation_alias=AliasChoices("DEVART_AGENT_TOKEN", "DEVART_OTLP_TOKEN"),
