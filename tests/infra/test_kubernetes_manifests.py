@@ -202,6 +202,22 @@ def test_agents_never_see_database_credentials() -> None:
     assert "devart-database" not in sources
 
 
+def test_agents_get_what_they_need_to_register() -> None:
+    """An agent refuses to start without a control plane URL and an agent token (it signs its events
+    with the key it registers for), so the manifests must hand it both."""
+    rendered = _rendered(K8S / "base")
+    agent = _by(rendered, "Deployment")[("devart", "devart-agent-shell")]
+    (container,) = agent["spec"]["template"]["spec"]["containers"]
+    env: dict[str, str] = {}
+    for ref in container["envFrom"]:
+        if "configMapRef" in ref:
+            env |= _by(rendered, "ConfigMap")[("devart", ref["configMapRef"]["name"])]["data"]
+        else:
+            env |= _by(_secret_templates(), "Secret")[("devart", ref["secretRef"]["name"])]["stringData"]
+    assert env["DEVART_AGENT_API_URL"].startswith("http://devart-control-plane.devart.svc:")
+    assert "DEVART_AGENT_TOKEN" in env
+
+
 def test_secret_templates_hold_placeholders_only() -> None:
     secrets = _secret_templates()
     assert secrets
