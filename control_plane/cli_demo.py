@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 _NS = 1_000_000_000
 _SERVICES = ("svc0", "svc1", "svc2")
+_PIPELINE_ROUNDS = 10  # proposed -> preflight -> dry-run -> its end under the policy takes a few steps
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -139,6 +140,7 @@ async def _demo(args: argparse.Namespace, base: Settings) -> int:
                                         rca_settings=demo.rca) as service:
                     service.start()
                     found = await _live(api, args, generator, fault, live_from, step_ns)
+                found["remediations"] = await _remediations(api, cp, found["incident"]["id"])
         finally:
             server.should_exit = True
             await serving
@@ -198,6 +200,24 @@ async def _live(api: httpx.AsyncClient, args: argparse.Namespace, generator: Any
                 if faulty:
                     return found
     raise CliError(f"no incident with an analysis within {args.max_steps} live steps", Exit.FAILED)
+
+
+async def _remediations(api: httpx.AsyncClient, cp: Any, incident_id: str) -> list[dict[str, Any]]:
+    """Run the remediation pipeline until it stops moving and show what it proposed for the incident.
+
+    The policy decides how far a proposal goes: under the default (everything ``suggest``) it stops
+    after its preflight and dry-run, and nothing is applied."""
+    for _ in range(_PIPELINE_ROUNDS):
+        if not await cp.remediation.run_once():
+            break
+    listed = await api.get("/api/v1/remediations", params={"incident_id": incident_id})
+    items: list[dict[str, Any]] = listed.json()["items"]
+    if not items:
+        _say("no remediation proposed: the policy turns every recommended action off")
+    for item in items:
+        _say(f"remediation proposed: {item['action']} {item['target']} (mode {item['mode']}): "
+             f"{item['state']}, {item['state_reason']}")
+    return items
 
 
 def _describe_rca(rca: dict[str, Any]) -> None:

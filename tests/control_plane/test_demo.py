@@ -36,3 +36,6 @@ async def test_demo_shows_the_incident_and_its_root_cause(
     assert found["rca"]["result"]["causes"][0]["service"] == "svc2"
     assert story.index("fault injected") < story.index("opened after the fault") < story.index("root-cause analysis")
     assert "BEFORE the fault" not in story
+    (remediation,) = found["remediations"]  # proposed from the analysis, never applied under the default policy
+    assert remediation["origin"] == "rca" and remediation["applied_at"] is None
+    assert story.index("root-cause analysis") < story.index("remediation proposed")
