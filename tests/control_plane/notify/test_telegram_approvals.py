@@ -1,8 +1,9 @@
 """Approvals in the chat: buttons on a pending approval, a decision through the approvals module with
 ``via: telegram``, the message edited to say who decided.
 
-The remediation pipeline is not on main yet, so the approval is created through the approvals module
-directly, as a remediation does; its outcome handler stands in for the remediation moving on.
+Here the approval is created through the approvals module directly, with an outcome handler of the
+test's own, to check the chat's side alone; ``test_telegram_remediation.py`` approves a real
+remediation from the chat and follows it through the pipeline.
 """
 
 from __future__ import annotations
