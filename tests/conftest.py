@@ -86,9 +86,9 @@ async def start_agent(
     """Start an in-process agent runtime; every one started is drained at the end of the test."""
     started: list[AgentRuntime] = []
 
-    async def start(agent: Agent, **overrides: object) -> AgentRuntime:
+    async def start(agent: Agent, credentials: AgentCredentials | None = None, **overrides: object) -> AgentRuntime:
         runtime = AgentRuntime(agent, runtime_settings.model_copy(update=overrides),
-                               credentials=await agent_credentials(agent))
+                               credentials=credentials or await agent_credentials(agent))
         await runtime.start()
         started.append(runtime)
         return runtime

@@ -90,7 +90,7 @@ TRUNCATED_LINE = "[log truncated]"
 class AgentRuntimeSettings(BaseSettings):
     """Limits and intervals of one agent process."""
 
-    model_config = SettingsConfigDict(env_prefix="DEVART_AGENT_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="DEVART_AGENT_", extra="ignore", populate_by_name=True)
 
     heartbeat_interval_s: float = Field(
         default=5.0, gt=0, description="seconds between two heartbeats (state, free slots, progress)"

@@ -198,7 +198,10 @@ async def test_api_lists_decides_streams_and_audits(
                 if {s["event"] for s in streamed} >= {"approved", "expired"}:
                     break
 
-    assert [(s["approval_id"], s["event"]) for s in streamed] == [
+    # the first approval's "created" was committed just before the stream subscribed: the stream may or
+    # may not carry it (events are fanned out in batches), so only what came after is compared
+    seen = [(s["approval_id"], s["event"]) for s in streamed]
+    assert [e for e in seen if e != (approval.id, "created")] == [
         (approval.id, "approved"), (expiring.id, "created"), (expiring.id, "expired")]
     page = (await admin.get("/api/v1/approvals", params={"state": "approved"})).json()
     assert [a["id"] for a in page["items"]] == [approval.id]

@@ -97,8 +97,10 @@ async def cli_env(base_url: str, admin: httpx.AsyncClient, start_agent: StartAge
 
 
 async def test_each_task_outcome_has_its_exit_code(cli_env: dict[str, str], home: Path) -> None:
-    code, out, err = await _devart("submit", "--requires", "shell", "--", "sh", "-c", "echo hello; echo oops >&2",
-                                   env=cli_env, home=home)
+    # the task runs for a second, so its running state is seen: a task that ends at once may go from
+    # queued to succeeded between two status events, and the CLI shows only the latest state
+    code, out, err = await _devart("submit", "--requires", "shell", "--", "sh", "-c",
+                                   "echo hello; sleep 1; echo oops >&2", env=cli_env, home=home)
     assert code == 0, err
     assert "hello" in out and "oops" in err
     assert "running on" in err  # it says what it waits for and where it runs

@@ -28,7 +28,15 @@ from aiops.simulation import Fault, TraceGenerator, chain
 from aiops.traces.otlp import otlp_json
 from control_plane.cli_demo import demo_settings
 from control_plane.service import ControlPlane
-from tests.support.system import StartAgent, client, fast_settings, make_token, serve_api, wait_for
+from tests.support.system import (
+    StartAgent,
+    client,
+    fast_settings,
+    make_token,
+    register_in_database,
+    serve_api,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 _NS = 1_000_000_000
@@ -67,7 +75,8 @@ async def test_a_failing_pool_is_drained_after_approval_and_its_failures_stop(
                             remediation=remediation) as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "admin", "ada")) as ada, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
-        flaky = await start_agent(Agent("flaky", skills=["work"], handlers=[_always_fails], slots=2))
+        agent = Agent("flaky", skills=["work"], handlers=[_always_fails], slots=2)
+        flaky = await start_agent(agent, credentials=await register_in_database(cp, database_url, agent.agent_id))
         serving = asyncio.create_task(flaky.run_until_stopped())  # as run_agent does: a drain command ends it
         await wait_for(lambda: _agent_count(database_url), what="the flaky agent")
         step_ns = STEP_S * _NS
