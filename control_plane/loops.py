@@ -8,6 +8,8 @@ import random
 import time
 from abc import ABC, abstractmethod
 
+import asyncpg
+
 log = logging.getLogger("devart.loops")
 
 
@@ -63,3 +65,43 @@ class LoopService(ABC):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.0, pause - elapsed))
             except TimeoutError:
                 pass
+
+
+class ListeningLoop(LoopService):
+    """A loop that also wakes up on a Postgres notification on ``channel``.
+
+    The listening connection is taken from ``pool`` on the first ``listen()`` and again after it was
+    lost; subclasses call ``listen()`` at the start of ``run_once()``, so a lost connection costs one
+    interval of latency, never a change: the interval still runs the loop.
+    """
+
+    def __init__(self, pool: asyncpg.Pool, channel: str, interval_s: float) -> None:
+        super().__init__(interval_s)
+        self._pool = pool
+        self._notify_channel = channel
+        self._listener: asyncpg.Connection | None = None
+
+    async def listen(self) -> None:
+        if self._listener is None or self._listener.is_closed():
+            self._listener = await self._pool.acquire()
+            await self._listener.add_listener(self._notify_channel, self._on_notify)
+
+    async def try_listen(self) -> None:
+        """``listen()``, logging instead of raising when the database cannot be reached."""
+        try:
+            await self.listen()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("%s cannot listen on %s: %s", self.name, self._notify_channel, exc)
+
+    def _on_notify(self, *_: object) -> None:
+        self.wake()
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self._listener is not None:
+            try:
+                await self._listener.remove_listener(self._notify_channel, self._on_notify)
+            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+                pass
+            await self._pool.release(self._listener)
+            self._listener = None

@@ -24,7 +24,7 @@ from opentelemetry import trace
 from agents.sdk.telemetry import extract_context, inject_headers
 from agents.sdk.topology import Topology, declare_retry_queue
 from agents.sdk.trust import HEADER_SIGNATURE, MessageSigner
-from control_plane.loops import LoopService
+from control_plane.loops import ListeningLoop
 
 log = logging.getLogger("devart.outbox")
 _tracer = trace.get_tracer("devart.outbox")
@@ -66,7 +66,7 @@ class RelayStats:
     last_error: str = ""
 
 
-class OutboxRelay(LoopService):
+class OutboxRelay(ListeningLoop):
     """Publishes outbox rows; woken by NOTIFY on insert and by a periodic sweep."""
 
     name = "outbox-relay"
@@ -82,8 +82,7 @@ class OutboxRelay(LoopService):
         sweep_s: float = 1.0,
         retry_s: float = 2.0,
     ) -> None:
-        super().__init__(sweep_s)
-        self._pool = pool
+        super().__init__(pool, NOTIFY_CHANNEL, sweep_s)
         self._connection = connection
         self._topology = topology
         self._signer = signer
@@ -93,28 +92,7 @@ class OutboxRelay(LoopService):
         self._retry_s = retry_s
         self._channel: AbstractChannel | None = None
         self._retry_queues: set[int] = set()
-        self._listener: asyncpg.Connection | None = None
         self.stats = RelayStats()
-
-    async def _on_notify(self, *_: object) -> None:
-        self.wake()
-
-    async def listen(self) -> None:
-        """Subscribe to inserts (one dedicated connection; re-established by ``run_once`` if lost)."""
-        if self._listener is not None and not self._listener.is_closed():
-            return
-        self._listener = await self._pool.acquire()
-        await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-
-    async def stop(self) -> None:
-        await super().stop()
-        if self._listener is not None:
-            try:
-                await self._listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                pass
-            await self._pool.release(self._listener)
-            self._listener = None
 
     async def _channel_ready(self) -> AbstractChannel:
         if self._channel is None or self._channel.is_closed:
@@ -123,10 +101,7 @@ class OutboxRelay(LoopService):
         return self._channel
 
     async def run_once(self) -> None:
-        try:
-            await self.listen()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("outbox relay cannot listen for notifications: %s", exc)
+        await self.try_listen()
         while await self.publish_batch() >= self._batch:
             pass
 

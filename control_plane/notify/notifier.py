@@ -13,7 +13,7 @@ import logging
 import asyncpg
 
 from aiops.incidents.store import INCIDENTS_CHANNEL
-from control_plane.loops import LoopService
+from control_plane.loops import ListeningLoop
 from control_plane.notify import telegram_outbox, webhooks
 from control_plane.notify.settings import NotifySettings
 from control_plane.notify.subjects import Change, SubjectKind, changed, claim
@@ -21,38 +21,15 @@ from control_plane.notify.subjects import Change, SubjectKind, changed, claim
 log = logging.getLogger("devart.notify")
 
 
-class Notifier(LoopService):
+class Notifier(ListeningLoop):
     name = "notifier"
 
     def __init__(self, pool: asyncpg.Pool, settings: NotifySettings) -> None:
-        super().__init__(settings.scan_interval_s)
-        self._pool = pool
+        super().__init__(pool, INCIDENTS_CHANNEL, settings.scan_interval_s)
         self._settings = settings
-        self._listener: asyncpg.Connection | None = None
-
-    async def listen(self) -> None:
-        if self._listener is None or self._listener.is_closed():
-            self._listener = await self._pool.acquire()
-            await self._listener.add_listener(INCIDENTS_CHANNEL, self._on_notify)
-
-    def _on_notify(self, *_: object) -> None:
-        self.wake()
-
-    async def stop(self) -> None:
-        await super().stop()
-        if self._listener is not None:
-            try:
-                await self._listener.remove_listener(INCIDENTS_CHANNEL, self._on_notify)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                pass
-            await self._pool.release(self._listener)
-            self._listener = None
 
     async def run_once(self) -> None:
-        try:
-            await self.listen()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("notifier cannot listen for incident changes: %s", exc)
+        await self.try_listen()
         async with self._pool.acquire() as conn:
             lookback = self._settings.lookback_s
             changes = await changed(conn, "incident", lookback_s=lookback) + await changed(

@@ -28,7 +28,7 @@ from telegram.error import (
     TelegramError,
 )
 
-from control_plane.loops import LoopService
+from control_plane.loops import ListeningLoop
 from control_plane.notify.ratelimit import TelegramLimits
 from control_plane.notify.settings import TelegramSettings
 from control_plane.notify.telegram_bot import retry_after_s
@@ -40,42 +40,19 @@ _NOT_MODIFIED = "message is not modified"
 _GONE = ("message to edit not found", "message can't be edited")
 
 
-class TelegramSender(LoopService):
+class TelegramSender(ListeningLoop):
     name = "telegram-sender"
 
     def __init__(self, pool: asyncpg.Pool, bot: Bot, settings: TelegramSettings, *, interval_s: float = 1.0) -> None:
-        super().__init__(interval_s)
-        self._pool = pool
+        super().__init__(pool, NOTIFY_CHANNEL, interval_s)
         self._bot = bot
         self._settings = settings
         self.limits = TelegramLimits(per_chat_per_s=settings.per_chat_per_s,
                                      per_group_per_min=settings.per_group_per_min,
                                      global_per_s=settings.global_per_s)
-        self._listener: asyncpg.Connection | None = None
-
-    async def listen(self) -> None:
-        if self._listener is None or self._listener.is_closed():
-            self._listener = await self._pool.acquire()
-            await self._listener.add_listener(NOTIFY_CHANNEL, self._on_notify)
-
-    def _on_notify(self, *_: object) -> None:
-        self.wake()
-
-    async def stop(self) -> None:
-        await super().stop()
-        if self._listener is not None:
-            try:
-                await self._listener.remove_listener(NOTIFY_CHANNEL, self._on_notify)
-            except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
-                pass
-            await self._pool.release(self._listener)
-            self._listener = None
 
     async def run_once(self) -> None:
-        try:
-            await self.listen()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.warning("telegram sender cannot listen for new messages: %s", exc)
+        await self.try_listen()
         while await self.deliver_one():
             pass
 
