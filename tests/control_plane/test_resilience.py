@@ -102,7 +102,9 @@ async def test_broker_restart_during_a_burst(
     private_broker: PrivateRabbitMQ, database_url: str, db: asyncpg.Pool
 ) -> None:
     broker = BrokerSettings(amqp_url=private_broker.url, prefix="")
-    async with ControlPlane(fast_settings(database_url, broker)) as cp, serve_api(cp) as base_url:
+    # A lease longer than any broker restart: on a loaded machine a restart can outlast the tests'
+    # 10 s lease, and the reaper then rightly times out the running tasks; this test is about messages.
+    async with ControlPlane(fast_settings(database_url, broker, lease_s=60.0)) as cp, serve_api(cp) as base_url:
         agent = noop_agent(slots=16)
         runtime = AgentRuntime(agent, AgentRuntimeSettings(
             broker=broker, heartbeat_interval_s=0.5, reconnect_interval_s=0.5),
