@@ -119,7 +119,10 @@ class Kube:
 
 
 def _message(error: Any) -> str:
+    """The Status message, with its causes (a PodDisruptionBudget's says how many pods it needs)."""
     try:
-        return str(json.loads(error.body).get("message", error.reason))
-    except (TypeError, ValueError):
+        status = json.loads(error.body)
+        causes = [c["message"] for c in (status.get("details") or {}).get("causes") or [] if c.get("message")]
+        return str(status.get("message", error.reason)) + (f" ({'; '.join(causes)})" if causes else "")
+    except (TypeError, ValueError, AttributeError, KeyError):
         return str(error.reason)

@@ -15,11 +15,14 @@ from tests.k8s_fake.store import KINDS, Gone, SelectorError
 if TYPE_CHECKING:
     from tests.k8s_fake.cluster import FakeKubernetes
 
-_REASONS = {400: "BadRequest", 404: "NotFound", 405: "MethodNotAllowed", 409: "AlreadyExists", 410: "Expired"}
+_REASONS = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 405: "MethodNotAllowed", 409: "AlreadyExists",
+            410: "Expired", 422: "Invalid", 429: "TooManyRequests"}
 
 
-def status_object(code: int, message: str, *, name: str = "", kind: str = "") -> dict[str, Any]:
+def status_object(code: int, message: str, *, name: str = "", kind: str = "",
+                  causes: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """A ``metav1.Status`` failure body, the shape every real API error has."""
+    details: dict[str, Any] = {"name": name, "kind": kind, **({"causes": causes} if causes else {})}
     return {
         "kind": "Status",
         "apiVersion": "v1",
@@ -27,15 +30,16 @@ def status_object(code: int, message: str, *, name: str = "", kind: str = "") ->
         "status": "Failure",
         "message": message,
         "reason": _REASONS.get(code, "InternalError"),
-        "details": {"name": name, "kind": kind},
+        "details": details,
         "code": code,
     }
 
 
 class ApiError(Exception):
-    def __init__(self, code: int, message: str, *, name: str = "", kind: str = "") -> None:
+    def __init__(self, code: int, message: str, *, name: str = "", kind: str = "",
+                 causes: list[dict[str, str]] | None = None) -> None:
         super().__init__(message)
-        self.body = status_object(code, message, name=name, kind=kind)
+        self.body = status_object(code, message, name=name, kind=kind, causes=causes)
         self.code = code
 
 

@@ -5,6 +5,15 @@ admission refusals, and a Deployment controller the test steers.
 The controller runs synchronously on every real (not dry-run) write of a Deployment: a new pod
 template gets a new ReplicaSet with the next revision (or an old one is adopted again, as on
 rollback), and the status becomes a finished rollout unless the test called ``never_available``.
+Pods are made by the test (``pods``); there is no ReplicaSet controller.
+
+PodDisruptionBudgets work as the API server and the disruption controller make them work: the
+status (``expectedPods``, ``currentHealthy``, ``desiredHealthy``, ``disruptionsAllowed``) is computed
+from the matching pods and ``minAvailable`` or ``maxUnavailable`` (int or percent, rounded up); an
+eviction of a pod covered by a budget with no disruption left is answered ``429 TooManyRequests``
+with a ``DisruptionBudget`` cause (dry-run or not); a real one uses one disruption up, under one lock,
+so two concurrent evictions never both pass; a pod covered by two budgets gets a 500; a pod that is
+not running, or not ready while the budget is met, is evicted without using one up.
 """
 
 from __future__ import annotations
@@ -12,11 +21,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import math
+import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tests.k8s_fake.server import ApiError, Request, Response, status_object
-from tests.k8s_fake.store import Obj, now_rfc3339
+from tests.k8s_fake.store import Obj, matches_labels, now_rfc3339
 
 if TYPE_CHECKING:
     from tests.k8s_fake.cluster import FakeKubernetes
@@ -68,11 +79,38 @@ class Workloads:
             "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
         })
 
-    def pdb(self, name: str, app: str, *, namespace: str = "default", disruptions_allowed: int = 0) -> Obj:
-        return self.cluster.store.create("poddisruptionbudgets", namespace, {
-            "metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": app}}},
-            "status": {"disruptionsAllowed": disruptions_allowed},
+    def pods(self, deployment: str, count: int, *, namespace: str = "default", ready: bool = True) -> list[str]:
+        """``count`` pods of the Deployment's newest ReplicaSet, running and (not) ready; their names."""
+        owned = self.cluster.store.list("replicasets", namespace, f"app={deployment}")[0]
+        rs = max(owned, key=lambda r: int(r["metadata"]["annotations"][REVISION]))
+        names = []
+        for _ in range(count):
+            name = f"{rs['metadata']['name']}-{uuid.uuid4().hex[:5]}"
+            self.cluster.store.create("pods", namespace, {
+                "metadata": {"name": name, "labels": dict(rs["spec"]["template"]["metadata"]["labels"]),
+                             "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "controller": True,
+                                                  "name": rs["metadata"]["name"], "uid": rs["metadata"]["uid"]}]},
+                "spec": copy.deepcopy(rs["spec"]["template"]["spec"]),
+                "status": _pod_status(ready),
+            })
+            names.append(name)
+        self._sync_budgets(namespace)
+        return names
+
+    def set_ready(self, pod: str, ready: bool, *, namespace: str = "default") -> None:
+        self.cluster.store.update("pods", namespace, pod, lambda p: p.update(status=_pod_status(ready)))
+        self._sync_budgets(namespace)
+
+    def pdb(self, name: str, app: str, *, namespace: str = "default", min_available: int | str | None = None,
+            max_unavailable: int | str | None = None) -> Obj:
+        """A policy/v1 PodDisruptionBudget over the pods labelled ``app``; exactly one of the two limits."""
+        assert (min_available is None) != (max_unavailable is None), "a PDB has minAvailable or maxUnavailable"
+        limit = {"minAvailable": min_available} if min_available is not None else {"maxUnavailable": max_unavailable}
+        self.cluster.store.create("poddisruptionbudgets", namespace, {
+            "metadata": {"name": name}, "spec": {"selector": {"matchLabels": {"app": app}}, **limit}, "status": {},
         })
+        self._sync_budgets(namespace)
+        return self._get("poddisruptionbudgets", namespace, name)
 
     def never_available(self, name: str) -> None:
         """From now on the Deployment's new pods never become available."""
@@ -164,16 +202,69 @@ class Workloads:
         return Response(body=_scale_object(self._get("deployments", namespace, name)))
 
     def _evict(self, namespace: str, name: str, dry_run: bool) -> Response:
-        pod = self._get("pods", namespace, name)
-        labels = pod["metadata"].get("labels") or {}
-        pdbs, _ = self.cluster.store.list("poddisruptionbudgets", namespace)
-        for pdb in pdbs:
-            selector = pdb["spec"]["selector"].get("matchLabels") or {}
-            if all(labels.get(k) == v for k, v in selector.items()) and pdb["status"]["disruptionsAllowed"] < 1:
-                raise ApiError(429, "Cannot evict pod as it would violate the pod's disruption budget.")
-        if not dry_run:
-            self.cluster.store.delete("pods", namespace, name)
+        store = self.cluster.store
+        with store.changed:  # check and use up a disruption atomically, as the API server's retry on conflict does
+            pod = self._get("pods", namespace, name)
+            self._sync_budgets(namespace)
+            budgets = [b for b in store.list("poddisruptionbudgets", namespace)[0] if _covers(b, pod)]
+            running = pod.get("status", {}).get("phase") == "Running"
+            if running and len(budgets) > 1:
+                raise ApiError(500, "This pod has more than one PodDisruptionBudget, which the eviction subresource "
+                                    "does not support.")
+            if running and budgets:
+                budget, status = budgets[0], budgets[0]["status"]
+                healthy_enough = status["currentHealthy"] >= status["desiredHealthy"]
+                if not (_pod_ready(pod) or healthy_enough) or (_pod_ready(pod) and status["disruptionsAllowed"] < 1):
+                    budget_name = budget["metadata"]["name"]
+                    raise ApiError(429, "Cannot evict pod as it would violate the pod's disruption budget.",
+                                   causes=[{"reason": "DisruptionBudget", "message":
+                                            f"The disruption budget {budget_name} needs {status['desiredHealthy']} "
+                                            f"healthy pods and has {status['currentHealthy']} currently"}])
+                if not dry_run and _pod_ready(pod):
+                    def use_one(b: Obj) -> None:
+                        b["status"]["disruptionsAllowed"] -= 1
+                        b["status"].setdefault("disruptedPods", {})[name] = now_rfc3339()
+
+                    store.update("poddisruptionbudgets", namespace, budget["metadata"]["name"], use_one)
+            if not dry_run:
+                store.delete("pods", namespace, name)
+                self._sync_budgets(namespace)
         return Response(201, {**status_object(201, ""), "status": "Success", "code": 201})
+
+    # the disruption controller
+
+    def _sync_budgets(self, namespace: str) -> None:
+        store = self.cluster.store
+        with store.changed:
+            pods = store.list("pods", namespace)[0]
+            for budget in store.list("poddisruptionbudgets", namespace)[0]:
+                covered = [p for p in pods if _covers(budget, p)]
+                expected = self._expected(namespace, covered)
+                healthy = sum(1 for p in covered if _pod_ready(p))
+                spec = budget["spec"]
+                if "minAvailable" in spec:
+                    desired = _scaled(spec["minAvailable"], expected)
+                else:
+                    desired = max(0, expected - _scaled(spec["maxUnavailable"], expected))
+
+                def status(b: Obj, expected: int = expected, healthy: int = healthy, desired: int = desired) -> None:
+                    b["status"] = {"observedGeneration": b["metadata"].get("generation", 1), "expectedPods": expected,
+                                   "currentHealthy": healthy, "desiredHealthy": desired,
+                                   "disruptionsAllowed": max(0, healthy - desired), "disruptedPods": {}}
+
+                store.update("poddisruptionbudgets", namespace, budget["metadata"]["name"], status)
+
+    def _expected(self, namespace: str, pods: list[Obj]) -> int:
+        """The replicas the pods' Deployments ask for (the controller's scale), else the pods counted."""
+        deployments: dict[str, int] = {}
+        for pod in pods:
+            for owner in pod["metadata"].get("ownerReferences") or []:
+                rs = self.cluster.store.get("replicasets", namespace, owner["name"]) if owner["kind"] == "ReplicaSet" else None
+                for top in (rs or {}).get("metadata", {}).get("ownerReferences") or []:
+                    deployment = self.cluster.store.get("deployments", namespace, top["name"])
+                    if deployment is not None:
+                        deployments[top["name"]] = deployment["spec"]["replicas"]
+        return sum(deployments.values()) if deployments else len(pods)
 
     # the Deployment controller
 
@@ -213,6 +304,27 @@ class Workloads:
                                              "lastUpdateTime": now_rfc3339()}]}
 
         store.update("deployments", namespace, name, status)
+
+
+def _pod_status(ready: bool) -> Obj:
+    return {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+
+
+def _pod_ready(pod: Obj) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod.get("status", {}).get("conditions") or [])
+
+
+def _covers(budget: Obj, pod: Obj) -> bool:
+    labels = budget["spec"]["selector"].get("matchLabels") or {}
+    return bool(labels) and matches_labels(pod, ",".join(f"{k}={v}" for k, v in sorted(labels.items())))
+
+
+def _scaled(value: int | str, total: int) -> int:
+    """An int-or-percent of ``total``, rounded up (as the disruption controller does)."""
+    if isinstance(value, str) and value.endswith("%"):
+        return math.ceil(total * int(value[:-1]) / 100)
+    return int(value)
 
 
 def _template(name: str, image: str) -> Obj:

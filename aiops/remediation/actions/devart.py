@@ -13,7 +13,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from aiops.remediation.actions.base import Action, Context, Plan, Refused, Rollout
+from aiops.remediation.actions.base import Action, Context, DevartOps, Plan, Refused, Rollout
 
 ACTOR = "remediation"
 
@@ -105,35 +105,6 @@ class PauseAgent(_AgentsAction):
     summary = "One agent stops taking tasks until resumed"
 
 
-class RequeueDead(Action):
-    name, kind, risk = "requeue_dead", "devart", "low"
-    summary = "Retry the dead tasks of a task type or a pool"
-    Input = RequeueInput
-
-    async def _dead(self, ctx: Context, plan: Plan) -> list[UUID]:
-        column = "type" if plan.input.match == "type" else "pool_id"  # type: ignore[attr-defined]
-        rows = await ctx.conn.fetch(
-            f"SELECT id FROM tasks WHERE status = 'dead' AND {column} = $1 ORDER BY finished_at LIMIT $2",
-            plan.target, plan.input.limit,  # type: ignore[attr-defined]
-        )
-        return [r["id"] for r in rows]
-
-    async def preflight(self, ctx: Context, plan: Plan) -> dict[str, Any]:
-        dead = await self._dead(ctx, plan)
-        if not dead:
-            raise Refused(f"no dead tasks of {plan.input.match} {plan.target}")  # type: ignore[attr-defined]
-        return {"dead": len(dead)}
-
-    async def dry_run(self, ctx: Context, plan: Plan) -> dict[str, Any]:
-        return {"changes": [{"path": f"task {t}", "from": "dead", "to": "queued"} for t in await self._dead(ctx, plan)]}
-
-    async def apply(self, ctx: Context, plan: Plan, dry: dict[str, Any]) -> dict[str, Any]:
-        ops, tasks = ctx.require_ops(), await self._dead(ctx, plan)
-        for task in tasks:
-            await ops.retry_task(ctx.conn, task, actor=ACTOR, reason=f"requeued by remediation {plan.id}")
-        return {"tasks": [str(t) for t in tasks]}
-
-
 class RetryTask(Action):
     name, kind, risk = "retry_task", "devart", "low"
     summary = "A new attempt of one failed, dead, cancelled or timed-out task"
@@ -163,33 +134,80 @@ class RetryTask(Action):
         return {"task": str(task)}
 
 
-class CancelStuck(Action):
-    name, kind, risk = "cancel_stuck", "devart", "medium"
+class _TasksAction(Action):
+    """Select a batch of tasks (preflight refuses when there is none), show each one's change, and
+    hand each to the control plane in the pipeline's transaction."""
+
+    kind = "devart"
+    change: ClassVar[tuple[str, str]]
+    """The task status before and after, as the dry-run shows it."""
+    counted: ClassVar[str]
+    """What the preflight calls the tasks it found."""
+
+    def _query(self, plan: Plan) -> tuple[str, tuple[Any, ...]]:
+        """The SQL selecting the tasks' ids, and its arguments."""
+        raise NotImplementedError
+
+    async def _select(self, ctx: Context, plan: Plan) -> list[UUID]:
+        sql, args = self._query(plan)
+        return [r["id"] for r in await ctx.conn.fetch(sql, *args)]
+
+    def _none(self, plan: Plan) -> str:
+        """Why there is nothing to do (the refusal)."""
+        raise NotImplementedError
+
+    async def _act(self, ops: DevartOps, ctx: Context, plan: Plan, task: UUID) -> None:
+        raise NotImplementedError
+
+    async def preflight(self, ctx: Context, plan: Plan) -> dict[str, Any]:
+        tasks = await self._select(ctx, plan)
+        if not tasks:
+            raise Refused(self._none(plan))
+        return {self.counted: len(tasks)}
+
+    async def dry_run(self, ctx: Context, plan: Plan) -> dict[str, Any]:
+        before, after = self.change
+        return {"changes": [{"path": f"task {t}", "from": before, "to": after} for t in await self._select(ctx, plan)]}
+
+    async def apply(self, ctx: Context, plan: Plan, dry: dict[str, Any]) -> dict[str, Any]:
+        ops, tasks = ctx.require_ops(), await self._select(ctx, plan)
+        for task in tasks:
+            await self._act(ops, ctx, plan, task)
+        return {"tasks": [str(t) for t in tasks]}
+
+
+class RequeueDead(_TasksAction):
+    name, risk, change, counted = "requeue_dead", "low", ("dead", "queued"), "dead"
+    summary = "Retry the dead tasks of a task type or a pool"
+    Input = RequeueInput
+
+    def _query(self, plan: Plan) -> tuple[str, tuple[Any, ...]]:
+        column = "type" if plan.input.match == "type" else "pool_id"  # type: ignore[attr-defined]
+        return (f"SELECT id FROM tasks WHERE status = 'dead' AND {column} = $1 ORDER BY finished_at LIMIT $2",
+                (plan.target, plan.input.limit))  # type: ignore[attr-defined]
+
+    def _none(self, plan: Plan) -> str:
+        return f"no dead tasks of {plan.input.match} {plan.target}"  # type: ignore[attr-defined]
+
+    async def _act(self, ops: DevartOps, ctx: Context, plan: Plan, task: UUID) -> None:
+        await ops.retry_task(ctx.conn, task, actor=ACTOR, reason=f"requeued by remediation {plan.id}")
+
+
+class CancelStuck(_TasksAction):
+    name, risk, change, counted = "cancel_stuck", "medium", ("running", "cancelled"), "stuck"
     summary = "Cancel a pool's tasks that have been running far too long"
     Input = CancelStuckInput
 
-    async def _stuck(self, ctx: Context, plan: Plan) -> list[UUID]:
-        rows = await ctx.conn.fetch(
-            """SELECT id FROM tasks WHERE status = 'running' AND pool_id = $1
-                 AND started_at < now() - make_interval(secs => $2) ORDER BY started_at LIMIT $3""",
-            plan.target, plan.input.older_than_s, plan.input.limit,  # type: ignore[attr-defined]
-        )
-        return [r["id"] for r in rows]
+    def _query(self, plan: Plan) -> tuple[str, tuple[Any, ...]]:
+        return ("""SELECT id FROM tasks WHERE status = 'running' AND pool_id = $1
+                     AND started_at < now() - make_interval(secs => $2) ORDER BY started_at LIMIT $3""",
+                (plan.target, plan.input.older_than_s, plan.input.limit))  # type: ignore[attr-defined]
 
-    async def preflight(self, ctx: Context, plan: Plan) -> dict[str, Any]:
-        stuck = await self._stuck(ctx, plan)
-        if not stuck:
-            raise Refused(f"no task of pool {plan.target} is running longer than {plan.input.older_than_s:.0f}s")  # type: ignore[attr-defined]
-        return {"stuck": len(stuck)}
+    def _none(self, plan: Plan) -> str:
+        return f"no task of pool {plan.target} is running longer than {plan.input.older_than_s:.0f}s"  # type: ignore[attr-defined]
 
-    async def dry_run(self, ctx: Context, plan: Plan) -> dict[str, Any]:
-        return {"changes": [{"path": f"task {t}", "from": "running", "to": "cancelled"} for t in await self._stuck(ctx, plan)]}
-
-    async def apply(self, ctx: Context, plan: Plan, dry: dict[str, Any]) -> dict[str, Any]:
-        ops, tasks = ctx.require_ops(), await self._stuck(ctx, plan)
-        for task in tasks:
-            await ops.cancel_task(ctx.conn, task, actor=ACTOR, reason=f"stuck; cancelled by remediation {plan.id}")
-        return {"tasks": [str(t) for t in tasks]}
+    async def _act(self, ops: DevartOps, ctx: Context, plan: Plan, task: UUID) -> None:
+        await ops.cancel_task(ctx.conn, task, actor=ACTOR, reason=f"stuck; cancelled by remediation {plan.id}")
 
 
 class Notify(Action):

@@ -71,4 +71,13 @@ async def drive(cp: ControlPlane, api: httpx.AsyncClient, remediation_id: str, *
     return await wait_for(reached, timeout_s=timeout_s, interval_s=0.05, what=f"remediation in {states}")
 
 
+async def propose(api: httpx.AsyncClient, action: str, target: str, *, namespace: str = "default",
+                  **extra: Any) -> dict[str, Any]:
+    """``POST /api/v1/remediations`` by hand; asserts it was accepted and returns the remediation."""
+    body = {"action": action, "target": target, "namespace": namespace, "reason": "test", **extra}
+    response = await api.post("/api/v1/remediations", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()
+
+
 Propose = Callable[..., Awaitable[httpx.Response]]

@@ -9,18 +9,12 @@ from typing import Any
 import asyncpg
 
 from aiops.remediation.kube import FIELD_MANAGER
-from tests.aiops.remediation.conftest import BASE_POLICY, drive
+from tests.aiops.remediation.conftest import BASE_POLICY, drive, propose
 from tests.k8s_fake import FakeKubernetes
 from tests.support.system import client, make_token, serve_api
 
 TERMINAL = ("successful", "failed", "inconclusive", "refused", "expired", "error", "suggested")
 
-
-async def _propose(api: Any, action: str, target: str, **extra: Any) -> dict[str, Any]:
-    body = {"action": action, "target": target, "namespace": "default", "reason": "test", **extra}
-    response = await api.post("/api/v1/remediations", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()
 
 
 async def test_dry_run_changes_nothing_then_an_approved_restart_is_applied_once(
@@ -31,7 +25,7 @@ async def test_dry_run_changes_nothing_then_an_approved_restart_is_applied_once(
     async with plane() as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam, \
             client(url, await make_token(database_url, "admin", "ada")) as ada:
-        proposed = await _propose(sam, "restart", "api")
+        proposed = await propose(sam, "restart", "api")
         waiting = await drive(cp, sam, proposed["id"], "awaiting_approval")
         assert fake.store.get("deployments", "default", "api") == before  # the dry-run changed nothing
         assert fake.workloads.real_writes() == []
@@ -75,7 +69,7 @@ async def test_rollback_picks_the_previous_replica_set_and_refuses_a_paused_depl
     fake.workloads.deployment("frozen", paused=True)
     async with plane(BASE_POLICY.replace("mode: approve", "mode: auto")) as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
-        back = await _propose(sam, "rollback", "shop")
+        back = await propose(sam, "rollback", "shop")
         done = await drive(cp, sam, back["id"], *TERMINAL)
         assert done["state"] == "successful", done
         assert done["preflight"]["from_revision"] == 3 and done["preflight"]["to_revision"] == 2
@@ -85,11 +79,11 @@ async def test_rollback_picks_the_previous_replica_set_and_refuses_a_paused_depl
         assert template["spec"]["containers"][0]["image"] == "shop:2"
         assert "pod-template-hash" not in template["metadata"]["labels"]
 
-        first = await _propose(sam, "rollback", "shop", input={"to_revision": 1})
+        first = await propose(sam, "rollback", "shop", input={"to_revision": 1})
         assert (await drive(cp, sam, first["id"], *TERMINAL))["state"] == "successful"
         assert fake.store.get("deployments", "default", "shop")["spec"]["template"]["spec"]["containers"][0]["image"] == "shop:1"
 
-        frozen = await _propose(sam, "rollback", "frozen")
+        frozen = await propose(sam, "rollback", "frozen")
         refused = await drive(cp, sam, frozen["id"], *TERMINAL)
         assert refused["state"] == "refused" and "paused" in refused["state_reason"]
         assert not [w for w in fake.workloads.writes if w.name == "frozen"]
@@ -113,13 +107,13 @@ rules:
 """
     async with plane(policy) as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
-        argo = await drive(cp, sam, (await _propose(sam, "restart", "argo-app"))["id"], *TERMINAL)
+        argo = await drive(cp, sam, (await propose(sam, "restart", "argo-app"))["id"], *TERMINAL)
         assert argo["state"] == "refused" and "Argo CD" in argo["state_reason"]
         # the pod carries nothing; its Deployment (two owners up) is Flux's
-        flux = await drive(cp, sam, (await _propose(sam, "delete_pod", "flux-app-1"))["id"], *TERMINAL)
+        flux = await drive(cp, sam, (await propose(sam, "delete_pod", "flux-app-1"))["id"], *TERMINAL)
         assert flux["state"] == "refused" and "Flux Kustomization shop" in flux["state_reason"]
         assert fake.store.get("pods", "default", "flux-app-1") is not None
-        warned = await drive(cp, sam, (await _propose(sam, "scale", "argo-app", input={"replicas": 3}))["id"], *TERMINAL)
+        warned = await drive(cp, sam, (await propose(sam, "scale", "argo-app", input={"replicas": 3}))["id"], *TERMINAL)
         assert warned["state"] == "successful" and "the next sync may undo" in warned["warnings"][0]
         assert fake.workloads.real_writes()[0].subresource == "scale"
 
@@ -140,7 +134,7 @@ rules:
 """
     async with plane(policy) as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
-        proposals = await asyncio.gather(*(_propose(sam, "restart", "hot" if i % 2 else "cool") for i in range(100)))
+        proposals = await asyncio.gather(*(propose(sam, "restart", "hot" if i % 2 else "cool") for i in range(100)))
         ids = [p["id"] for p in proposals]
 
         async def all_done() -> list[dict[str, Any]] | None:
@@ -166,7 +160,7 @@ async def test_kill_switch_holds_an_approved_action_and_survives_a_restart(
     async with plane() as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam, \
             client(url, await make_token(database_url, "admin", "ada")) as ada:
-        proposed = await _propose(sam, "restart", "api")
+        proposed = await propose(sam, "restart", "api")
         waiting = await drive(cp, sam, proposed["id"], "awaiting_approval")
         assert (await sam.post("/api/v1/remediation/pause")).status_code == 403  # admins only
         paused = await ada.post("/api/v1/remediation/pause", json={"reason": "incident review"})
@@ -195,7 +189,7 @@ async def test_verification_fails_a_rollout_that_never_becomes_available(
     fake.workloads.never_available("broken")
     async with plane(BASE_POLICY.replace("mode: approve", "mode: auto")) as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
-        done = await drive(cp, sam, (await _propose(sam, "restart", "broken"))["id"], *TERMINAL)
+        done = await drive(cp, sam, (await propose(sam, "restart", "broken"))["id"], *TERMINAL)
         assert done["state"] == "failed", done
         assert "rollout not done after 1s" in done["state_reason"] and "0 of 2 updated replicas available" in done["state_reason"]
 
@@ -210,9 +204,9 @@ async def test_webhooks_that_cannot_dry_run_and_admission_refusals_are_never_app
     fake.workloads.deployment("outside")
     async with plane(BASE_POLICY.replace("mode: approve", "mode: auto")) as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
-        meshed = await drive(cp, sam, (await _propose(sam, "restart", "meshed"))["id"], *TERMINAL)
+        meshed = await drive(cp, sam, (await propose(sam, "restart", "meshed"))["id"], *TERMINAL)
         assert meshed["state"] == "refused" and meshed["state_reason"].startswith("dry_run_unsupported")
-        guarded = await drive(cp, sam, (await _propose(sam, "scale", "guarded", input={"replicas": 5}))["id"], *TERMINAL)
+        guarded = await drive(cp, sam, (await propose(sam, "scale", "guarded", input={"replicas": 5}))["id"], *TERMINAL)
         assert guarded["state"] == "refused" and "replicas above quota" in guarded["state_reason"]
         bounded = await sam.post("/api/v1/remediations", json={"action": "scale", "target": "outside",
                                                                 "namespace": "kube-system", "reason": "x",
@@ -221,7 +215,7 @@ async def test_webhooks_that_cannot_dry_run_and_admission_refusals_are_never_app
         bad = await sam.post("/api/v1/remediations", json={"action": "scale", "target": "outside",
                                                             "namespace": "default", "reason": "x", "input": {"replicas": -1}})
         assert bad.status_code == 422 and bad.json()["error"]["field"] == "body.input.replicas"
-        over = await drive(cp, sam, (await _propose(sam, "scale", "outside", input={"replicas": 50}))["id"], *TERMINAL)
+        over = await drive(cp, sam, (await propose(sam, "scale", "outside", input={"replicas": 50}))["id"], *TERMINAL)
         assert over["state"] == "refused" and "bounds [1, 20]" in over["state_reason"]
         assert fake.workloads.real_writes() == []
         actions = (await sam.get("/api/v1/remediation/actions")).json()
