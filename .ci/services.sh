@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make sure the services the test suite talks to are up and answering: RabbitMQ on 127.0.0.1:5672.
 # Postgres comes from the pip-installed pgserver, so nothing is needed for it here.
-# The local sandbox needs bubblewrap (namespaces) and util-linux's setpriv; they are installed too.
+# The local sandbox needs bubblewrap (namespaces) and util-linux's setpriv; they are installed too,
+# and so is Debian's chromium, the browser the console's tests drive (Playwright's own download is never used).
 # "Up" means the broker completes an AMQP handshake, not just that its port is open: a broker that
 # accepts TCP but never answers is restarted.
 set -euo pipefail
@@ -44,7 +45,18 @@ install_sandbox_tools() {
   fi
 }
 
+install_browser() {
+  command -v chromium >/dev/null 2>&1 && return 0
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+  else
+    echo "the console's browser tests need Debian's chromium at /usr/bin/chromium: apt-get install chromium" >&2
+    exit 1
+  fi
+}
+
 install_sandbox_tools
+install_browser
 if amqp_answers; then
   exit 0
 fi

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import AliasChoices, BaseModel
 from pydantic_settings import BaseSettings
 
-PACKAGES = ("agents", "aiops", "control_plane")
+PACKAGES = ("agents", "aiops", "control_plane", "dashboard")
 
 
 @dataclass(frozen=True)

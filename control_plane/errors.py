@@ -34,3 +34,13 @@ class Unauthorized(DomainError):
 
 class TooManyRequests(DomainError):
     """A limit on concurrent use (open streams) is reached; the client should retry later."""
+
+
+_HTTP_STATUS: dict[type[DomainError], int] = {
+    NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unauthorized: 401, TooManyRequests: 429,
+}
+
+
+def http_status(exc: DomainError) -> int:
+    """The HTTP status of a domain error, for every surface that answers over HTTP (API and console)."""
+    return _HTTP_STATUS.get(type(exc), 400)

@@ -16,7 +16,7 @@ PARTS: dict[str, tuple[list[str], list[str]]] = {
     "agents": (["agents"], ["agents"]),
     "agents-k8s": (["agents.sandbox.kubernetes"], ["agents", "k8s"]),
     "aiops": (["aiops"], ["aiops"]),
-    "control_plane": (["control_plane", "schema"], ["api"]),
+    "control_plane": (["control_plane", "schema", "dashboard"], ["api"]),
 }
 # Imported only where an operator asked for them, behind a function-level import.
 OPTIONAL = {"control_plane.k8s_sweeper": ["k8s"],

@@ -15,6 +15,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+import dashboard
 from control_plane.api import (
     agents,
     approvals,
@@ -35,22 +36,13 @@ from control_plane.api import (
 from control_plane.api.hub import EventHub
 from control_plane.api.text import refuse_unstorable_body, refuse_unstorable_params
 from control_plane.auth import TokenCache
-from control_plane.errors import (
-    Conflict,
-    DomainError,
-    Forbidden,
-    InvalidInput,
-    NotFound,
-    TooManyRequests,
-    Unauthorized,
-)
+from control_plane.errors import DomainError, http_status
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
 from control_plane.telemetry import RequestSpans
 
 log = logging.getLogger("devart.api")
 
-_STATUS = {NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unauthorized: 401, TooManyRequests: 429}
 _CODES = {404: "not_found", 409: "conflict", 422: "invalid_input", 403: "forbidden", 401: "unauthorized",
           413: "too_large", 400: "bad_request", 429: "too_many_requests", 405: "method_not_allowed", 415: "unsupported_media_type"}
 
@@ -68,7 +60,7 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
 
 async def _domain_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
-    status = _STATUS.get(type(exc), 400)
+    status = http_status(exc)
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return _error(status, exc.message, field=exc.field, headers=headers)
 
@@ -182,6 +174,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
                    workflows, notifications):
         app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
     app.include_router(remediations.router, dependencies=[Depends(refuse_unstorable_body)])
+    dashboard.install(app)
     return app
 
 

@@ -77,6 +77,7 @@ def _permission_check(
             raise Forbidden(f"role '{principal.role}' may not do this (needs {permission})")
         return principal
 
+    check.permission = permission  # type: ignore[attr-defined]  # read by the console (dashboard.permissions)
     return check
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,14 @@ def test_dockerfile_is_multi_stage_slim_and_non_root() -> None:
     users = re.findall(r"^USER\s+(\S+)", dockerfile, re.MULTILINE)
     assert users and users[-1].split(":")[0] not in ("0", "root")
     assert (INFRA / "docker" / "Dockerfile.dockerignore").exists()
+
+
+def test_the_image_copies_every_installed_package() -> None:
+    """The console (dashboard/) was missing from the image once: each package pip installs is copied."""
+    pyproject = tomllib.loads((INFRA.parent / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]]
+    dockerfile = (INFRA / "docker" / "Dockerfile").read_text()
+    ignore = (INFRA / "docker" / "Dockerfile.dockerignore").read_text().splitlines()
+    for package in packages:
+        assert f"COPY {package} ./{package}" in dockerfile, package
+        assert f"!{package}/**" in ignore, package
