@@ -6,8 +6,9 @@ import hashlib
 import secrets
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
 from uuid import UUID
 
 import asyncpg
@@ -49,9 +50,15 @@ PERMISSIONS: dict[str, frozenset[str]] = {
 
 @dataclass(frozen=True)
 class Principal:
+    """Who calls: a devart token (``token_id`` its id) or a Supabase user (``token_id`` the user's id).
+
+    ``claims`` are the verified claims of a Supabase access token, None for a devart token.
+    """
+
     token_id: UUID
     name: str
     role: Role
+    claims: Mapping[str, Any] | None = field(default=None, compare=False)
 
     def can(self, permission: str) -> bool:
         return permission in PERMISSIONS[self.role]

@@ -36,8 +36,13 @@ class TooManyRequests(DomainError):
     """A limit on concurrent use (open streams) is reached; the client should retry later."""
 
 
+class Unavailable(DomainError):
+    """Something the request depends on does not answer (the Supabase JWKS); the client may retry."""
+
+
 _HTTP_STATUS: dict[type[DomainError], int] = {
     NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unauthorized: 401, TooManyRequests: 429,
+    Unavailable: 503,
 }
 
 

@@ -11,6 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk.eventloop import EventLoop
 from agents.sdk.settings import BrokerSettings
+from control_plane.supabase.settings import SupabaseSettings
 
 
 def default_home() -> Path:
@@ -132,6 +133,7 @@ class Settings(BaseSettings):
     )
 
     broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    supabase: SupabaseSettings = Field(default_factory=SupabaseSettings)
 
     @field_validator("home")
     @classmethod

@@ -20,6 +20,8 @@ PARTS: dict[str, tuple[list[str], list[str]]] = {
 }
 # Imported only where an operator asked for them, behind a function-level import.
 OPTIONAL = {"control_plane.k8s_sweeper": ["k8s"],
+            # `devart supabase` commands: the admin client, only where an operator manages Supabase users
+            "control_plane.supabase.admin": ["supabase"],
             # the Telegram channel: loaded only when DEVART_TELEGRAM_BOT_TOKEN and chats are set
             **{f"control_plane.notify.{m}": ["telegram"] for m in
                ("telegram_bot", "telegram_channel", "telegram_sender", "telegram_updates")}}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -39,12 +39,13 @@ from control_plane.auth import TokenCache
 from control_plane.errors import DomainError, http_status
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
+from control_plane.supabase.tokens import SupabaseTokens
 from control_plane.telemetry import RequestSpans
 
 log = logging.getLogger("devart.api")
 
 _CODES = {404: "not_found", 409: "conflict", 422: "invalid_input", 403: "forbidden", 401: "unauthorized",
-          413: "too_large", 400: "bad_request", 429: "too_many_requests", 405: "method_not_allowed", 415: "unsupported_media_type"}
+          413: "too_large", 400: "bad_request", 429: "too_many_requests", 503: "unavailable", 405: "method_not_allowed", 415: "unsupported_media_type"}
 
 
 def _error(status: int, message: str, *, field: str | None = None, errors: list[dict[str, Any]] | None = None,
@@ -140,15 +141,14 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if control_plane is not None:
-            app.state.control_plane = control_plane
-            async with _hub(app, control_plane):
-                yield
-            return
-        async with ControlPlane(settings) as cp:
+        async with AsyncExitStack() as stack:
+            if settings.supabase.accepts_tokens:
+                app.state.supabase_tokens = SupabaseTokens(settings.supabase)
+                stack.push_async_callback(app.state.supabase_tokens.aclose)
+            cp = control_plane or await stack.enter_async_context(ControlPlane(settings))
             app.state.control_plane = cp
-            async with _hub(app, cp):
-                yield
+            await stack.enter_async_context(_hub(app, cp))
+            yield
 
     app = FastAPI(
         title="devart",
@@ -162,6 +162,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
         dependencies=[Depends(refuse_unstorable_params)],
     )
     app.state.token_cache = TokenCache()
+    app.state.supabase_tokens = None  # the lifespan sets it where Supabase access tokens are accepted
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({traces.OTLP_TRACES_PATH}))
     app.add_middleware(RequestSpans, untraced=frozenset({traces.OTLP_TRACES_PATH}))
     app.add_exception_handler(DomainError, _domain_error)

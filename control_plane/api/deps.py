@@ -14,8 +14,10 @@ from control_plane.auth import Principal, TokenCache
 from control_plane.errors import Forbidden, Unauthorized
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
+from control_plane.supabase.tokens import SupabaseTokens, looks_like_jwt
 
-_bearer = HTTPBearer(auto_error=False, description="an API token created with `devart token create`")
+_bearer = HTTPBearer(auto_error=False, description="an API token created with `devart token create`, or a Supabase "
+                                                   "access token where DEVART_SUPABASE_JWT_SECRET or _JWKS_URL is set")
 
 
 async def _control_plane(request: Request) -> ControlPlane:
@@ -40,6 +42,9 @@ async def _authenticate(
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)", field="Authorization")
+    supabase: SupabaseTokens | None = request.app.state.supabase_tokens
+    if supabase is not None and looks_like_jwt(credentials.credentials):
+        return await supabase.authenticate(credentials.credentials)
     cache: TokenCache = request.app.state.token_cache
     principal = await cache.authenticate(conn, credentials.credentials)
     if principal is None:
