@@ -2,7 +2,8 @@
 
 Postgres stores only the SHA-256 digest of the id, so a read of the table signs nobody in. A session
 is valid while it is not signed out, not expired, and its API token is not revoked: the lookup joins
-the live token, so revoking a token ends its sessions at the next request. The CSRF token of a
+the live token, so revoking a token ends its sessions at the next request. The table is reached only
+through SECURITY DEFINER functions (migration 0081), as ``api_tokens`` is for authentication. The CSRF token of a
 session is an HMAC of its id: bound to the session, never stored, unknown to a page on another site.
 """
 
@@ -36,25 +37,15 @@ def csrf_matches(session_id: str, presented: str | None) -> bool:
 async def open_session(conn: asyncpg.Connection, principal: Principal, *, ttl_s: float, remote: str) -> str:
     """A new session for ``principal``; returns its id (shown to the browser only, in the cookie)."""
     session_id = secrets.token_urlsafe(32)
-    await conn.execute(
-        """INSERT INTO console_sessions (id_hash, token_id, expires_at, remote)
-           VALUES ($1, $2, now() + make_interval(secs => $3), $4)""",
-        _digest(session_id), principal.token_id, ttl_s, remote,
-    )
+    await conn.execute("SELECT devart_console_open($1, $2, $3, $4)", _digest(session_id), principal.token_id,
+                       ttl_s, remote)
     return session_id
 
 
 async def session_principal(conn: asyncpg.Connection, session_id: str) -> Principal | None:
-    row = await conn.fetchrow(
-        """SELECT t.id, t.name, t.role FROM console_sessions s JOIN api_tokens t ON t.id = s.token_id
-           WHERE s.id_hash = $1 AND s.revoked_at IS NULL AND s.expires_at > now() AND t.revoked_at IS NULL""",
-        _digest(session_id),
-    )
+    row = await conn.fetchrow("SELECT id, name, role FROM devart_console_session($1)", _digest(session_id))
     return Principal(row["id"], row["name"], row["role"]) if row else None
 
 
 async def close_session(conn: asyncpg.Connection, session_id: str) -> bool:
-    status = await conn.execute(
-        "UPDATE console_sessions SET revoked_at = now() WHERE id_hash = $1 AND revoked_at IS NULL", _digest(session_id)
-    )
-    return status != "UPDATE 0"
+    return bool(await conn.fetchval("SELECT devart_console_close($1)", _digest(session_id)))
