@@ -74,6 +74,16 @@ class AiopsSettings(BaseSettings):
     otlp_max_spans: int = Field(
         default=100_000, ge=1, description="most spans in one OTLP request (413 above)"
     )
+    otlp_max_concurrent_decodes: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="OTLP requests read, decoded and stored at once per API process; one more gets 503 with "
+        "Retry-After (the receiver's memory is at most this many times the body and decompressed limits)",
+    )
+    otlp_retry_after_s: int = Field(
+        default=1, ge=1, description="the Retry-After, seconds, of an OTLP request refused because every decode slot is busy"
+    )
     retention_days: float = Field(
         default=7.0, gt=0, description="spans older than this are deleted from the store"
     )

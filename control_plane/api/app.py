@@ -147,7 +147,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
                 stack.push_async_callback(app.state.supabase_tokens.aclose)
             cp = control_plane or await stack.enter_async_context(ControlPlane(settings))
             app.state.control_plane = cp
-            await stack.enter_async_context(_hub(app, cp))
+            await stack.enter_async_context(_per_process(app, cp))
             yield
 
     app = FastAPI(
@@ -180,7 +180,9 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
 
 
 @asynccontextmanager
-async def _hub(app: FastAPI, cp: ControlPlane) -> AsyncIterator[None]:
+async def _per_process(app: FastAPI, cp: ControlPlane) -> AsyncIterator[None]:
+    """The API process's own shared parts: the event hub and the OTLP decode slots."""
+    app.state.otlp_slots = traces.DecodeSlots(cp.aiops.otlp_max_concurrent_decodes)
     hub = EventHub(cp.loops_pool, cp.settings)
     await hub.listen()
     hub.start()
