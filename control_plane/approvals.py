@@ -8,6 +8,11 @@ audited and notified on ``devart_events`` (``kind: approval``) in the transactio
 When an approval reaches ``approved``, ``refused`` or ``expired``, the handler registered for its
 subject kind (:func:`register_outcome_handler`) runs in that same transaction, so the owner's
 reaction (the remediation moves on, the workflow step ends) commits with the decision or not at all.
+
+Lock order: the subject, then the approval. Owners lock their subject (a workflow run) before they
+create or cancel its approval; a decision or an expiry first takes the subject's lock through the
+``lock`` the owner registered, then the approval's. Taken the other way round, a decision and a
+cancel of the same run would each hold one lock and wait for the other.
 """
 
 from __future__ import annotations
@@ -94,14 +99,22 @@ class Approval(BaseModel):
 
 
 OutcomeHandler = Callable[[asyncpg.Connection, Approval], Awaitable[None]]
+SubjectLock = Callable[[asyncpg.Connection, str], Awaitable[None]]
 _HANDLERS: dict[str, OutcomeHandler] = {}
+_LOCKS: dict[str, SubjectLock] = {}
 
 
-def register_outcome_handler(subject_kind: str, handler: OutcomeHandler) -> None:
+def register_outcome_handler(subject_kind: str, handler: OutcomeHandler, *, lock: SubjectLock | None = None) -> None:
     """Run ``handler(conn, approval)`` in the transaction where an approval of ``subject_kind``
     becomes approved, refused or expired (not cancelled: only the owner cancels). An exception in
-    the handler rolls the decision back. Registering a kind twice replaces the handler."""
+    the handler rolls the decision back. ``lock(conn, subject_id)`` takes the owner's lock on the
+    subject; a decision or an expiry calls it before it locks the approval (the module's lock
+    order). Registering a kind twice replaces both."""
     _HANDLERS[subject_kind] = handler
+    if lock is None:
+        _LOCKS.pop(subject_kind, None)
+    else:
+        _LOCKS[subject_kind] = lock
 
 
 async def create_approval(
@@ -170,6 +183,14 @@ def _check_new(
         raise InvalidInput("min_approvals exceeds the named principals", field="min_approvals")
 
 
+async def _lock(conn: asyncpg.Connection, approval_id: str) -> Approval:
+    """The approval locked for a decision or an expiry, its subject locked first (the lock order)."""
+    subject = await conn.fetchrow("SELECT subject_kind, subject_id FROM approvals WHERE id = $1", approval_id)
+    if subject is not None and subject["subject_kind"] in _LOCKS:
+        await _LOCKS[subject["subject_kind"]](conn, subject["subject_id"])
+    return await get_approval(conn, approval_id, lock=True)
+
+
 async def get_approval(conn: asyncpg.Connection, approval_id: str, *, lock: bool = False) -> Approval:
     row = await conn.fetchrow(
         f"SELECT * FROM approvals WHERE id = $1{' FOR UPDATE' if lock else ''}", approval_id
@@ -226,7 +247,7 @@ async def decide(
     if len(comment) > 2000:
         raise InvalidInput("comment must be at most 2000 characters", field="body.comment")
     async with conn.transaction():
-        approval = await get_approval(conn, approval_id, lock=True)
+        approval = await _lock(conn, approval_id)
         mine = next((d for d in approval.decisions if d.who == principal.name), None)
         if mine is not None:
             if mine.decision == decision:
@@ -293,7 +314,7 @@ async def expire_due(conn: asyncpg.Connection, *, limit: int = _EXPIRE_BATCH) ->
     expired = []
     for row in ids:
         async with conn.transaction():
-            approval = await get_approval(conn, row["id"], lock=True)
+            approval = await _lock(conn, row["id"])
             if approval.state != "pending":
                 continue
             await audit(conn, actor="approval-expiry", action="approval.expire", target=approval.id)

@@ -14,7 +14,7 @@ from uuid import UUID
 import httpx
 
 from agents.sdk import eventloop
-from control_plane import runstate
+from control_plane import cli_remediation, runstate
 from control_plane.cli_common import CliError, Exit, api, api_url, command, emit, group, home, table
 from control_plane.settings import Settings
 
@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     agents.add_argument("--all", action="store_true", help="include agents that are gone")
     command(sub, "pools", help="agent pools: skills, types, live agents, free slots, queue depth", run=_pools)
     status = command(sub, "status", run=_status,
-                     help="what runs: home, API, readiness, broker and its prefix, agents and pools")
+                     help="what runs: home, API, readiness, broker and its prefix, agents and pools, and "
+                                  "whether the remediation kill switch is pulled (with a token)")
     status.add_argument("--agent-env", action="store_true",
                         help="print shell exports that let an agent join this installation: "
                              "eval \"$(devart status --agent-env)\"")
@@ -186,6 +187,7 @@ def _status(args: argparse.Namespace) -> int:
             with api(args) as client:
                 report["pools"] = client.get("/api/v1/pools")
                 report["agents"] = client.get("/api/v1/agents")
+                report["remediation"] = client.get("/api/v1/remediation/status")
         except CliError as exc:
             report["error"] = exc.message
     emit(args, report, _describe_status)
@@ -207,4 +209,6 @@ def _describe_status(report: dict[str, Any]) -> str:
     if "pools" in report:
         live = sum(1 for a in report["agents"] if a["state"] != "gone")
         lines.append(f"agents        {live} live in {len(report['pools'])} pool(s)")
+    if "remediation" in report:
+        lines.append(f"remediation   {cli_remediation.describe(report['remediation'])}")
     return "\n".join(lines)

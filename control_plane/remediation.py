@@ -84,7 +84,10 @@ def build_pipeline(pool: asyncpg.Pool, settings: RemediationSettings, *, topolog
         by = ", ".join(d.who for d in approval.decisions) or "approval-expiry"
         await pipeline.approval_outcome(conn, UUID(approval.subject.id), approval.state, approval.state_reason, by)
 
-    approvals.register_outcome_handler(SUBJECT_KIND, on_outcome)
+    async def lock(conn: asyncpg.Connection, subject_id: str) -> None:
+        await conn.execute("SELECT 1 FROM remediations WHERE id = $1 FOR UPDATE", UUID(subject_id))
+
+    approvals.register_outcome_handler(SUBJECT_KIND, on_outcome, lock=lock)
     log.info("remediation policy: %s", policy.source)
     return pipeline
 

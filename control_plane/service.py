@@ -193,7 +193,8 @@ class ControlPlane:
         self._loops_pool = await create_pool(self.database_url, min_size=1, max_size=s.db_loops_pool_max)
         async with self._pool.acquire() as conn:
             self._signer = await load_signer(conn)
-        approvals.register_outcome_handler(APPROVAL_SUBJECT, self._workflows.approval_decided)
+        approvals.register_outcome_handler(APPROVAL_SUBJECT, self._workflows.approval_decided,
+                                           lock=self._workflows.lock_approval_subject)
         self._span_pool = await asyncpg.create_pool(
             self.database_url, min_size=1, max_size=self.observability.span_pool_max
         )

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from control_plane import approvals
-from control_plane.api.deps import DbConn, Remote, require
+from control_plane.api.deps import DbConn, Remote, require, retry_rollback
 from control_plane.approvals import Approval, ApprovalState
 from control_plane.auth import DECIDE_APPROVALS, READ, Principal
 
@@ -51,10 +51,12 @@ async def get_approval(approval_id: str, conn: DbConn, _: Reader) -> Approval:
 @router.post("/{approval_id}/approve", response_model=Approval, operation_id="approve_approval",
              summary="Approve (idempotent for the same principal)")
 async def approve(approval_id: str, conn: DbConn, who: Decider, remote: Remote, body: DecisionIn | None = None) -> Approval:
-    return await approvals.decide(conn, approval_id, who, "approve", "api", (body or DecisionIn()).comment, remote=remote)
+    comment = (body or DecisionIn()).comment
+    return await retry_rollback(lambda: approvals.decide(conn, approval_id, who, "approve", "api", comment, remote=remote))
 
 
 @router.post("/{approval_id}/refuse", response_model=Approval, operation_id="refuse_approval",
              summary="Refuse (one refusal ends the approval)")
 async def refuse(approval_id: str, conn: DbConn, who: Decider, remote: Remote, body: DecisionIn | None = None) -> Approval:
-    return await approvals.decide(conn, approval_id, who, "refuse", "api", (body or DecisionIn()).comment, remote=remote)
+    comment = (body or DecisionIn()).comment
+    return await retry_rollback(lambda: approvals.decide(conn, approval_id, who, "refuse", "api", comment, remote=remote))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import asyncpg
 from fastapi import Depends, Request
@@ -16,6 +16,7 @@ from control_plane.service import ControlPlane
 from control_plane.settings import Settings
 from control_plane.supabase.tokens import SupabaseTokens, looks_like_jwt
 
+T = TypeVar("T")
 _bearer = HTTPBearer(auto_error=False, description="an API token created with `devart token create`, or a Supabase "
                                                    "access token where DEVART_SUPABASE_JWT_SECRET or _JWKS_URL is set")
 
@@ -98,6 +99,18 @@ def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
 def require_for_stream(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
     """:func:`require` for streaming endpoints: holds no database connection while streaming."""
     return _permission_check(permission, _stream_principal)
+
+
+async def retry_rollback(action: Callable[[], Awaitable[T]], attempts: int = 3) -> T:
+    """Run ``action`` (one transaction) again when Postgres aborted it to break a deadlock or a
+    serialization conflict, e.g. with an agent event locking the same task and run the other way round."""
+    for attempt in range(attempts):
+        try:
+            return await action()
+        except asyncpg.TransactionRollbackError:
+            if attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 async def remote_address(request: Request) -> str:

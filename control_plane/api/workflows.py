@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Request, Response, status
 
-from control_plane.api.deps import ControlPlaneDep, DbConn, Remote, SettingsDep, require
+from control_plane.api.deps import ControlPlaneDep, DbConn, Remote, SettingsDep, require, retry_rollback
 from control_plane.api.workflow_models import (
     RunCreate,
     RunDetail,
@@ -162,7 +162,7 @@ async def get_run(run_id: UUID, conn: DbConn, _: Reader) -> RunDetail:
 @router.post("/runs/{run_id}/cancel", response_model=RunPublic, operation_id="cancel_run",
              summary="Cancel a run: running steps' tasks are cancelled, then the finally steps run")
 async def cancel_run(run_id: UUID, conn: DbConn, cp: ControlPlaneDep, who: Operator, remote: Remote) -> RunPublic:
-    row = await _retrying(lambda: cp.workflows.cancel_run(conn, run_id, actor=who.name,
+    row = await retry_rollback(lambda: cp.workflows.cancel_run(conn, run_id, actor=who.name,
                                                           reason=f"cancelled by {who.name}"))
     await audit(conn, actor=who.name, action="run.cancel", target=str(run_id), remote=remote)
     return RunPublic.model_validate(dict(row))
@@ -176,7 +176,7 @@ async def rerun_run(
     idempotency_key: IdempotencyKey = None,
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> RunPublic:
-    row, replayed = await _retrying(lambda: cp.workflows.rerun(
+    row, replayed = await retry_rollback(lambda: cp.workflows.rerun(
         conn, run_id, actor=who.name, traceparent=server_traceparent() or traceparent, idempotency_key=idempotency_key))
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
@@ -186,13 +186,3 @@ async def rerun_run(
     response.headers["Location"] = f"/api/v1/runs/{row['id']}"
     return RunPublic.model_validate(dict(row))
 
-
-async def _retrying(action: Any, attempts: int = 3) -> Any:
-    """Run ``action`` again when Postgres broke a deadlock with an agent event by aborting it."""
-    for attempt in range(attempts):
-        try:
-            return await action()
-        except asyncpg.TransactionRollbackError:
-            if attempt == attempts - 1:
-                raise
-    raise AssertionError("unreachable")

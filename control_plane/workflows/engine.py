@@ -377,6 +377,15 @@ class WorkflowEngine:
         await _transition(conn, run.id, job.job, job.state, "running", _ENGINE, f"approval {approval.id}")
         job.state, job.approval_id = "running", approval.id
 
+    async def lock_approval_subject(self, conn: asyncpg.Connection, subject_id: str) -> None:
+        """Lock the run of an approval step before its approval is locked (the approvals' lock order:
+        every engine path holds the run's lock when it creates or cancels a step's approval)."""
+        run_id, _, _ = subject_id.partition("/")
+        try:
+            await conn.execute("SELECT 1 FROM workflow_runs WHERE id = $1 FOR UPDATE", UUID(run_id))
+        except ValueError:
+            return  # not a subject this engine made: the approval's own checks answer
+
     async def approval_decided(self, conn: asyncpg.Connection, approval: approvals.Approval) -> None:
         """The approvals' outcome handler for approval steps (in the deciding transaction): the
         step succeeds when approved, fails when refused, fails or is skipped when expired."""

@@ -250,3 +250,29 @@ def test_operation_ids_are_stable() -> None:
         "retry_task", "revoke_token", "stream_events", "task_logs",
     }
     assert published <= ids, sorted(published - ids)
+
+
+async def test_the_remediation_kill_switch_from_the_cli_and_in_status(
+    base_url: str, admin: httpx.AsyncClient, database_url: str, home: Path
+) -> None:
+    admin_token = (await admin.post("/api/v1/tokens", json={"name": "oncall", "role": "admin"})).json()["token"]
+    viewer_token = (await admin.post("/api/v1/tokens", json={"name": "watcher", "role": "viewer"})).json()["token"]
+    as_admin = {"DEVART_URL": base_url, "DEVART_TOKEN": admin_token}
+    as_viewer = {"DEVART_URL": base_url, "DEVART_TOKEN": viewer_token}
+    code, out, _ = await _devart("remediation", "status", env=as_viewer, home=home)
+    assert code == 0 and out.startswith("remediation   active")
+    code, _, _ = await _devart("remediation", "pause", env=as_viewer, home=home)
+    assert code == 3  # only admins pull it: the API said 403
+    assert (await admin.get("/api/v1/remediation/status")).json()["paused"] is False
+    code, out, _ = await _devart("remediation", "pause", "--reason", "incident review", env=as_admin, home=home)
+    assert code == 0 and "PAUSED by oncall" in out and "(incident review)" in out
+    assert (await admin.get("/api/v1/remediation/status")).json()["paused"] is True
+    code, out, _ = await _devart("status", env=as_viewer, home=home)
+    assert code == 0
+    assert "remediation   PAUSED by oncall" in out and "nothing is applied" in out
+    code, out, _ = await _devart("status", "-o", "json", env=as_viewer, home=home)
+    assert json.loads(out)["remediation"]["paused"] is True
+    code, out, _ = await _devart("remediation", "resume", env=as_admin, home=home)
+    assert code == 0 and out.startswith("remediation   active")
+    code, out, _ = await _devart("remediation", "status", "-o", "json", env=as_viewer, home=home)
+    assert json.loads(out)["paused"] is False and json.loads(out)["changed_by"] == "oncall"

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from uuid import UUID, uuid4
 
 import httpx
 import pytest
 
 from agents.sdk import AgentRuntime
+from control_plane import approvals
+from control_plane.auth import Principal
+from control_plane.db import connect
+from control_plane.errors import Conflict
+from control_plane.service import ControlPlane
 from tests.control_plane.workflows.conftest import apply, finished, job_state, jobs, start, states
-from tests.support.system import client, make_token
+from tests.support.system import client, make_token, wait_for
 
 
 def sh(script: str, **step: object) -> dict[str, object]:
@@ -122,3 +129,44 @@ async def test_bad_approval_definitions(admin: httpx.AsyncClient) -> None:
     response = await admin.post("/api/v1/workflows", json={
         "name": "x", "steps": {"a": {"approval": {}, "input": {"script": "x"}}}})
     assert response.json()["error"]["field"] == "body.steps.a.input"
+
+
+async def test_a_decision_and_a_cancel_of_the_same_run_at_once_do_not_deadlock(
+    admin: httpx.AsyncClient, cp: ControlPlane, database_url: str, shell_agent: AgentRuntime
+) -> None:
+    """The cancel takes the run's lock and is held (by a third session's lock on the table it writes
+    next) before it reaches the approval; the decision starts then. Were the decision to lock the
+    approval before the run, each would hold what the other waits for and Postgres would abort one
+    with a deadlock; in the approvals' lock order (the subject first) the decision waits, then
+    finds the approval withdrawn."""
+    await apply(admin, pipeline("gated", timeout="1h"))
+    run = await start(admin, "gated")
+    approval = await waiting_approval(admin, run["id"])
+    holder, canceller, decider, watcher = [await connect(database_url) for _ in range(4)]
+
+    async def waiting_on_locks(count: int) -> bool:
+        return await watcher.fetchval(
+            """SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+               AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()""") == count
+
+    try:
+        hold = holder.transaction()
+        await hold.start()
+        await holder.execute("LOCK TABLE run_transitions IN SHARE MODE")
+        cancel = asyncio.create_task(cp.workflows.cancel_run(canceller, UUID(run["id"]), actor="admin-token",
+                                                             reason="changed my mind"))
+        await wait_for(lambda: waiting_on_locks(1), what="the cancel to hold the run and wait")
+        lead = Principal(uuid4(), "lead", "supervisor")
+        decide = asyncio.create_task(approvals.decide(decider, approval["id"], lead, "approve", "api"))
+        await wait_for(lambda: waiting_on_locks(2), what="the decision to wait")
+        await hold.rollback()
+        cancelled = await asyncio.wait_for(cancel, timeout=30)
+        assert cancelled["state"] == "cancelling"
+        with pytest.raises(Conflict, match="already cancelled"):
+            await asyncio.wait_for(decide, timeout=30)
+    finally:
+        for conn in (holder, canceller, decider, watcher):
+            await conn.close()
+    done = await finished(admin, run["id"])
+    assert done["state"] == "cancelled" and states(done)["approve"] == "cancelled"
+    assert (await admin.get(f"/api/v1/approvals/{approval['id']}")).json()["state"] == "cancelled"
