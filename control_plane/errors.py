@@ -36,13 +36,21 @@ class TooManyRequests(DomainError):
     """A limit on concurrent use (open streams) is reached; the client should retry later."""
 
 
+class PayloadTooLarge(DomainError):
+    """A request body over a configured limit (the message names the limit)."""
+
+
+class UnsupportedMediaType(DomainError):
+    """A request body in a format the endpoint does not take."""
+
+
 class Unavailable(DomainError):
     """Something the request depends on does not answer (the Supabase JWKS); the client may retry."""
 
 
 _HTTP_STATUS: dict[type[DomainError], int] = {
     NotFound: 404, Conflict: 409, InvalidInput: 422, Forbidden: 403, Unauthorized: 401, TooManyRequests: 429,
-    Unavailable: 503,
+    Unavailable: 503, PayloadTooLarge: 413, UnsupportedMediaType: 415,
 }
 
 

@@ -29,6 +29,7 @@ from control_plane.db import EmbeddedPostgres, create_pool, migrate_database
 from control_plane.dead_letters import DeadLetterConsumer
 from control_plane.dispatch import Dispatcher
 from control_plane.events import EventsConfig, EventsConsumer
+from control_plane.github.settings import GitHubSettings
 from control_plane.installation import Installation, load_installation
 from control_plane.metrics import PrometheusMetrics
 from control_plane.notify import Notifications, NotifySettings
@@ -44,6 +45,7 @@ from control_plane.workflows.scheduler import WorkflowScheduler
 from control_plane.workflows.settings import WorkflowSettings
 
 if TYPE_CHECKING:
+    from control_plane.github.service import GitHubIntegration
     from control_plane.k8s_sweeper import JobSweeper
 
 log = logging.getLogger("devart.control_plane")
@@ -70,6 +72,7 @@ class Workers:
     span_retention: SpanRetention | None = None
     metrics: ControlPlaneMetrics | None = None
     notifications: Notifications | None = None
+    github: GitHubIntegration | None = None
 
 
 class ControlPlane:
@@ -90,8 +93,10 @@ class ControlPlane:
         remediation: RemediationSettings | None = None,
         workflows: WorkflowSettings | None = None,
         notify: NotifySettings | None = None,
+        github: GitHubSettings | None = None,
     ) -> None:
         self.settings = settings
+        self.github = github or GitHubSettings()
         self.workflow_settings = workflows or WorkflowSettings()
         self._workflows: WorkflowEngine | None = None
         # DEVART_API_URL is how agents reach the built-in receiver; the control plane stores its own
@@ -279,6 +284,12 @@ class ControlPlane:
         if self.aiops.span_source == "postgres":
             self.workers.span_retention.start()
         await self.workers.notifications.start()
+        if self.github.enabled:
+            # Imported here: only a control plane with GitHub configured loads githubkit.
+            from control_plane.github.service import GitHubIntegration
+
+            self.workers.github = GitHubIntegration(pool, self.github, self.workflows)
+            self.workers.github.start()
 
     def _start_telemetry(self) -> None:
         """Join the process's telemetry; without an OTLP endpoint, this process's spans go straight
@@ -319,6 +330,8 @@ class ControlPlane:
         if self.workers is not None:
             if self.workers.sweeper is not None:
                 await self.workers.sweeper.stop()
+            if self.workers.github is not None:
+                await self.workers.github.stop()
             if self.workers.notifications is not None:
                 await self.workers.notifications.stop()
             for loop in (self.workers.metrics, self.workers.span_retention, self.workers.approval_expiry,

@@ -24,7 +24,9 @@ OPTIONAL = {"control_plane.k8s_sweeper": ["k8s"],
             "control_plane.supabase.admin": ["supabase"],
             # the Telegram channel: loaded only when DEVART_TELEGRAM_BOT_TOKEN and chats are set
             **{f"control_plane.notify.{m}": ["telegram"] for m in
-               ("telegram_bot", "telegram_channel", "telegram_sender", "telegram_updates")}}
+               ("telegram_bot", "telegram_channel", "telegram_sender", "telegram_updates")},
+            # the GitHub client: loaded only when DEVART_GITHUB_WEBHOOK_SECRETS is set
+            **{f"control_plane.github.{m}": ["github"] for m in ("client", "merge", "reporter", "service")}}
 
 _CHECK = r"""
 import importlib, pkgutil, sys

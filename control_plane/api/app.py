@@ -20,6 +20,7 @@ from control_plane.api import (
     agents,
     approvals,
     changes,
+    github,
     health,
     incidents,
     metrics,
@@ -163,7 +164,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     )
     app.state.token_cache = TokenCache()
     app.state.supabase_tokens = None  # the lifespan sets it where Supabase access tokens are accepted
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({traces.OTLP_TRACES_PATH}))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({traces.OTLP_TRACES_PATH, github.WEBHOOK_PATH}))
     app.add_middleware(RequestSpans, untraced=frozenset({traces.OTLP_TRACES_PATH}))
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -171,6 +172,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(asyncpg.UntranslatableCharacterError, _unstorable_text)
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
     app.include_router(traces.router)  # bounds and decodes its own bodies
+    app.include_router(github.router)  # bounds and verifies its own bodies
     for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals,
                    workflows, notifications):
         app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])

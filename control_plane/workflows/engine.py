@@ -99,6 +99,9 @@ class NewRun:
     rerun_of: UUID | None = None
     reuse: dict[str, asyncpg.Record] = field(default_factory=dict)
     """Jobs of an earlier run kept as they ended (a re-run's succeeded upstream)."""
+    concurrency: tuple[str, str] | None = None
+    """(group, on_conflict) in place of the definition's: a trigger that knows what the run is about
+    (a pull request) keeps such runs in one group whatever the definition says."""
 
 
 def aggregate(states: Sequence[str]) -> str | None:
@@ -166,11 +169,13 @@ class WorkflowEngine:
                 existing = await self._by_key(conn, new.created_by, new.idempotency_key, request_hash)
                 if existing is not None:
                     return existing, True
-            group = None
-            if definition.concurrency is not None:
+            group, on_conflict = new.concurrency or (None, "queue")
+            if group is None and definition.concurrency is not None:
                 rendered = definition.concurrency.group.render(
                     {"inputs": inputs, "workflow": {"name": definition.name, "version": version}})
                 group = rendered if isinstance(rendered, str) else json.dumps(rendered)
+                on_conflict = definition.concurrency.on_conflict
+            if group is not None:
                 await self._lock_group(conn, group)
             run_id = uuid.uuid4()
             try:
@@ -193,7 +198,7 @@ class WorkflowEngine:
             if group is None:
                 await self._begin(conn, run_id, "started")
             else:
-                await self._resolve_conflict(conn, run_id, group, definition.concurrency.on_conflict, new.created_by)
+                await self._resolve_conflict(conn, run_id, group, on_conflict, new.created_by)
             return await conn.fetchrow("SELECT * FROM workflow_runs WHERE id = $1", run_id), False
 
     async def _by_key(self, conn: asyncpg.Connection, created_by: str, key: str, request_hash: str) -> asyncpg.Record | None:
@@ -627,7 +632,8 @@ class WorkflowEngine:
         await self._advance_loaded(conn, run)
 
     async def rerun(self, conn: asyncpg.Connection, run_id: UUID, *, actor: str, traceparent: str | None,
-                    idempotency_key: str | None = None) -> tuple[asyncpg.Record, bool]:
+                    idempotency_key: str | None = None,
+                    concurrency: tuple[str, str] | None = None) -> tuple[asyncpg.Record, bool]:
         """A new run of the same version and inputs that keeps the old run's succeeded jobs whose
         upstream all succeeded too (with their outputs) and runs everything else again."""
         old = await conn.fetchrow("SELECT * FROM workflow_runs WHERE id = $1", run_id)
@@ -654,6 +660,7 @@ class WorkflowEngine:
         return await self.start_run(conn, NewRun(
             workflow=old["workflow"], version=old["version"], inputs=old["inputs"], trigger="rerun",
             created_by=actor, traceparent=traceparent, idempotency_key=idempotency_key, rerun_of=run_id, reuse=reuse,
+            concurrency=concurrency,
         ))
 
 
