@@ -88,16 +88,18 @@ CREATE TABLE github_review_comments (
 );
 
 -- A run's change (its own or a step's) makes its check run and its pull request's comment due, in
--- the transaction of the change; the reporter wakes on `devart_github`.
-CREATE FUNCTION devart_github_run_changed() RETURNS trigger LANGUAGE plpgsql AS $$
+-- the transaction of the change; the reporter wakes on `devart_github`. The function runs as
+-- devart_service, so whoever's change it is (an agent event, a supervisor's cancel) reaches GitHub.
+CREATE FUNCTION devart_github_run_changed() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = '' AS $$
 DECLARE
     pull record;
 BEGIN
-    UPDATE github_checks SET revision = revision + 1, available_at = least(available_at, now())
+    UPDATE public.github_checks SET revision = revision + 1, available_at = least(available_at, now())
         WHERE run_id = NEW.run_id RETURNING repo, number INTO pull;
     IF FOUND THEN
-        UPDATE github_pulls SET revision = revision + 1, available_at = least(available_at, now()),
-                                merge_due = merge_due OR NEW.job IS NULL AND NEW.to_state = 'succeeded'
+        UPDATE public.github_pulls SET revision = revision + 1, available_at = least(available_at, now()),
+                                       merge_due = merge_due OR NEW.job IS NULL AND NEW.to_state = 'succeeded'
             WHERE repo = pull.repo AND number = pull.number;
         PERFORM pg_notify('devart_github', '');
     END IF;
@@ -105,3 +107,16 @@ BEGIN
 END $$;
 CREATE TRIGGER run_transitions_github AFTER INSERT ON run_transitions
     FOR EACH ROW EXECUTE FUNCTION devart_github_run_changed();
+
+-- Row-level security (0010_roles.sql): people read what devart did on GitHub, only admins change it
+-- by hand; the webhook endpoint, the delivery processor and the reporter work as devart_service.
+SELECT devart_secure_table('github_deliveries', '{supervisor,admin}', '{admin}', '{admin}', '{admin}',
+                           '{SELECT,INSERT,UPDATE}');
+SELECT devart_secure_table('github_pulls', '{viewer,ci,supervisor,admin}', '{admin}', '{admin}', '{admin}',
+                           '{SELECT,INSERT,UPDATE}');
+SELECT devart_secure_table('github_checks', '{viewer,ci,supervisor,admin}', '{admin}', '{admin}', '{admin}',
+                           '{SELECT,INSERT,UPDATE}');
+SELECT devart_secure_table('github_review_comments', '{viewer,ci,supervisor,admin}', '{admin}', '{admin}', '{admin}',
+                           '{SELECT,INSERT}');
+ALTER FUNCTION devart_github_run_changed() OWNER TO devart_service;
+REVOKE EXECUTE ON FUNCTION devart_github_run_changed() FROM PUBLIC;
