@@ -137,13 +137,31 @@ def render(request: Request, user: User | None, template: str, status_code: int 
     )
 
 
+def local_path(target: str | None) -> str:
+    """``target`` if it is a path on this site, else ``/``: "//evil" or "https://evil" would send the
+    supervisor elsewhere."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
 def back(url: str) -> RedirectResponse:
     """After a write: see the page again (post/redirect/get)."""
     return RedirectResponse(url, status_code=303)
 
 
-async def form_data(request: Request) -> dict[str, str]:
-    return {k: v for k, v in (await request.form()).items() if isinstance(v, str) and k != CSRF_FIELD}
+async def form_model(request: Request, model: type[M]) -> M:
+    """The posted form as ``model`` (empty fields count as absent); a bad one is a 422 naming the field."""
+    fields = {k: v for k, v in (await request.form()).items() if isinstance(v, str) and v != "" and k != CSRF_FIELD}
+    for name, value in fields.items():
+        if "\x00" in value:
+            raise InvalidInput(f"form.{name} contains a NUL character, which cannot be stored", field=f"form.{name}")
+    try:
+        return model.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = "form." + ".".join(str(part) for part in first["loc"])
+        raise InvalidInput(f"{field}: {first['msg']}", field=field) from None
 
 
 def query_model(request: Request, model: type[M]) -> M:

@@ -13,20 +13,13 @@ from control_plane.api import stream as api_stream
 from control_plane.audit import audit
 from control_plane.auth import READ
 from dashboard.sessions import COOKIE, close_session, open_session
-from dashboard.web import CP, ConsoleRoute, action, console_of, reader, remote, render
+from dashboard.web import CP, ConsoleRoute, action, console_of, local_path, reader, remote, render
 
 router = APIRouter(route_class=ConsoleRoute, include_in_schema=False)
 LOGIN_COOKIE = "devart_login"
 """Double-submit CSRF token of the sign-in form (there is no session to bind it to yet)."""
 SigningOut = action(None)
 EventReader = reader("stream_events")
-
-
-def _safe_next(target: str | None) -> str:
-    # only a path on this site: "//evil" or "https://evil" would send the supervisor elsewhere
-    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
 
 
 def _login_page(request: Request, *, next_: str, error: str = "", status_code: int = 200) -> Response:
@@ -40,7 +33,7 @@ def _login_page(request: Request, *, next_: str, error: str = "", status_code: i
 
 @router.get("/login")
 async def login_form(request: Request, next: str | None = None) -> Response:
-    return _login_page(request, next_=_safe_next(next))
+    return _login_page(request, next_=local_path(next))
 
 
 @router.post("/login")
@@ -52,18 +45,18 @@ async def login(
 ) -> Response:
     expected = request.cookies.get(LOGIN_COOKIE, "")
     if not expected or not hmac.compare_digest(expected, csrf_token):
-        return _login_page(request, next_=_safe_next(next), status_code=403,
+        return _login_page(request, next_=local_path(next), status_code=403,
                            error="the sign-in form expired or came from another site: try again")
     async with cp.pool.acquire() as conn:
         principal = await request.app.state.token_cache.authenticate(conn, token.strip()) if token.strip() else None
         if principal is None or not principal.can(READ):
-            return _login_page(request, next_=_safe_next(next), status_code=401,
+            return _login_page(request, next_=local_path(next), status_code=401,
                                error="that token is not valid, revoked, or may not read (agent tokens cannot sign in)")
         async with conn.transaction():
             session_id = await open_session(conn, principal, ttl_s=console_of(request).settings.session_ttl_s,
                                             remote=remote(request))
             await audit(conn, actor=principal.name, action="console.sign_in", remote=remote(request))
-    response = RedirectResponse(_safe_next(next), status_code=303)
+    response = RedirectResponse(local_path(next), status_code=303)
     response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", secure=request.url.scheme == "https",
                         path="/", max_age=int(console_of(request).settings.session_ttl_s))
     response.delete_cookie(LOGIN_COOKIE, path="/login")
