@@ -19,13 +19,15 @@ from control_plane import (
     cli_demo,
     cli_remediation,
     cli_server,
+    cli_supabase,
     cli_tasks,
     cli_telegram,
     cli_workflows,
 )
 from control_plane.cli_common import CliError, Exit, Parser, describe_context
 
-COMMANDS: list[ModuleType] = [cli_server, cli_tasks, cli_workflows, cli_admin, cli_remediation, cli_demo, cli_telegram]
+COMMANDS: list[ModuleType] = [cli_server, cli_tasks, cli_workflows, cli_admin, cli_remediation, cli_demo, cli_telegram,
+                              cli_supabase]
 """Modules whose ``register(subparsers)`` adds their subcommands, in ``--help`` order."""
 
 EXIT_CODES = """exit codes:

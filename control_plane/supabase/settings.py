@@ -17,6 +17,10 @@ class SupabaseSettings(BaseSettings):
         default=None,
         description="the Supabase project URL (https://<ref>.supabase.co); `devart supabase` commands call its Auth API",
     )
+    anon_key: str | None = Field(
+        default=None,
+        description="the project's anon (publishable) key, for `devart supabase sign-in` (public: browsers hold it)",
+    )
     service_role_key: SecretStr | None = Field(
         default=None,
         description="the project's service_role key, for `devart supabase` commands only (the API never reads it); "

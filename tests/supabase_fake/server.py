@@ -1,12 +1,13 @@
 """A local Supabase Auth (GoTrue) server speaking its wire format, for supabase-py to talk to.
 
-Under ``/auth/v1``: ``POST /token?grant_type=password|refresh_token`` (a session: access token,
+Under ``/auth/v1`` (``/rest/v1`` only records who a data request ran as): ``POST /token?grant_type=password|refresh_token`` (a session: access token,
 refresh token, user), ``GET|PUT /user`` (the signed-in user; PUT merges ``data`` into
 ``user_metadata``, as a user may do to themselves), ``GET /.well-known/jwks.json`` (the public
 signing keys), and the admin API ``/admin/users`` (list with ``page``/``per_page``, create) and
 ``/admin/users/{id}`` (get, update merging ``app_metadata``/``user_metadata`` with null deleting a
 key, delete), which answers only the service role key. Errors are GoTrue's ``{"code", "error_code",
-"msg"}`` bodies with the ``X-Supabase-Api-Version`` header. Access tokens carry GoTrue's claims and
+"msg"}`` bodies, or ``{"code": <error code>, "message"}`` for clients that send
+``X-Supabase-Api-Version: 2024-01-01`` (supabase-py does), with that header on every answer. Access tokens carry GoTrue's claims and
 are signed HS256 with the project secret or, after :meth:`FakeSupabaseAuth.use_asymmetric`, RS256
 or ES256 with a key named by ``kid`` that the JWKS lists.
 """
@@ -128,8 +129,17 @@ class FakeSupabaseAuth:
             body = await self._dispatch(request)
             return web.json_response(body, headers={"X-Supabase-Api-Version": API_VERSION})
         except AuthError as exc:
-            return web.json_response({"code": exc.status, "error_code": exc.error_code, "msg": exc.msg},
-                                     status=exc.status, headers={"X-Supabase-Api-Version": API_VERSION})
+            # a client that names API version 2024-01-01 gets that version's error body, others the older one
+            if request.headers.get("X-Supabase-Api-Version", "") >= API_VERSION:
+                body: dict[str, Any] = {"code": exc.error_code, "message": exc.msg}
+            else:
+                body = {"code": exc.status, "error_code": exc.error_code, "msg": exc.msg}
+            return web.json_response(body, status=exc.status, headers={"X-Supabase-Api-Version": API_VERSION})
+
+    async def rest(self, request: web.Request) -> web.StreamResponse:
+        """PostgREST, as far as tests need it: the request is recorded (who it ran as) and finds no rows."""
+        self.requests.append((request.method, request.path, request.headers.get("Authorization", "")))
+        return web.json_response([], headers={"Content-Range": "*/0"})
 
     async def _dispatch(self, request: web.Request) -> Any:
         path = request.match_info["path"]
@@ -277,6 +287,7 @@ class FakeSupabaseServer:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_route("*", "/auth/v1/{path:.*}", self.fake.handle)
+        app.router.add_route("*", "/rest/v1/{path:.*}", self.fake.rest)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
