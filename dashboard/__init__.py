@@ -14,9 +14,9 @@ __all__ = ["ConsoleSettings", "install"]
 
 def install(app: FastAPI, settings: ConsoleSettings | None = None) -> None:
     """Serve the console's pages and its vendored static files from ``app``."""
-    from dashboard.views import approvals, auth, incidents, overview, tasks
+    from dashboard.views import agents, approvals, auth, incidents, overview, runs, tasks, tokens, traces
 
     app.state.console = Console(settings or ConsoleSettings(), Permissions(app))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, overview, tasks, incidents, approvals):
+    for module in (auth, overview, tasks, runs, agents, incidents, approvals, traces, tokens):
         app.include_router(module.router)

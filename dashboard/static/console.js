@@ -48,6 +48,11 @@
     });
   }
 
+  // Parts derived from time (heartbeats: an agent going silent sends no event) refresh on a period too.
+  document.querySelectorAll("[data-live-every]").forEach(function (el) {
+    setInterval(function () { if (live) { schedule(el); } }, Number(el.dataset.liveEvery));
+  });
+
   body.addEventListener("htmx:sseOpen", function (evt) {
     var source = evt.detail.source;
     var kinds = {};
