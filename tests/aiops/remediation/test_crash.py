@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import subprocess
-import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -17,47 +12,11 @@ import pytest
 from agents.sdk import BrokerSettings
 from tests.aiops.remediation.conftest import BASE_POLICY
 from tests.k8s_fake import FakeKubernetes
-from tests.support.system import client, free_port, make_token, wait_for
+from tests.support.serve import ServeProcess
+from tests.support.system import client, make_token, wait_for
 
 pytestmark = pytest.mark.slow
 TERMINAL = ("successful", "failed", "inconclusive", "refused", "expired", "error")
-
-
-class Plane:
-    """``devart serve`` as a child process, killed and restarted by the test."""
-
-    def __init__(self, database_url: str, broker: BrokerSettings, policy: Path, kubeconfig: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._env = dict(os.environ, **broker.environment(), DATABASE_URL=database_url, DEVART_PORT=str(self.port),
-                         DEVART_EMBEDDED_BROKER="false", DEVART_LOG_LEVEL="WARNING",
-                         DEVART_REMEDIATION_POLICY=str(policy), DEVART_REMEDIATION_KUBECONFIG=str(kubeconfig),
-                         DEVART_REMEDIATION_INTERVAL_S="0.1", DEVART_REMEDIATION_ROLLOUT_POLL_S="0.1")
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        self.process = await asyncio.to_thread(
-            subprocess.Popen, [sys.executable, "-m", "control_plane.cli", "serve"], env=self._env
-        )
-
-        async def up() -> bool:
-            try:
-                async with httpx.AsyncClient() as c:
-                    return (await c.get(f"{self.url}/healthz")).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        await wait_for(up, timeout_s=60, what="the control plane to serve")
-
-    async def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        await asyncio.to_thread(self.process.wait)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
 
 
 async def _state(api: httpx.AsyncClient, remediation_id: str, *states: str) -> dict[str, Any]:
@@ -79,7 +38,9 @@ async def running(database_url: str, broker_settings: BrokerSettings, tmp_path: 
     policy.write_text(BASE_POLICY.replace("rollout_timeout: 1s", "rollout_timeout: 10m"))
     with FakeKubernetes() as fake:
         fake.workloads.deployment("api")
-        plane = Plane(database_url, broker_settings, policy, fake.write_kubeconfig(tmp_path / "kubeconfig"))
+        plane = ServeProcess(database_url, broker_settings, DEVART_REMEDIATION_POLICY=str(policy),
+                             DEVART_REMEDIATION_KUBECONFIG=str(fake.write_kubeconfig(tmp_path / "kubeconfig")),
+                             DEVART_REMEDIATION_INTERVAL_S="0.1", DEVART_REMEDIATION_ROLLOUT_POLL_S="0.1")
         try:
             await plane.start()
             async with client(plane.url, await make_token(database_url, "supervisor", "sam")) as sam, \
