@@ -42,7 +42,7 @@ from bench.datasets import (
     reference_detectors,
 )
 from bench.nab import Profile, score_corpus, series_stats
-from bench.rca import write_params
+from bench.rca import ranking_speed, speed_lines, write_params
 from bench.rca_baselines import random_accuracy, self_time_ranking
 
 QUICK_SERIES = 6
@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.only in (None, "rca"):
         print()
         print(rca_report(run_rca(root, args.split, quick=args.quick), args.split), flush=True)
+        if not args.quick:
+            print("\nRanking speed (simulated spans, same run):")
+            print("\n".join(speed_lines(ranking_speed(100_000))), flush=True)
     print(f"\n(total {time.perf_counter() - started:.1f} s)")
 
 

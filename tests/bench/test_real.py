@@ -40,3 +40,12 @@ def test_dataset_location_explicit_env_and_missing(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("DEVART_DATASETS", str(tmp_path / "nowhere"))
     with pytest.raises(FileNotFoundError, match="nowhere"):
         datasets_root()
+
+
+def test_ranking_speed_prints_ours_beside_the_naive_ranker() -> None:
+    from bench.rca import ranking_speed, speed_lines
+
+    speed = ranking_speed(2_000, runs=1)
+    lines = speed_lines(speed)
+    assert speed.spans >= 1_900 and speed.cpu_s > 0 and speed.naive_cpu_s > 0
+    assert "s CPU (best of 3)" in lines[0] and "analyze / naive CPU" in lines[1]
