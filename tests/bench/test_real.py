@@ -48,4 +48,4 @@ def test_ranking_speed_prints_ours_beside_the_naive_ranker() -> None:
     speed = ranking_speed(2_000, runs=1)
     lines = speed_lines(speed)
     assert speed.spans >= 1_900 and speed.cpu_s > 0 and speed.naive_cpu_s > 0
-    assert "s CPU (best of 3)" in lines[0] and "analyze / naive CPU" in lines[1]
+    assert "s CPU (best of 1)" in lines[0] and "analyze / naive CPU" in lines[1]
