@@ -16,7 +16,7 @@ from typing import Self
 
 import asyncpg
 
-from aiops.detection import AlerterSettings, RobustSettings
+from aiops.detection import AlerterSettings, ConformalSettings
 from aiops.incidents.pipeline import IncidentPipeline, StepResult
 from aiops.rca.worker import RcaWorker, RcaWorkerSettings
 from aiops.settings import AiopsSettings
@@ -39,7 +39,7 @@ class AiopsService:
         database_url: str | None = None,
         pool: asyncpg.Pool | None = None,
         source: SpanSource | None = None,
-        detector_settings: RobustSettings | None = None,
+        detector_settings: ConformalSettings | None = None,
         alerter_settings: AlerterSettings | None = None,
         rca_settings: RcaWorkerSettings | None = None,
         jitter: float = 0.1,

@@ -123,6 +123,12 @@ class AiopsSettings(BaseSettings):
         ge=0,
         description="steps of history fed to the detectors on the very first run (no stored state yet)",
     )
+    incident_min_anomalous_steps: int = Field(
+        default=2,
+        ge=1,
+        le=60,
+        description="consecutive anomalous steps of a series before its alert opens or joins an incident (debounce)",
+    )
     incident_max_catchup_steps: int = Field(
         default=60,
         ge=1,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiops.detection import ConformalDetector, StreamingDetector, make_detector
+from aiops.detection import RobustDetector, StreamingDetector, make_detector
 from aiops.rca.calibration import FEATURES, fit_logistic, reliability
 from aiops.rca.evaluation import calibration_data, run_scenarios
 from aiops.rca.ranking import analyze
@@ -48,7 +48,7 @@ from bench.rca_baselines import random_accuracy, self_time_ranking
 QUICK_SERIES = 6
 QUICK_FAULTS = 5
 OURS = "devart (default)"
-CONFORMAL = "devart conformal"
+PREVIOUS = "devart robust (previous default)"
 _PROFILE_LABELS = {"standard": "standard", "reward_low_FP_rate": "low FP", "reward_low_FN_rate": "low FN"}
 
 
@@ -65,7 +65,7 @@ def _fmt(value: float | None, digits: int = 3) -> str:
 # --- detection ---------------------------------------------------------------------------------------
 
 
-OURS_DETECTORS: dict[str, Callable[[], StreamingDetector]] = {OURS: make_detector, CONFORMAL: ConformalDetector}
+OURS_DETECTORS: dict[str, Callable[[], StreamingDetector]] = {OURS: make_detector, PREVIOUS: RobustDetector}
 
 
 def detection_report(

@@ -26,7 +26,7 @@ from control_plane.cli_common import CliError, Exit, command, emit, positive_int
 from control_plane.settings import Settings
 
 if TYPE_CHECKING:
-    from aiops.detection import RobustSettings
+    from aiops.detection import ConformalSettings
     from aiops.rca.worker import RcaWorkerSettings
     from aiops.settings import AiopsSettings
 
@@ -58,12 +58,12 @@ class DemoSettings:
     """Detection and analysis tuned to show an incident and its cause within minutes; demo only."""
 
     aiops: AiopsSettings
-    detector: RobustSettings
+    detector: ConformalSettings
     rca: RcaWorkerSettings
 
 
 def demo_settings(step_s: int, baseline_steps: int) -> DemoSettings:
-    from aiops.detection import RobustSettings
+    from aiops.detection import ConformalSettings
     from aiops.rca.worker import RcaWorkerSettings
     from aiops.settings import AiopsSettings
 
@@ -72,7 +72,7 @@ def demo_settings(step_s: int, baseline_steps: int) -> DemoSettings:
         aiops=AiopsSettings(signal_step_s=step_s, incident_lag_s=min(1.0, step_s / 2),
                             incident_warmup_steps=baseline_steps, incident_correlation_window_s=30.0 * step_s,
                             incident_excerpt_points=10),
-        detector=RobustSettings(season_period_s=baseline_s),
+        detector=ConformalSettings(),
         # analysed 10 steps after its start, against the baseline traffic just before it
         rca=RcaWorkerSettings(lead_s=2.0 * step_s, settle_s=10.0 * step_s, gap_s=2.0 * step_s,
                               baseline_s=baseline_s, sweep_interval_s=2.0 * step_s),

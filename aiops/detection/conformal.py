@@ -6,27 +6,31 @@ the first local maximum above ``_SEASONAL_ACF`` at a lag of at least ``min_perio
 series' period (a daily cycle at any sampling step, a weekly one, a job's cadence). With a period,
 the detector judges the *seasonal residual*, the value minus the median of the same phase over the
 last ``_SEASONAL_CYCLES`` cycles; the state learnt until then is dropped, since it described raw
-values. Without one it judges the values themselves.
+values, and rebuilt at once by replaying the probe's residuals (so finding a period does not start
+a second warm-up). Without one it judges the values themselves.
 
 Residual. Each input is compared with the median of the previous ``window_points`` inputs, in
 units of their interquartile spread (robust to the outliers it is looking for), floored at a small
 share of the series' typical magnitude so a flat series does not turn noise into huge z-scores.
 
-Two statistics per point: ``|z|`` of the point itself (spikes, dips) and ``|sum of the last k z| /
-sqrt(k)`` (a sustained moderate shift no single point shows), ``k = shift_points``.
+Four statistics per point: ``|z|`` of the point itself (spikes, dips); ``|sum of the last k z| /
+sqrt(k)`` at two time scales, ``k = shift_points`` and ``long_shift_points`` (a sustained moderate
+shift no single point shows, and a slower drift); and the mean of ``min(|z|, 3)`` over the long
+scale (a burst of variance: many moderately unusual points, on both sides, whose sum cancels).
 
 Calibration. Each statistic's p-value is its rank among the last ``history_points`` values of the
 same statistic on this series (a conformal p-value: under exchangeability of normal points it is
 uniform, whatever the series' distribution). Beyond the ``tail_share`` largest values seen the
 empirical rank runs out of resolution, so the tail is extrapolated with an exponential (the
 generalised Pareto law with zero shape, as in SPOT, Siffer et al. 2017) fitted to those largest
-values. The two p-values are combined by Bonferroni (twice the smaller).
+values. The four p-values are combined by Bonferroni (four times the smaller).
 
 Score. ``-log10(p)`` mapped to [0, 1] with 0.5 at ``alert_p`` (the detector's own alert boundary,
 as for every detector here), rising steeply around it. After a point reaches the boundary, the next
 ``suppress_points`` points score 0 unless they are ``escalation`` times less likely still: one
-anomaly, one alert. No score during the first ``warmup_points`` points (the window and the history
-fill; again after a period is found), none for NaN or infinite values (they change nothing).
+anomaly, one alert (a consumer with its own alerting rules, such as the incident pipeline, sets
+``suppress_points`` to 0). No score during the first ``warmup_points`` points, nor before
+``min_history_points`` statistics are known, none for NaN or infinite values (they change nothing).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -44,8 +49,8 @@ from aiops.detection.base import StreamingDetector
 
 _IQR_PER_SIGMA = 1.349
 """Interquartile range of a normal law in sigmas: turns the window's IQR into a sigma."""
-_MIN_HISTORY = 100
-"""Fewest past statistics before a p-value is given: below that, 1/(n+1) is too coarse to alert on."""
+_MIN_HISTORY = 20
+"""Fewest past statistics ``min_history_points`` may allow: with fewer the tail fit has almost nothing to fit."""
 _MIN_TAIL = 5
 """Fewest largest values the exponential tail is fitted to."""
 _P_FLOOR = 1e-15
@@ -56,6 +61,17 @@ _SEASONAL_ACF = 0.5
 """Autocorrelation a lag needs to be a period: more than half the variance repeats one cycle later."""
 _SEASONAL_CYCLES = 3
 """Past cycles whose same-phase median is the seasonal expectation: the median of 3 ignores one outlier."""
+_DAY_S = 86_400.0
+"""A calendar day: an autocorrelation peak within ``_CALENDAR_TOLERANCE`` of one day's points is one day."""
+_CALENDAR_TOLERANCE = 0.05
+"""Relative error of a period read off a probe of about two cycles (measured: 280-282 points for a
+288-point day); a seasonal expectation six points out of phase leaves a large share of the cycle in
+the residual, so a near-day peak snaps to the day given by the series' own sampling step."""
+_BURST_CLIP = 3.0
+"""|z| above which a point adds no more to the burst statistic: single large points are the point
+statistic's; the burst counts how many moderately unusual points gather."""
+_STATISTICS = 4
+"""Point, shift, long shift, burst: the Bonferroni factor of the combined p-value."""
 
 
 class ConformalSettings(BaseSettings):
@@ -72,6 +88,9 @@ class ConformalSettings(BaseSettings):
     shift_points: int = Field(
         default=6, ge=2, le=1000, description="points summed into the sustained-shift statistic"
     )
+    long_shift_points: int = Field(
+        default=24, ge=2, le=1000, description="points of the slow-shift and variance-burst statistics"
+    )
     tail_share: float = Field(
         default=0.01, gt=0, lt=0.5, description="share of the largest past statistics the tail is fitted to"
     )
@@ -84,7 +103,10 @@ class ConformalSettings(BaseSettings):
     escalation: float = Field(
         default=0.01, gt=0, le=1, description="p-value ratio by which a suppressed point must beat the alert"
     )
-    warmup_points: int = Field(default=288, ge=10, description="points seen before any score above 0")
+    warmup_points: int = Field(default=30, ge=10, description="points seen before any score above 0")
+    min_history_points: int = Field(
+        default=30, ge=_MIN_HISTORY, description="past statistics needed before a p-value is given"
+    )
     period_probe_points: int = Field(
         default=600, ge=0, le=20_000, description="first points whose autocorrelation finds the period (0: never)"
     )
@@ -126,7 +148,7 @@ class _Ranked:
 
 
 class ConformalDetector(StreamingDetector):
-    """Conformal, tail-extrapolated p-values of point and shift statistics, with alert suppression."""
+    """Conformal, tail-extrapolated p-values of point, shift and burst statistics, with alert suppression."""
 
     kind = "conformal"
     settings_type = ConformalSettings
@@ -140,13 +162,29 @@ class ConformalDetector(StreamingDetector):
         self.alert_p = 1.0
         self.magnitude = 0.0
         self.window = _Ranked(cfg.window_points)
-        self.recent: deque[float] = deque(maxlen=cfg.shift_points)
+        self.recent: deque[float] = deque(maxlen=self._recent_size)
         self.points = _Ranked(cfg.history_points)
         self.shifts = _Ranked(cfg.history_points)
+        self.long_shifts = _Ranked(cfg.history_points)
+        self.bursts = _Ranked(cfg.history_points)
         self.probe: list[float] = []
+        self.probe_t0 = 0.0
         self.period = 0
         """0 until the probe is full, then the period in points, or -1 when there is none."""
         self.cycles: deque[float] = deque()
+
+    @property
+    def _recent_size(self) -> int:
+        return max(self.settings.shift_points, self.settings.long_shift_points)
+
+    def _clear(self) -> None:
+        """Forget the window, the recent z-scores and the statistics' history (and the point count)."""
+        cfg = self.settings
+        self.window = _Ranked(cfg.window_points)
+        self.recent.clear()
+        self.points, self.shifts = _Ranked(cfg.history_points), _Ranked(cfg.history_points)
+        self.long_shifts, self.bursts = _Ranked(cfg.history_points), _Ranked(cfg.history_points)
+        self.n = 0
 
     def _state(self) -> dict[str, Any]:
         return {
@@ -159,7 +197,10 @@ class ConformalDetector(StreamingDetector):
             "recent": list(self.recent),
             "points": list(self.points.fifo),
             "shifts": list(self.shifts.fifo),
+            "long_shifts": list(self.long_shifts.fifo),
+            "bursts": list(self.bursts.fifo),
             "probe": list(self.probe),
+            "probe_t0": self.probe_t0,
             "period": self.period,
             "cycles": list(self.cycles),
         }
@@ -168,9 +209,11 @@ class ConformalDetector(StreamingDetector):
         cfg = self.settings
         for name, limit in (
             ("window", cfg.window_points),
-            ("recent", cfg.shift_points),
+            ("recent", self._recent_size),
             ("points", cfg.history_points),
             ("shifts", cfg.history_points),
+            ("long_shifts", cfg.history_points),
+            ("bursts", cfg.history_points),
             ("probe", cfg.period_probe_points),
             ("cycles", _SEASONAL_CYCLES * cfg.period_probe_points),
         ):
@@ -180,17 +223,22 @@ class ConformalDetector(StreamingDetector):
         self.alert_p, self.magnitude = float(state["alert_p"]), float(state["magnitude"])
         self.last_sign = int(state["last_sign"])
         self.window = _Ranked(cfg.window_points, [float(v) for v in state["window"]])
-        self.recent = deque((float(v) for v in state["recent"]), maxlen=cfg.shift_points)
+        self.recent = deque((float(v) for v in state["recent"]), maxlen=self._recent_size)
         self.points = _Ranked(cfg.history_points, [float(v) for v in state["points"]])
         self.shifts = _Ranked(cfg.history_points, [float(v) for v in state["shifts"]])
+        self.long_shifts = _Ranked(cfg.history_points, [float(v) for v in state["long_shifts"]])
+        self.bursts = _Ranked(cfg.history_points, [float(v) for v in state["bursts"]])
         self.probe = [float(v) for v in state["probe"]]
+        self.probe_t0 = float(state["probe_t0"])
         self.period = int(state["period"])
         self.cycles = deque(float(v) for v in state["cycles"])
 
-    def _find_period(self) -> None:
+    def _find_period(self, step_s: float) -> None:
         """Set ``period`` from the probe's autocorrelation and, when there is one, start afresh on the
-        seasonal residual (cycles seeded with the probe, so the residual is available at once)."""
-        x = np.asarray(self.probe) - float(np.mean(self.probe))
+        seasonal residual: the probe's first cycle seeds the cycles and the rest is replayed through
+        the detector (scores discarded), so it goes on from the probe's end without a new warm-up."""
+        probe, self.probe = self.probe, []
+        x = np.asarray(probe) - float(np.mean(probe))
         variance = float(np.dot(x, x))
         n = x.size
         if variance > 0:
@@ -199,16 +247,17 @@ class ConformalDetector(StreamingDetector):
                 if acf[lag] > _SEASONAL_ACF and acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]:
                     self.period = lag
                     break
-        if self.period > 0:
-            cfg = self.settings
-            self.cycles = deque(self.probe[-_SEASONAL_CYCLES * self.period :])
-            self.window = _Ranked(cfg.window_points)
-            self.points, self.shifts = _Ranked(cfg.history_points), _Ranked(cfg.history_points)
-            self.recent.clear()
-            self.n = 0
-        else:
+        day = round(_DAY_S / step_s) if step_s > 0 else 0
+        if self.period > 0 and abs(self.period - day) <= _CALENDAR_TOLERANCE * day and day < n:
+            self.period = day
+        if self.period <= 0:
             self.period = -1
-        self.probe = []
+            return
+        self._clear()
+        self.hold, self.alert_p = 0, 1.0
+        self.cycles = deque(probe[: self.period])
+        rest = probe[self.period :]
+        self._run([0.0] * len(rest), rest)
 
     def _seasonal(self, x: float) -> float:
         """The value minus the median of the same phase over the past cycles (then remember it)."""
@@ -223,6 +272,7 @@ class ConformalDetector(StreamingDetector):
     def _run(self, timestamps: list[float], values: list[float]) -> list[float]:
         cfg = self.settings
         k, root_k = cfg.shift_points, math.sqrt(cfg.shift_points)
+        long_k, root_long = cfg.long_shift_points, math.sqrt(cfg.long_shift_points)
         alert_level = -math.log10(cfg.alert_p)
         out: list[float] = []
         for t, x in zip(timestamps, values, strict=True):
@@ -232,9 +282,11 @@ class ConformalDetector(StreamingDetector):
             if self.period > 0:
                 x = self._seasonal(x)
             elif self.period == 0 and cfg.period_probe_points:
+                if not self.probe:
+                    self.probe_t0 = t
                 self.probe.append(x)
                 if len(self.probe) == cfg.period_probe_points:
-                    self._find_period()
+                    self._find_period((t - self.probe_t0) / max(len(self.probe) - 1, 1))
                     if self.period > 0:
                         out.append(0.0)
                         continue
@@ -247,17 +299,27 @@ class ConformalDetector(StreamingDetector):
                 spread = (window[(3 * m) // 4] - window[m // 4]) / _IQR_PER_SIGMA
                 floor = max(cfg.relative_scale_floor * max(abs(median), self.magnitude), cfg.absolute_scale_floor)
                 z = (x - median) / max(spread, floor)
-                self.recent.append(z)
+                recent = self.recent
+                recent.append(z)
+                filled = len(recent)
                 point = abs(z)
-                shift = abs(math.fsum(self.recent)) / root_k if len(self.recent) == k else 0.0
+                shift = abs(math.fsum(islice(recent, filled - k, None))) / root_k if filled >= k else 0.0
+                if filled >= long_k:
+                    tail = list(islice(recent, filled - long_k, None))
+                    long_shift = abs(math.fsum(tail)) / root_long
+                    burst = math.fsum(min(abs(v), _BURST_CLIP) for v in tail) / long_k
+                else:
+                    long_shift = burst = 0.0
                 p = 1.0
-                if len(self.points.fifo) >= _MIN_HISTORY:
-                    p = min(1.0, 2.0 * min(
-                        self.points.p_value(point, cfg.tail_share), self.shifts.p_value(shift, cfg.tail_share)
+                if len(self.points.fifo) >= cfg.min_history_points:
+                    tail_share = cfg.tail_share
+                    p = min(1.0, _STATISTICS * min(
+                        self.points.p_value(point, tail_share),
+                        self.shifts.p_value(shift, tail_share),
+                        self.long_shifts.p_value(long_shift, tail_share),
+                        self.bursts.p_value(burst, tail_share),
                     ))
-                self.points.push(point)
-                self.shifts.push(shift)
-                if self.n > cfg.warmup_points:
+                if self.n > cfg.warmup_points and len(self.points.fifo) >= cfg.min_history_points:
                     if self.hold > 0:
                         self.hold -= 1
                         if p < self.alert_p * cfg.escalation:
@@ -269,6 +331,10 @@ class ConformalDetector(StreamingDetector):
                     q = (-math.log10(max(p, _P_FLOOR)) / alert_level) ** _HILL_ORDER
                     score = q / (1.0 + q)
                     sign = 1 if z >= 0.0 else -1
+                self.points.push(point)
+                self.shifts.push(shift)
+                self.long_shifts.push(long_shift)
+                self.bursts.push(burst)
             self.last_sign = sign
             out.append(score * sign)
             a = 1.0 / self.n if self.n < 100 else 0.01

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from aiops.detection import Alerter, AlerterSettings, RobustSettings, make_detector
+from aiops.detection import Alerter, AlerterSettings, ConformalSettings, make_detector
 from aiops.incidents import series as series_store
 from aiops.incidents.grouping import CallGraph
 from aiops.incidents.lifecycle import LifecyclePolicy, Observation, StepReport, apply_step
@@ -32,6 +32,24 @@ log = logging.getLogger("devart.aiops.incidents")
 
 _NS_PER_S = 1_000_000_000
 _LOCK_KEY = 0x61696F70  # 'aiop': one processor of steps at a time across processes
+
+
+def live_detector_settings(given: ConformalSettings | None) -> ConformalSettings:
+    """The detector settings of the live path: as given (or from the environment), with the
+    detector's own hold after an alert switched off. Here the alerting rules are the suppression
+    (one alert until the series has been calm for ``recovery_points``), and they must see the
+    scores as they are: a detector that scored 0 during its hold would make a lasting fault look
+    calm, resolve its incident after a few steps and open a new one when the hold ended."""
+    settings = given if given is not None else ConformalSettings()
+    return settings.model_copy(update={"suppress_points": 0})
+
+
+def live_alerter_settings(settings: AiopsSettings, given: AlerterSettings | None) -> AlerterSettings:
+    """The alerting rules of the live path: as given (or from the environment), with at least
+    ``incident_min_anomalous_steps`` consecutive anomalous steps before an alert can open or join
+    an incident (the debounce: one unusual step among thousands of series is expected noise)."""
+    rules = given if given is not None else AlerterSettings()
+    return rules.model_copy(update={"min_points": max(rules.min_points, settings.incident_min_anomalous_steps)})
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,14 +69,14 @@ class IncidentPipeline:
         *,
         pool: asyncpg.Pool,
         source: SpanSource,
-        detector_settings: RobustSettings | None = None,
+        detector_settings: ConformalSettings | None = None,
         alerter_settings: AlerterSettings | None = None,
     ) -> None:
         self.settings = settings
         self._pool = pool
         self._source = source
-        self._detector_settings = detector_settings if detector_settings is not None else RobustSettings()
-        self._alerter_settings = alerter_settings if alerter_settings is not None else AlerterSettings()
+        self._detector_settings = live_detector_settings(detector_settings)
+        self._alerter_settings = live_alerter_settings(settings, alerter_settings)
         self.step_ns = settings.signal_step_s * _NS_PER_S
         self._policy = LifecyclePolicy(
             step_ns=self.step_ns,

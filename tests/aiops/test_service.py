@@ -10,7 +10,6 @@ import sys
 import asyncpg
 import pytest
 
-from aiops.detection import RobustSettings
 from aiops.incidents import get_incident
 from aiops.service import AiopsService
 from aiops.settings import AiopsSettings
@@ -31,7 +30,7 @@ def _settings() -> AiopsSettings:
 
 
 def _service(db: asyncpg.Pool) -> AiopsService:
-    return AiopsService(_settings(), pool=db, detector_settings=RobustSettings(season_period_s=DAY_STEPS))
+    return AiopsService(_settings(), pool=db)
 
 
 class _Driver:

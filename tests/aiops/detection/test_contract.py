@@ -89,9 +89,9 @@ def test_conformal_state_stops_growing_once_its_buffers_are_full() -> None:
 
 
 def test_make_detector_returns_the_default_with_environment_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DEVART_DETECTION_WARMUP_POINTS", "77")
+    monkeypatch.setenv("DEVART_DETECTION_CONFORMAL_WARMUP_POINTS", "77")
     detector = make_detector()
-    assert isinstance(detector, RobustDetector)
+    assert isinstance(detector, ConformalDetector)
     assert detector.settings.warmup_points == 77
 
 
@@ -105,7 +105,7 @@ def test_bad_input_names_the_field() -> None:
         load_detector({"kind": "nope", "version": 1, "settings": {}, "state": {}})
     with pytest.raises(ValueError, match="state.kind: 'ewma' is not a 'robust' detector"):
         RobustDetector.from_state(EwmaDetector().state_dict())
-    state = make_detector().state_dict()
+    state = RobustDetector().state_dict()
     state["state"]["profile"] = [0.0]
     with pytest.raises(ValueError, match="state.profile: 1 buckets"):
         load_detector(state)

@@ -53,20 +53,26 @@ FLOOR_SEEDS = range(5)
 
 
 def test_default_detector_quality_floor_holds_for_the_worst_of_several_seeds() -> None:
-    # Measured minimum over seeds 0-4 (copies=2): precision 0.672, recall 0.925, median delay 0,
-    # 0.313 false alerts per 1000 points; the floors sit just under the worst seed.
+    # The default became the conformal detector because the robust one, tuned on this simulator
+    # (precision 0.67-0.77, recall 0.93-0.97 here), scored 8.1 NAB standard on the 28 real nab-dev
+    # series against 59.4 for the conformal one (`python -m bench.real --split all`). The simulator
+    # is our own upper bound, not evidence, so these floors record what the real-data choice costs here rather than a target: measured over
+    # seeds 0-4 (copies=2) precision 0.195-0.246, recall 0.630-0.695, median delay 0, 1.48-1.75
+    # false alerts per 1000 points (calibrated p-values alert on about alert_p of normal points);
+    # the floors sit just under the worst seed. In the live path the incident layer's debounce
+    # (`incident_min_anomalous_steps`) and the alerting hysteresis keep those from opening incidents.
     overall = [
         summarise("default", evaluate(make_detector, build_evaluation_set(seed=seed, copies=2)))[-1]
         for seed in FLOOR_SEEDS
     ]
     assert all(o.group == "all" for o in overall)
-    assert min(o.recall for o in overall) >= 0.9
-    assert min(o.precision for o in overall) >= 0.65
+    assert min(o.recall for o in overall) >= 0.62
+    assert min(o.precision for o in overall) >= 0.19
     assert max(o.median_delay for o in overall) <= 1.0
-    assert max(o.false_per_1k for o in overall) <= 0.35
+    assert max(o.false_per_1k for o in overall) <= 1.8
 
 
 def test_default_beats_the_ewma_baseline(dataset: list[LabelledSeries]) -> None:
     default = summarise("default", evaluate(make_detector, dataset))[-1]
     ewma = summarise("ewma", evaluate(EwmaDetector, dataset))[-1]
-    assert default.f1 > ewma.f1 + 0.3
+    assert default.f1 > ewma.f1 + 0.1  # measured 0.322 against 0.170 (seed 0)

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from aiops.detection import Alerter, RobustSettings, make_detector
+from aiops.detection import Alerter, ConformalSettings, make_detector
 from aiops.incidents import Anomaly, Excerpt
 from aiops.incidents.grouping import CallGraph
 from aiops.incidents.series import TrackedSeries
@@ -52,13 +52,13 @@ def test_call_graph_links_transitive_callers_not_siblings_and_forgets_old_edges(
 
 def test_tracked_series_state_round_trips_through_json() -> None:
     rng = np.random.default_rng(3)
-    settings = RobustSettings(warmup_points=5)
+    settings = ConformalSettings(warmup_points=10)
     original = TrackedSeries(("s", "op", "p95"), Alerter(make_detector(settings)), recent_points=4)
-    for t, v in enumerate(rng.normal(10, 1, 40).tolist() + [float("nan")]):
+    for t, v in enumerate(rng.normal(10, 1, 130).tolist() + [float("nan")]):
         original.observe(t * 1_000_000_000, v)
     restored = TrackedSeries.from_state(original.key, json.loads(json.dumps(original.state_dict())), recent_points=4)
     assert restored.recent == original.recent and len(restored.recent) == 4
-    for t, v in enumerate([10.0, 30.0, 11.0], start=41):
+    for t, v in enumerate([10.0, 30.0, 11.0], start=131):
         a, b = original.observe(t * 1_000_000_000, v), restored.observe(t * 1_000_000_000, v)
         assert (a.score, a.fired, a.calm_steps) == (b.score, b.fired, b.calm_steps)
     assert json.dumps(original.state_dict(), allow_nan=False)
