@@ -70,8 +70,8 @@ class GitHubError(Exception):
 
 class GitHubPort(Protocol):
     async def create_check_run(self, installation_id: int | None, repo: str, *, name: str, head_sha: str,
-                               external_id: str, status: str, output: dict[str, Any],
-                               details_url: str | None = None) -> int: ...
+                               external_id: str, status: str, conclusion: str | None,
+                               output: dict[str, Any]) -> int: ...
 
     async def update_check_run(self, installation_id: int | None, repo: str, check_run_id: int, *, status: str,
                                conclusion: str | None, output: dict[str, Any]) -> None: ...
@@ -169,13 +169,13 @@ class GitHubKitClient:
             raise
 
     async def create_check_run(self, installation_id: int | None, repo: str, *, name: str, head_sha: str,
-                               external_id: str, status: str, output: dict[str, Any],
-                               details_url: str | None = None) -> int:
+                               external_id: str, status: str, conclusion: str | None,
+                               output: dict[str, Any]) -> int:
         owner, name_ = _split(repo)
         data: dict[str, Any] = {"name": name, "head_sha": head_sha, "external_id": external_id, "status": status,
                                 "output": output}
-        if details_url:
-            data["details_url"] = details_url
+        if conclusion is not None:
+            data["conclusion"] = conclusion
         response = await self._rest(installation_id, lambda r: r.checks.async_create(owner, name_, data=data))
         return int(response.json()["id"])
 

@@ -78,10 +78,10 @@ class GitHubReporter(ListeningLoop):
         if check_run_id is None:
             check_run_id = await self._port.create_check_run(
                 installation, repo, name=row["name"], head_sha=row["head_sha"], external_id=str(row["run_id"]),
-                status=status, output=output)
+                status=status, conclusion=conclusion, output=output)
             await conn.execute("UPDATE github_checks SET check_run_id = $2 WHERE run_id = $1", row["run_id"],
                                check_run_id)
-        if status == "completed" or check_run_id == row["check_run_id"]:
+        else:
             await self._port.update_check_run(installation, repo, check_run_id, status=status, conclusion=conclusion,
                                               output=output)
         sent = row["annotations_sent"]

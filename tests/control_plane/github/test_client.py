@@ -70,7 +70,7 @@ async def test_check_runs_comments_reviews_and_merge(github: FakeGitHubServer) -
     client = GitHubKitClient(github_settings(github))
     fake.pull(REPO, 5, SHA, files={"src/calc.py": "@@ -1,2 +1,3 @@\n def add(a, b):\n+    x = 1\n     return a + b"})
     check = await client.create_check_run(77, REPO, name="devart/pr-pipeline", head_sha=SHA, external_id="run-1",
-                                          status="queued", output={"title": "t", "summary": "s"})
+                                          status="queued", conclusion=None, output={"title": "t", "summary": "s"})
     await client.update_check_run(77, REPO, check, status="completed", conclusion="success",
                                   output={"title": "t", "summary": "s", "annotations": [
                                       {"path": "src/calc.py", "start_line": 2, "end_line": 2,
