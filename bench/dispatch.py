@@ -399,7 +399,10 @@ async def bench_celery(
             stack.push_async_callback(db.close)
         configure(broker, queue, backend)
         env = dict(os.environ, BENCH_CELERY_BROKER=broker, BENCH_CELERY_QUEUE=queue, BENCH_CELERY_BACKEND=backend)
-        argv = [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker", "--pool=threads",
+        # The durable peer runs Celery's usual prefork pool: in a threads pool its database backend
+        # opens a new connection for every result (SQLAlchemy NullPool outside a forked worker).
+        argv = [sys.executable, "-m", "celery", "-A", "bench.celery_app", "worker",
+                "--pool=prefork" if durable else "--pool=threads",
                 f"--concurrency={settings.slots}", "--without-heartbeat", "--without-gossip", "--without-mingle",
                 "--loglevel=WARNING", "-Q", queue]
         log_path = workdir / f"{queue.removeprefix(prefix)}.log"

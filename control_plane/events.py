@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from uuid import UUID
 
 import aio_pika
@@ -81,6 +82,7 @@ class EventApplier:
         self._config = config
 
     async def apply(self, conn: asyncpg.Connection, event: Event, effects: _Effects) -> None:
+        """One event that is applied on its own (started and succeeded ones go set-based)."""
         match event:
             case AgentHello():
                 await self._hello(conn, event)
@@ -91,8 +93,6 @@ class EventApplier:
                 await conn.execute(
                     "UPDATE agents SET state = 'gone', free_slots = 0, running = '[]' WHERE id = $1", event.agent_id
                 )
-            case TaskStarted():
-                await self._started(conn, event)
             case TaskProgress():
                 await conn.execute(
                     "UPDATE attempts SET progress = $3, progress_msg = $4 WHERE task_id = $1 AND attempt = $2",
@@ -101,9 +101,6 @@ class EventApplier:
             case TaskLog():
                 await self._log(conn, event)
                 effects.log_tasks.add(event.task_id)
-            case TaskSucceeded():
-                await self._succeeded(conn, event)
-                effects.ended_tasks.add(event.task_id)
             case TaskFailed():
                 await self._failed(conn, event)
                 effects.ended_tasks.add(event.task_id)
@@ -147,19 +144,58 @@ class EventApplier:
             [r.progress for r in ev.running], [r.message for r in ev.running],
         )
 
-    async def _lock(self, conn: asyncpg.Connection, task_id: UUID) -> asyncpg.Record | None:
-        return await conn.fetchrow("SELECT * FROM tasks WHERE id = $1 FOR UPDATE", task_id)
+    async def apply_batch(self, conn: asyncpg.Connection, events: list[Event], effects: _Effects) -> None:
+        """Apply a batch of events, set-based where it can be (one statement for all started events,
+        one for all succeeded ones), in the caller's transaction.
 
-    async def _started(self, conn: asyncpg.Connection, ev: TaskStarted) -> None:
-        task = await conn.fetchrow(_START, ev.task_id, ev.attempt, ev.agent_id, self._config.lease_s, ev.ts)
-        if task is None:
-            log.warning("started event for unknown task %s", ev.task_id)
+        The tasks the batch moves are locked first, in id order, so two control planes applying
+        overlapping batches wait for each other instead of deadlocking. Agent events go first, then
+        starts, then progress and logs, then results: an agent sends a task's events in that order.
+        """
+        moving = sorted({e.task_id for e in events if isinstance(e, TaskStarted | TaskSucceeded | TaskFailed)})
+        if moving:
+            await conn.execute("SELECT 1 FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", moving)
+        for event in events:
+            if isinstance(event, AgentHello | AgentHeartbeat | AgentBye):
+                await self.apply(conn, event, effects)
+        await self._started(conn, [e for e in events if isinstance(e, TaskStarted)])
+        for event in events:
+            if isinstance(event, TaskProgress | TaskLog):
+                await self.apply(conn, event, effects)
+        succeeded = [e for e in events if isinstance(e, TaskSucceeded)]
+        await self._finish(conn, [_Finish.succeeded(e) for e in succeeded])
+        effects.ended_tasks.update(e.task_id for e in succeeded)
+        for event in events:
+            if isinstance(event, TaskFailed):
+                await self.apply(conn, event, effects)
+
+    async def _started(self, conn: asyncpg.Connection, events: list[TaskStarted]) -> None:
+        if not events:
             return
-        current = task["attempt"] == ev.attempt
-        if not current or task["status"] in TERMINAL:
-            # A stale or cancelled attempt is running somewhere: tell that agent to stop it.
-            reason = "task is " + task["status"] if current else f"attempt {ev.attempt} is superseded"
-            await enqueue(conn, [cancel_command(self._config.topology, ev.agent_id, ev.task_id, ev.attempt, reason)])
+        # One row per task in a statement (a task's duplicates wait for the next statement).
+        rounds: list[dict[UUID, TaskStarted]] = []
+        for ev in events:
+            free = next((r for r in rounds if ev.task_id not in r), None)
+            if free is None:
+                rounds.append(free := {})
+            free[ev.task_id] = ev
+        for batch in rounds:
+            rows = await conn.fetch(
+                _START, list(batch), [e.attempt for e in batch.values()], [e.agent_id for e in batch.values()],
+                self._config.lease_s, [e.ts for e in batch.values()],
+            )
+            known = {row["task_id"]: row for row in rows}
+            for ev in batch.values():
+                task = known.get(ev.task_id)
+                if task is None:
+                    log.warning("started event for unknown task %s", ev.task_id)
+                    continue
+                current = task["attempt"] == ev.attempt
+                if task["finished_here"] or (current and task["status"] not in TERMINAL):
+                    continue  # moved now, or a late start of an attempt this agent already finished
+                # A stale or cancelled attempt is running somewhere: tell that agent to stop it.
+                reason = "task is " + task["status"] if current else f"attempt {ev.attempt} is superseded"
+                await enqueue(conn, [cancel_command(self._config.topology, ev.agent_id, ev.task_id, ev.attempt, reason)])
 
     async def _log(self, conn: asyncpg.Connection, ev: TaskLog) -> None:
         await conn.execute(
@@ -173,20 +209,27 @@ class EventApplier:
             [ln.stream for ln in ev.lines], [ln.text for ln in ev.lines],
         )
 
-    async def _finish(
-        self, conn: asyncpg.Connection, ev: TaskSucceeded | TaskFailed, *, attempt_status: str, task_status: str,
-        reason: str, error: dict | None,
-    ) -> None:
-        await conn.execute(
-            _FINISH, ev.task_id, ev.attempt, attempt_status, task_status, reason, ev.result, error, ev.agent_id, ev.ts,
-        )
-
-    async def _succeeded(self, conn: asyncpg.Connection, ev: TaskSucceeded) -> None:
-        await self._finish(conn, ev, attempt_status="succeeded", task_status="succeeded",
-                           reason=f"succeeded on {ev.agent_id}", error=None)
+    async def _finish(self, conn: asyncpg.Connection, rows: list[_Finish]) -> None:
+        if not rows:
+            return
+        # One row per (task, attempt) in a statement, like starts.
+        rounds: list[dict[tuple[UUID, int], _Finish]] = []
+        for row in rows:
+            free = next((r for r in rounds if (row.task_id, row.attempt) not in r), None)
+            if free is None:
+                rounds.append(free := {})
+            free[(row.task_id, row.attempt)] = row
+        for batch in rounds:
+            values = list(batch.values())
+            await conn.execute(
+                _FINISH, [r.task_id for r in values], [r.attempt for r in values], [r.agent_id for r in values],
+                [r.attempt_status for r in values], [r.task_status for r in values], [r.reason for r in values],
+                [r.result for r in values], [r.error for r in values], [r.ts for r in values],
+                [r.started_at for r in values],
+            )
 
     async def _failed(self, conn: asyncpg.Connection, ev: TaskFailed) -> None:
-        task = await self._lock(conn, ev.task_id)
+        task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", ev.task_id)  # locked by apply_batch
         if task is None or (task["status"] == "running" and task["agent_id"] != ev.agent_id):
             return  # only the agent running the attempt may fail it
         error = {"message": ev.error, "type": ev.error_type, "reason": ev.reason, "retryable": ev.retryable}
@@ -201,8 +244,8 @@ class EventApplier:
             reason = f"attempts exhausted ({ev.attempt}/{task['max_attempts']}): {ev.error}"[:500]
         else:
             task_status, reason, retry = "failed", ev.error[:500], True
-        await self._finish(conn, ev, attempt_status=attempt_status, task_status=task_status, reason=reason,
-                           error=error)
+        await self._finish(conn, [_Finish(ev.task_id, ev.attempt, ev.agent_id, attempt_status, task_status, reason,
+                                          ev.result, error, ev.ts, ev.started_at)])
         if task["attempt"] != ev.attempt or task["status"] not in ("queued", "running"):
             return
         if task_status == "dead":
@@ -220,58 +263,110 @@ class EventApplier:
         )
 
 
-# One statement per started event: lock the task, and when this is its current attempt and it is
-# still open (and not already running on this agent: a duplicate), mark it running, open the
-# attempt and record the transition. Returns the task as it was before, or nothing if unknown.
+@dataclass(frozen=True)
+class _Finish:
+    """One attempt's end, as the set-based finish statement takes it."""
+
+    task_id: UUID
+    attempt: int
+    agent_id: str
+    attempt_status: str
+    task_status: str
+    reason: str
+    result: dict
+    error: dict | None
+    ts: datetime
+    started_at: datetime | None
+
+    @classmethod
+    def succeeded(cls, ev: TaskSucceeded) -> _Finish:
+        return cls(ev.task_id, ev.attempt, ev.agent_id, "succeeded", "succeeded", f"succeeded on {ev.agent_id}",
+                   ev.result, None, ev.ts, ev.started_at)
+
+
+# The started events of a batch, one statement: for each task whose current attempt this is and
+# that is still open (and not already running on this agent: a duplicate), mark it running, open
+# the attempt and record the transition. Returns each named task as it was before, and whether the
+# event's agent has already finished that attempt (its start arrived after its result). The tasks
+# are locked by the caller. $1 tasks, $2 attempts, $3 agents, $4 lease (s), $5 agents' times.
 _START = """
-WITH before AS (SELECT id, status, attempt, agent_id FROM tasks WHERE id = $1 FOR UPDATE),
+WITH ev AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $5::timestamptz[]) AS e(task_id, attempt, agent_id, ts)
+),
+before AS (
+    SELECT t.id, t.status, t.attempt, t.agent_id, ev.attempt AS ev_attempt, ev.agent_id AS ev_agent, ev.ts
+    FROM tasks t JOIN ev ON ev.task_id = t.id
+),
 moved AS (
-    UPDATE tasks t SET status = 'running', status_reason = '', agent_id = $3,
-           started_at = coalesce(t.started_at, least(now(), $5)), updated_at = now(),
+    UPDATE tasks t SET status = 'running', status_reason = '', agent_id = b.ev_agent,
+           started_at = coalesce(t.started_at, least(now(), b.ts)), updated_at = now(),
            lease_expires_at = now() + make_interval(secs => $4),
            deadline_at = now() + make_interval(secs => t.timeout_s)
     FROM before b
-    WHERE t.id = b.id AND b.attempt = $2 AND b.status IN ('pending', 'queued', 'running')
-      AND NOT (b.status = 'running' AND b.agent_id IS NOT DISTINCT FROM $3)
-    RETURNING b.status AS from_status
+    WHERE t.id = b.id AND b.attempt = b.ev_attempt AND b.status IN ('pending', 'queued', 'running')
+      AND NOT (b.status = 'running' AND b.agent_id IS NOT DISTINCT FROM b.ev_agent)
+    RETURNING t.id, b.ev_attempt, b.ev_agent, b.ts, b.status AS from_status
 ),
 opened AS (
-    UPDATE attempts SET status = 'running', agent_id = $3,
-           started_at = coalesce(started_at, least(now(), $5)), deliveries = deliveries + 1
-    WHERE task_id = $1 AND attempt = $2 AND EXISTS (SELECT 1 FROM moved)
+    UPDATE attempts a SET status = 'running', agent_id = m.ev_agent,
+           started_at = coalesce(a.started_at, least(now(), m.ts)), deliveries = a.deliveries + 1
+    FROM moved m WHERE a.task_id = m.id AND a.attempt = m.ev_attempt
 ),
 recorded AS (
     INSERT INTO task_transitions (task_id, attempt, from_status, to_status, actor, reason)
-    SELECT $1, $2, from_status, 'running', $3,
-           CASE WHEN from_status = 'running' THEN 'redelivered to ' ELSE 'started on ' END || $3
-    FROM moved
+    SELECT id, ev_attempt, from_status, 'running', ev_agent,
+           CASE WHEN from_status = 'running' THEN 'redelivered to ' ELSE 'started on ' END || ev_agent
+    FROM moved ORDER BY id
 )
-SELECT status, attempt FROM before
+SELECT b.id AS task_id, b.status, b.attempt,
+       coalesce(a.finished_at IS NOT NULL AND a.agent_id = b.ev_agent, false) AS finished_here
+FROM before b LEFT JOIN attempts a ON a.task_id = b.id AND a.attempt = b.ev_attempt
 """
 
-# One statement per finished attempt: close the attempt if still open and, when it is the task's
-# current attempt and the task is still queued or running, finish the task and record the transition.
-# $1 task, $2 attempt, $3 attempt status, $4 task status, $5 reason, $6 result, $7 error, $8 agent, $9 agent's time.
+# The ends of a batch's attempts, one statement: close each attempt if still open and, when it is
+# its task's current attempt and the task is still queued or running, finish the task and record
+# the transition. Only the agent running an attempt may end it (a queued one: whoever the broker
+# gave it to). A result whose start was not applied yet (sent with it, or applied later by another
+# control plane) records the start too: queued -> running -> the result, as if it had come first.
+# $1 tasks, $2 attempts, $3 agents, $4 attempt statuses, $5 task statuses, $6 reasons, $7 results,
+# $8 errors, $9 agents' end times, $10 agents' start times.
 _FINISH = """
-WITH before AS (
-    -- only the agent running the attempt may finish it (a queued one: whoever the broker gave it to)
-    SELECT id, status, attempt FROM tasks
-    WHERE id = $1 AND (status <> 'running' OR agent_id IS NOT DISTINCT FROM $8) FOR UPDATE
+WITH ev AS (
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                         $8::jsonb[], $9::timestamptz[], $10::timestamptz[])
+        AS e(task_id, attempt, agent_id, attempt_status, task_status, reason, result, error, ts, started_at)
+),
+before AS (
+    SELECT t.id, t.status AS from_status, t.attempt AS current_attempt, ev.*
+    FROM tasks t JOIN ev ON ev.task_id = t.id
+    WHERE t.status <> 'running' OR t.agent_id IS NOT DISTINCT FROM ev.agent_id
 ),
 closed AS (
-    UPDATE attempts SET status = $3, finished_at = least(now(), $9), result = $6, error = $7,
-           agent_id = coalesce(agent_id, $8)
-    WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL AND EXISTS (SELECT 1 FROM before)
+    UPDATE attempts a SET status = b.attempt_status, finished_at = least(now(), b.ts), result = b.result,
+           error = b.error, agent_id = coalesce(a.agent_id, b.agent_id),
+           started_at = coalesce(a.started_at, least(now(), b.started_at)),
+           deliveries = a.deliveries + CASE WHEN a.started_at IS NULL AND b.started_at IS NOT NULL THEN 1 ELSE 0 END
+    FROM before b
+    WHERE a.task_id = b.id AND a.attempt = b.attempt AND a.finished_at IS NULL
 ),
 finished AS (
-    UPDATE tasks t SET status = $4, status_reason = $5, result = $6, error = $7,
-           finished_at = least(now(), $9), updated_at = now(), lease_expires_at = NULL
+    UPDATE tasks t SET status = b.task_status, status_reason = b.reason, result = b.result, error = b.error,
+           finished_at = least(now(), b.ts), updated_at = now(), lease_expires_at = NULL,
+           agent_id = coalesce(t.agent_id, b.agent_id), started_at = coalesce(t.started_at, least(now(), b.started_at))
     FROM before b
-    WHERE t.id = b.id AND b.attempt = $2 AND b.status IN ('queued', 'running')
-    RETURNING b.status AS from_status
+    WHERE t.id = b.id AND b.current_attempt = b.attempt AND b.from_status IN ('queued', 'running')
+    RETURNING t.id, b.attempt, b.agent_id, b.from_status, b.task_status, b.reason,
+              b.from_status = 'queued' AND b.started_at IS NOT NULL AS starts_too
 )
 INSERT INTO task_transitions (task_id, attempt, from_status, to_status, actor, reason)
-SELECT $1, $2, from_status, $4, $8, $5 FROM finished
+SELECT id, attempt, from_status, to_status, agent_id, reason FROM (
+    SELECT id, attempt, 1 AS step, 'queued' AS from_status, 'running' AS to_status, agent_id,
+           'started on ' || agent_id AS reason
+    FROM finished WHERE starts_too
+    UNION ALL
+    SELECT id, attempt, 2, CASE WHEN starts_too THEN 'running' ELSE from_status END, task_status, agent_id, reason
+    FROM finished
+) AS steps ORDER BY id, step
 """
 
 
@@ -399,27 +494,33 @@ class EventsConsumer:
 
     async def _apply_all(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> _Effects:
         effects = _Effects()
-        async with self._pool.acquire() as conn, conn.transaction():
-            for message, event in decoded:
-                task_id = getattr(event, "task_id", None)
-                if task_id is None:  # agent lifecycle events belong to no task's trace
-                    await self._applier.apply(conn, event, effects)
-                    continue
-                # A CONSUMER span in the task's trace, child of the agent's publish span; the batch's
-                # commit is shared, so the span covers this event's statements.
-                with _tracer.start_as_current_span(
-                    f"apply {event.kind}",
-                    context=extract_context(message.headers),
-                    kind=trace.SpanKind.CONSUMER,
-                    attributes={"messaging.system": "rabbitmq", "messaging.operation.type": "process",
-                                "messaging.destination.name": self._config.topology.events_queue,
-                                "devart.task_id": str(task_id), "devart.attempt": getattr(event, "attempt", 0)},
-                ):
-                    await self._applier.apply(conn, event, effects)
-            for task_id in effects.log_tasks:
-                await conn.execute("SELECT pg_notify('devart_logs', $1)", str(task_id))
-            if effects.ended_tasks and self._config.on_tasks_ended is not None:
-                await self._config.on_tasks_ended(conn, sorted(effects.ended_tasks))
+        # A CONSUMER span per task event in the task's trace, child of the agent's publish span; the
+        # batch's set-based statements and its commit are shared, so each span covers all of them.
+        spans = [
+            _tracer.start_span(
+                f"apply {event.kind}", context=extract_context(message.headers), kind=trace.SpanKind.CONSUMER,
+                attributes={"messaging.system": "rabbitmq", "messaging.operation.type": "process",
+                            "messaging.destination.name": self._config.topology.events_queue,
+                            "messaging.batch.message_count": len(decoded),
+                            "devart.task_id": str(task_id), "devart.attempt": getattr(event, "attempt", 0)},
+            )
+            for message, event in decoded
+            if (task_id := getattr(event, "task_id", None)) is not None  # agent lifecycle events: no trace
+        ]
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await self._applier.apply_batch(conn, [event for _, event in decoded], effects)
+                for task_id in effects.log_tasks:
+                    await conn.execute("SELECT pg_notify('devart_logs', $1)", str(task_id))
+                if effects.ended_tasks and self._config.on_tasks_ended is not None:
+                    await self._config.on_tasks_ended(conn, sorted(effects.ended_tasks))
+        except BaseException as exc:
+            for span in spans:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, type(exc).__name__))
+            raise
+        finally:
+            for span in spans:
+                span.end()
         return effects
 
     async def _apply_one_by_one(

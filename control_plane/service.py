@@ -31,6 +31,7 @@ from control_plane.dispatch import Dispatcher
 from control_plane.events import EventsConfig, EventsConsumer
 from control_plane.github.settings import GitHubSettings
 from control_plane.installation import Installation, load_installation
+from control_plane.leadership import Leadership
 from control_plane.metrics import PrometheusMetrics
 from control_plane.notify import Notifications, NotifySettings
 from control_plane.outbox import OutboxRelay
@@ -73,6 +74,9 @@ class Workers:
     metrics: ControlPlaneMetrics | None = None
     notifications: Notifications | None = None
     github: GitHubIntegration | None = None
+    leadership: Leadership | None = None
+    """Runs the installation-wide sweeps (reaper, approval expiry, remediation, span retention, Job
+    sweeper) while this control plane is the leader."""
 
 
 class ControlPlane:
@@ -267,29 +271,28 @@ class ControlPlane:
             remediation=RemediationLoop(self.remediation) if self.remediation_settings.enabled else None,
             notifications=Notifications(pool, self.notify),
         )
-        await self.workers.relay.listen()
-        self.workers.relay.start()
-        await self.workers.events.start()
-        await self.workers.dead.start()
-        self.workers.reaper.start()
+        w = self.workers
+        leader_loops = [w.reaper, w.approval_expiry, w.remediation, w.sweeper,
+                        w.span_retention if self.aiops.span_source == "postgres" else None]
+        w.leadership = Leadership(pool, [loop for loop in leader_loops if loop is not None],
+                                  interval_s=s.leader_interval_s)
+        await w.relay.listen()
+        w.relay.start()
+        await w.events.start()
+        await w.dead.start()
         dispatcher.start()
-        self.workers.approval_expiry.start()
-        self.workers.workflow_scheduler.start()
-        if self.workers.remediation is not None:
-            self.workers.remediation.start()
-        if self.workers.sweeper is not None:
-            self.workers.sweeper.start()
+        w.workflow_scheduler.start()
         if self.telemetry_settings.enabled:
-            self.workers.metrics.start()
-        if self.aiops.span_source == "postgres":
-            self.workers.span_retention.start()
-        await self.workers.notifications.start()
+            w.metrics.start()
+        await w.leadership.run_once()  # a lone control plane leads from the start, not one interval later
+        w.leadership.start()
+        await w.notifications.start()
         if self.github.enabled:
             # Imported here: only a control plane with GitHub configured loads githubkit.
             from control_plane.github.service import GitHubIntegration
 
-            self.workers.github = GitHubIntegration(pool, self.github, self.workflows)
-            self.workers.github.start()
+            w.github = GitHubIntegration(pool, self.github, self.workflows)
+            w.github.start()
 
     def _start_telemetry(self) -> None:
         """Join the process's telemetry; without an OTLP endpoint, this process's spans go straight
@@ -328,18 +331,16 @@ class ControlPlane:
 
     async def _close(self) -> None:
         if self.workers is not None:
-            if self.workers.sweeper is not None:
-                await self.workers.sweeper.stop()
             if self.workers.github is not None:
                 await self.workers.github.stop()
             if self.workers.notifications is not None:
                 await self.workers.notifications.stop()
-            for loop in (self.workers.metrics, self.workers.span_retention, self.workers.approval_expiry,
-                         self.workers.workflow_scheduler, self.workers.remediation):
+            if self.workers.leadership is not None:
+                await self.workers.leadership.stop()  # and the leader's loops with it
+            for loop in (self.workers.metrics, self.workers.workflow_scheduler):
                 if loop is not None:
                     await loop.stop()
             await self.workers.dispatcher.stop()
-            await self.workers.reaper.stop()
             await self.workers.events.stop()
             await self.workers.relay.stop()
             self.workers = None

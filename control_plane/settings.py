@@ -111,6 +111,11 @@ class Settings(BaseSettings):
     deadline_grace_s: float = Field(default=30.0, ge=0, description="slack past a task's deadline before the reaper acts")
     reaper_interval_s: float = Field(default=2.0, gt=0, description="period of the reaper loop")
     dispatch_interval_s: float = Field(default=2.0, gt=0, description="period of the pending-task dispatch sweep")
+    leader_interval_s: float = Field(
+        default=2.0, gt=0,
+        description="how often a control plane tries to become the leader (runs the reaper and the other "
+        "installation-wide sweeps), and how often the leader checks its database session",
+    )
 
     outbox_batch: int = Field(default=500, ge=1, description="outbox rows claimed per relay round")
     outbox_sweep_s: float = Field(default=1.0, gt=0, description="relay poll period when no NOTIFY arrives")

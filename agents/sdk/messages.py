@@ -166,7 +166,16 @@ class TaskLog(_TaskEventBase):
     lines: list[LogLine]
 
 
-class TaskSucceeded(_TaskEventBase):
+class _TerminalBase(_TaskEventBase):
+    started_at: datetime | None = Field(
+        default=None,
+        description="when the attempt started on the agent: the control plane records the start from it "
+        "when no started event was applied before (an attempt short enough to send none, or a started "
+        "event that another control plane applies later)",
+    )
+
+
+class TaskSucceeded(_TerminalBase):
     kind: Literal["succeeded"] = "succeeded"
     result: SafeJson = Field(default_factory=dict)
     duration_s: float = 0.0
@@ -175,7 +184,7 @@ class TaskSucceeded(_TaskEventBase):
 FailureReason = Literal["error", "timeout", "cancelled"]
 
 
-class TaskFailed(_TaskEventBase):
+class TaskFailed(_TerminalBase):
     """A failed attempt. ``reason`` says why: ``timeout`` maps to ``timed_out``, ``cancelled`` to a
     cancelled attempt; ``error`` is retried when ``retryable`` and attempts remain."""
 

@@ -18,6 +18,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, NoReturn
 from uuid import UUID
@@ -113,6 +114,12 @@ class AgentRuntimeSettings(BaseSettings):
         default=5.0,
         ge=0,
         description="seconds a handler gets past its timeout, or after a cancel request, before it is cancelled",
+    )
+    coalesce_start_s: float = Field(
+        default=0.02, ge=0,
+        description="an attempt that ends within this many seconds sends one terminal event carrying its "
+        "start instead of a started event and a terminal one; longer ones send started once it has passed "
+        "(0 = always send started before running the handler)",
     )
     finished_memory: int = Field(
         default=10_000,
@@ -608,44 +615,54 @@ class AgentRuntime:
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
         message = attempt.message
+        started = TaskStarted(agent_id=self.agent.agent_id, seq=0, task_id=message.task_id, attempt=message.attempt,
+                              pool_id=self.agent.pool_id)
         try:
-            try:
-                await self._publish_holding(attempt.deliveries, lambda: self._publish_task_event(
-                    attempt,
-                    lambda seq: TaskStarted(
-                        agent_id=self.agent.agent_id,
-                        seq=seq,
-                        task_id=message.task_id,
-                        attempt=message.attempt,
-                        pool_id=self.agent.pool_id,
-                    ),
-                ))
-            except _PublishFailed as exc:
-                log.warning(
-                    "task %s attempt %d: start not confirmed (%s); leaving it to the broker",
-                    *attempt.key,
-                    exc,
-                )
-                await _settle_all(attempt.deliveries, requeue=True)
+            window = self.settings.coalesce_start_s
+            if window <= 0 and not await self._announce_start(attempt, started):
                 return
             flusher = asyncio.create_task(self._flush_periodically(attempt), name="attempt-log-flush")
+            run = asyncio.create_task(execute_attempt(
+                attempt.handler, attempt.ctx, message.input, grace_s=self.settings.timeout_grace_s
+            ), name=f"execute-{message.task_id}-{message.attempt}")
             try:
-                outcome = await execute_attempt(
-                    attempt.handler, attempt.ctx, message.input, grace_s=self.settings.timeout_grace_s
-                )
+                # A short attempt's start rides in its terminal event (one message instead of two);
+                # a longer one announces its start once the window has passed.
+                coalesced = window > 0 and bool((await asyncio.wait({run}, timeout=window))[0])
+                if window > 0 and not coalesced and not await self._announce_start(attempt, started):
+                    await _stop(run, self.settings.timeout_grace_s)
+                    return
+                outcome = await run
             finally:
                 flusher.cancel()
                 await asyncio.gather(flusher, return_exceptions=True)
+                if not run.done():
+                    await _stop(run, self.settings.timeout_grace_s)
             await self._flush_logs(attempt)
             async with attempt.lock:
-                terminal = self._terminal_event(attempt, outcome)
+                terminal = self._terminal_event(attempt, outcome, started_at=started.ts)
                 self._remember(terminal)
             await self._report_and_ack(terminal, attempt.headers, attempt.deliveries)
         finally:
             self._running.pop(attempt.key, None)
 
-    def _terminal_event(self, attempt: _Attempt, outcome: AttemptOutcome) -> TaskSucceeded | TaskFailed:
+    async def _announce_start(self, attempt: _Attempt, started: TaskStarted) -> bool:
+        """Publish ``started`` (with the attempt's next seq); False, with the deliveries handed back
+        to the broker, when the broker did not confirm it."""
+        try:
+            await self._publish_holding(attempt.deliveries, lambda: self._publish_task_event(
+                attempt, lambda seq: started.model_copy(update={"seq": seq})))
+        except _PublishFailed as exc:
+            log.warning("task %s attempt %d: start not confirmed (%s); leaving it to the broker", *attempt.key, exc)
+            await _settle_all(attempt.deliveries, requeue=True)
+            return False
+        return True
+
+    def _terminal_event(
+        self, attempt: _Attempt, outcome: AttemptOutcome, *, started_at: datetime | None = None
+    ) -> TaskSucceeded | TaskFailed:
         common = {
+            "started_at": started_at,
             "agent_id": self.agent.agent_id,
             "seq": attempt.take_seq(),
             "task_id": attempt.message.task_id,
