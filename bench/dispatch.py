@@ -425,7 +425,7 @@ async def bench_celery(
                         await loop.run_in_executor(client, _celery_load, settings)
                 else:
                     assert database is not None
-                    groups["postgres"] = database.pids
+                    groups.update(database.cpu_group())
                     results = _CeleryResults(db, settings.phase_timeout_s)
                     await results.wait_all(await loop.run_in_executor(client, _celery_submit,
                                                                       max(settings.warmup_tasks, 1)))

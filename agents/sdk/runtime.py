@@ -118,8 +118,8 @@ class AgentRuntimeSettings(BaseSettings):
     coalesce_start_s: float = Field(
         default=0.02, ge=0,
         description="an attempt that ends within this many seconds sends one terminal event carrying its "
-        "start instead of a started event and a terminal one; longer ones send started once it has passed "
-        "(0 = always send started before running the handler)",
+        "start instead of a started event and a terminal one; longer ones send started once it has passed, "
+        "or at its first log line or progress report (0 = always send started before running the handler)",
     )
     finished_memory: int = Field(
         default=10_000,
@@ -339,6 +339,8 @@ class _Attempt:
     progress_message: str | None = None
     cancel_reason: str = ""
     task: asyncio.Task[None] | None = None
+    unannounced: TaskStarted | None = None
+    """The started event while it is not published yet (the coalescing window)."""
 
     @property
     def key(self) -> tuple[UUID, int]:
@@ -615,11 +617,12 @@ class AgentRuntime:
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
         message = attempt.message
-        started = TaskStarted(agent_id=self.agent.agent_id, seq=0, task_id=message.task_id, attempt=message.attempt,
-                              pool_id=self.agent.pool_id)
+        started = attempt.unannounced = TaskStarted(
+            agent_id=self.agent.agent_id, seq=0, task_id=message.task_id, attempt=message.attempt,
+            pool_id=self.agent.pool_id)
         try:
             window = self.settings.coalesce_start_s
-            if window <= 0 and not await self._announce_start(attempt, started):
+            if window <= 0 and not await self._announce_start(attempt):
                 return
             flusher = asyncio.create_task(self._flush_periodically(attempt), name="attempt-log-flush")
             run = asyncio.create_task(execute_attempt(
@@ -627,9 +630,10 @@ class AgentRuntime:
             ), name=f"execute-{message.task_id}-{message.attempt}")
             try:
                 # A short attempt's start rides in its terminal event (one message instead of two);
-                # a longer one announces its start once the window has passed.
-                coalesced = window > 0 and bool((await asyncio.wait({run}, timeout=window))[0])
-                if window > 0 and not coalesced and not await self._announce_start(attempt, started):
+                # a longer one announces its start once the window has passed, or before its first
+                # log line or progress report, whichever comes first.
+                finished_early = window > 0 and bool((await asyncio.wait({run}, timeout=window))[0])
+                if not finished_early and not await self._announce_start(attempt):
                     await _stop(run, self.settings.timeout_grace_s)
                     return
                 outcome = await run
@@ -646,17 +650,27 @@ class AgentRuntime:
         finally:
             self._running.pop(attempt.key, None)
 
-    async def _announce_start(self, attempt: _Attempt, started: TaskStarted) -> bool:
-        """Publish ``started`` (with the attempt's next seq); False, with the deliveries handed back
-        to the broker, when the broker did not confirm it."""
+    async def _announce_start(self, attempt: _Attempt) -> bool:
+        """Publish the attempt's started event unless it was already; False, with the deliveries
+        handed back to the broker, when the broker did not confirm it."""
+
+        async def announce() -> None:
+            async with attempt.lock:
+                await self._announce(attempt)
+
         try:
-            await self._publish_holding(attempt.deliveries, lambda: self._publish_task_event(
-                attempt, lambda seq: started.model_copy(update={"seq": seq})))
+            await self._publish_holding(attempt.deliveries, announce)
         except _PublishFailed as exc:
             log.warning("task %s attempt %d: start not confirmed (%s); leaving it to the broker", *attempt.key, exc)
             await _settle_all(attempt.deliveries, requeue=True)
             return False
         return True
+
+    async def _announce(self, attempt: _Attempt) -> None:
+        """Publish the started event first if it is still due (the caller holds ``attempt.lock``)."""
+        if attempt.unannounced is not None:
+            await self._publish(attempt.unannounced.model_copy(update={"seq": attempt.take_seq()}), attempt.headers)
+            attempt.unannounced = None
 
     def _terminal_event(
         self, attempt: _Attempt, outcome: AttemptOutcome, *, started_at: datetime | None = None
@@ -745,6 +759,7 @@ class AgentRuntime:
                     lines = attempt.log.take(self.settings.log_batch_lines)
                     if not lines:
                         return
+                    await self._announce(attempt)
                     await self._publish(
                         TaskLog(
                             agent_id=self.agent.agent_id,
@@ -894,6 +909,7 @@ class AgentRuntime:
 
     async def _publish_task_event(self, attempt: _Attempt, build: Callable[[int], Event]) -> None:
         async with attempt.lock:
+            await self._announce(attempt)
             await self._publish(build(attempt.take_seq()), attempt.headers)
 
     async def _publish_holding(

@@ -39,22 +39,23 @@ async def test_every_system_completes_a_tiny_load_and_cleans_up(
 
     assert profile is None
     by_name = {r.system: r for r in results}
-    assert set(by_name) == {"raw aio-pika", "celery", "devart", "devart batch"}
+    assert set(by_name) == {"raw aio-pika", "celery", "celery durable", "devart", "devart batch", "devart 2cp"}
     for result in results:
         assert result.tasks_per_s > 0
         assert result.cpu_ms and all(ms >= 0 for ms in result.cpu_ms.values())
         if result.system != "devart batch":  # a throughput load only
             assert len(result.done_ms) == 10
             assert all(ms > 0 for ms in result.done_ms)
-    for system in ("celery", "devart"):
+    for system in ("celery", "celery durable", "devart", "devart 2cp"):
         started, done = by_name[system].start_ms, by_name[system].done_ms
         assert len(started) == 10
         assert sorted(started)[5] <= sorted(done)[5]
     assert "control plane" in by_name["devart"].cpu_ms
     printed = report(results, settings)
     assert "devart / celery" in printed and "devart batch / celery" in printed
+    assert "devart / celery durable" in printed and "target devart 2cp >= 1.6x devart" in printed
     assert "target submit->start p50 <= 5 ms" in printed
-    for name in ("raw.requests", "raw.replies", "celery", "devart.control.events", "devart.dead"):
+    for name in ("raw.requests", "raw.replies", "celery", "celery-durable", "devart.control.events", "devart.dead"):
         assert not await _queue_exists(amqp_url, prefix + name), f"{prefix}{name} left on the broker"
     # Every client connection was closed: a leaked socket's ResourceWarning surfaces here, in this
     # test, instead of crashing pytest at exit when the collector finally finds it.

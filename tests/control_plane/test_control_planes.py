@@ -31,9 +31,11 @@ HISTORY = ["pending", "queued", "running", "succeeded"]
 class _ControlPlanes:
     """``devart serve`` processes on one database and broker, each on its own port."""
 
-    def __init__(self, database_url: str, broker: BrokerSettings, *, lease_s: float = 10.0) -> None:
+    def __init__(self, database_url: str, broker: BrokerSettings, *, lease_s: float = 10.0,
+                 heartbeat_ttl_s: float = 5.0) -> None:
         self._env = dict(os.environ, **broker.environment(), DATABASE_URL=database_url, DEVART_EMBEDDED_BROKER="false",
-                         DEVART_OUTBOX_SWEEP_S="0.2", DEVART_HEARTBEAT_TTL_S="5", DEVART_REAPER_INTERVAL_S="0.2",
+                         DEVART_OUTBOX_SWEEP_S="0.2", DEVART_HEARTBEAT_TTL_S=str(heartbeat_ttl_s),
+                         DEVART_REAPER_INTERVAL_S="0.2",
                          DEVART_LEADER_INTERVAL_S="0.2", DEVART_LEASE_S=str(lease_s), DEVART_LOG_LEVEL="WARNING")
         self.processes: list[subprocess.Popen[bytes]] = []
         self.urls: list[str] = []
@@ -187,12 +189,14 @@ TASKS_AT_SCALE = int(os.environ.get("DEVART_TEST_SCALE_TASKS", "10000"))
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 async def test_ten_thousand_tasks_through_two_control_planes_one_killed_and_the_broker_restarted(
     private_broker: PrivateRabbitMQ, database_url: str, db: asyncpg.Pool
 ) -> None:
     broker = BrokerSettings(amqp_url=private_broker.url, prefix="")
-    # A lease longer than any broker restart on a loaded machine: this test is about messages.
-    planes = _ControlPlanes(database_url, broker, lease_s=120.0)
+    # A lease and an agent TTL longer than any broker restart or stall on a loaded machine: this
+    # test is about messages, not about telling a silent agent from a slow one.
+    planes = _ControlPlanes(database_url, broker, lease_s=120.0, heartbeat_ttl_s=60.0)
     began = time.monotonic()
     try:
         first = await planes.start()
