@@ -40,10 +40,13 @@ class _ControlPlanes:
         self.processes: list[subprocess.Popen[bytes]] = []
         self.urls: list[str] = []
 
+    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "control_plane.cli", "serve"],
+                                env=dict(self._env, DEVART_PORT=str(port)))
+
     async def start(self) -> str:
         port = free_port()
-        self.processes.append(subprocess.Popen([sys.executable, "-m", "control_plane.cli", "serve"],
-                                               env=dict(self._env, DEVART_PORT=str(port))))
+        self.processes.append(self._spawn(port))
         url = f"http://127.0.0.1:{port}"
         self.urls.append(url)
         await wait_for(lambda: _ready(url), timeout_s=90, interval_s=0.2, what=f"the control plane on {url}")
