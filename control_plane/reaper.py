@@ -223,8 +223,17 @@ class Reaper(LoopService):
         )
         recovered = 0
         for row in stale:
-            depth = await self._queue_depth(row["pool_id"])
-            if depth is None or depth >= len(row["ids"]):
+            depth = await self._queue_depth(self._topology.pool_queue(row["pool_id"]))
+            if depth is None:
+                continue
+            # Not lost: a message an agent holds (its last heartbeat's running attempts), or one
+            # whose task's result is still waiting in the events queue (a backlog under load); a
+            # short task is queued in the database until its one terminal event is applied.
+            in_flight = await conn.fetchval(
+                """SELECT coalesce(sum(jsonb_array_length(running)), 0) FROM agents
+                   WHERE pool_id = $1 AND state IN ('active', 'paused', 'draining')""", row["pool_id"])
+            backlog = await self._queue_depth(self._topology.events_queue) or 0
+            if depth + in_flight + backlog >= len(row["ids"]):
                 continue
             log.warning("pool queue %s holds %d message(s) but %d task(s) wait there: publishing them again",
                         row["pool_id"], depth, len(row["ids"]))
@@ -232,15 +241,15 @@ class Reaper(LoopService):
                 recovered += await self._republish(conn, task_id, row["pool_id"], depth, len(row["ids"]))
         return recovered
 
-    async def _queue_depth(self, pool_id: str) -> int | None:
-        """Messages ready in the pool's queue (0 when the queue is gone); None when the broker cannot say."""
+    async def _queue_depth(self, name: str) -> int | None:
+        """Messages ready in queue ``name`` (0 when the queue is gone); None when the broker cannot say."""
         try:
             channel = await self._connection.channel()
         except (aio_pika.exceptions.AMQPError, RuntimeError, OSError) as exc:
-            log.debug("no channel to check pool queue %s: %s", pool_id, exc)
+            log.debug("no channel to check queue %s: %s", name, exc)
             return None
         try:
-            queue = await channel.declare_queue(self._topology.pool_queue(pool_id), passive=True)
+            queue = await channel.declare_queue(name, passive=True)
             return int(queue.declaration_result.message_count or 0)
         except aio_pika.exceptions.ChannelNotFoundEntity:
             return 0
