@@ -7,7 +7,8 @@ production defaults; no agent runs, so every task stays ``pending`` and each sub
 ``task`` event out to every open stream. The driver (aiohttp) submits ``--submits`` tasks one at a
 time (at most ``--rate`` per second) and times each ``POST /api/v1/tasks``: first with no stream
 open, then with ``--streams`` ``GET /api/v1/events`` streams open (spread over tokens so no
-per-token cap is reached), and prints p50/p99 of both and the ratio of the p99s (target: at most
+per-token cap is reached, and held by a process of their own so the driver's loop only times
+submits), and prints p50/p99 of both and the ratio of the p99s (target: at most
 2x). It also reports how many events the streams received, and /readyz with the streams open.
 """
 
@@ -15,11 +16,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 import uuid
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp
@@ -58,54 +61,84 @@ async def _submits(http: aiohttp.ClientSession, count: int, rate: float) -> list
 
 
 class _Streams:
-    """``count`` open ``GET /api/v1/events`` streams on plain sockets (the lightest client, so the
-    driver leaves the cores to the server), each counting the events it receives."""
+    """``count`` open ``GET /api/v1/events`` streams, held by a process of their own (so the
+    driver's event loop, which times the submits, does no stream reading), each counting the events
+    it receives."""
 
     def __init__(self, port: int, tokens: list[str], count: int, per_token: int) -> None:
-        self._port = port
-        self._tokens = tokens
-        self._count = count
-        self._per_token = per_token
-        self.events = [0] * count
-        self.opened = 0
-        self._tasks: list[asyncio.Task[None]] = []
-        self._all_open = asyncio.Event()
+        self._args = (port, tokens, count, per_token)
+        self.events: list[int] = []
 
     async def __aenter__(self) -> _Streams:
-        self._tasks = [asyncio.create_task(self._one(i)) for i in range(self._count)]
-        done = asyncio.create_task(self._all_open.wait())
-        await asyncio.wait([done, *self._tasks], timeout=120, return_when=asyncio.FIRST_COMPLETED)
-        for task in self._tasks:
-            if task.done():
-                task.result()  # a stream that failed to open says why
-        if not done.done():
-            raise RuntimeError(f"only {self.opened} of {self._count} streams opened")
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(target=_hold_streams, args=(*self._args, child), daemon=True)
+        self._process.start()
+        if not await asyncio.to_thread(self._conn.poll, 120):
+            raise RuntimeError("the streams did not open within 120 s")
+        opened = self._conn.recv()
+        if isinstance(opened, str):
+            raise RuntimeError(opened)
         return self
 
-    async def __aexit__(self, *_: object) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def counts(self) -> list[int]:
+        self._conn.send("report")
+        return await asyncio.to_thread(self._conn.recv)
 
-    async def _one(self, i: int) -> None:
-        token = self._tokens[i // self._per_token]
-        reader, writer = await asyncio.open_connection("127.0.0.1", self._port)
+    async def __aexit__(self, *_: object) -> None:
+        self._conn.send("stop")
+        await asyncio.to_thread(self._process.join, 30)
+        if self._process.is_alive():
+            self._process.kill()
+
+
+def _hold_streams(port: int, tokens: list[str], count: int, per_token: int, conn: Connection) -> None:
+    asyncio.run(_held(port, tokens, count, per_token, conn))
+
+
+async def _held(port: int, tokens: list[str], count: int, per_token: int, conn: Connection) -> None:
+    """The streams' process: open them all (plain sockets, the lightest client), say so, count
+    events until told to report, then until told to stop."""
+    events = [0] * count
+    opened = asyncio.Event()
+    done = 0
+
+    async def one(i: int) -> None:
+        nonlocal done
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
-            writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
-                         "Accept: text/event-stream\r\n\r\n".encode())
+            writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                         f"{tokens[i // per_token]}\r\nAccept: text/event-stream\r\n\r\n".encode())
             status = await reader.readline()
             if b" 200 " not in status:
                 raise RuntimeError(f"stream {i} answered {status!r}: {await reader.read(500)!r}")
-            self.opened += 1
-            if self.opened == self._count:
-                self._all_open.set()
+            done += 1
+            if done == count:
+                opened.set()
             tail = b""
             while chunk := await reader.read(65536):
                 data = tail + chunk
-                self.events[i] += data.count(b"event: ") - tail.count(b"event: ")
+                events[i] += data.count(b"event: ") - tail.count(b"event: ")
                 tail = data[-6:]
         finally:
             writer.close()
+
+    tasks = [asyncio.create_task(one(i)) for i in range(count)]
+    waiting = asyncio.create_task(opened.wait())
+    await asyncio.wait([waiting, *tasks], timeout=110, return_when=asyncio.FIRST_COMPLETED)
+    failed = [t for t in tasks if t.done() and t.exception()]
+    if failed:
+        conn.send(str(failed[0].exception()))
+    elif not opened.is_set():
+        conn.send(f"only {done} of {count} streams opened")
+    else:
+        conn.send(done)
+    while (command := await asyncio.to_thread(conn.recv)) != "stop":
+        if command == "report":
+            conn.send(list(events))
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _p50_p99(values: list[float]) -> tuple[float, float]:
@@ -158,7 +191,7 @@ async def run(settings: StreamsBenchSettings) -> str:
                         async with http.get("/readyz") as response:
                             readyz = (response.status, (time.perf_counter() - started) * 1000)
                         await asyncio.sleep(1.0)  # the last events reach the streams
-                        received = sorted(streams.events)
+                        received = sorted(await streams.counts())
                     serve.check_alive()
             finally:
                 await http.close()

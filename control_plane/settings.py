@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     sse_flush_s: float = Field(
         default=0.2, gt=0, description="notifications reach streams in batches at most this often (fan-out cost)"
     )
+    sse_fanout_slice: int = Field(
+        default=16, ge=1,
+        description="streams handed a batch per turn of the event loop; other requests run between slices",
+    )
     sse_revocation_check_s: float = Field(
         default=2.0, gt=0, description="how often open streams' tokens are checked; a revoked token's streams close"
     )

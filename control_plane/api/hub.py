@@ -1,11 +1,13 @@
 """One LISTEN connection per API process, fanned out to every live SSE stream.
 
-A stream holds no database connection: it is a bounded queue fed by the hub. Notifications are
-handed out in batches, at most one per ``sse_flush_s`` per stream, with the event frames built once
-for all streams: the cost of fan-out grows with the number of streams, not with streams x events.
-Streams are counted
-per process and per token; beyond ``sse_max_streams`` or ``sse_max_streams_per_token`` a new one
-gets 429. Every ``sse_revocation_check_s`` the hub asks Postgres which of its streams' tokens were
+A stream holds no database connection: it is a bounded list of batches fed by the hub.
+Notifications are handed out in batches, at most one per ``sse_flush_s``, with the event frames
+built once for all streams; an event stream gets every batch with events, a log follower only those
+about its task. A batch reaches ``sse_fanout_slice`` streams per turn of the event loop, so requests
+go on between slices; a stream wakes once for all it has pending. A stream more than 1,000 batches
+behind is closed with ``: closed (too slow)`` (the client reconnects). Streams are counted per
+process and per token; beyond ``sse_max_streams`` or ``sse_max_streams_per_token`` a new one gets
+429. Every ``sse_revocation_check_s`` the hub asks Postgres which of its streams' tokens were
 revoked (on any API process) and closes those streams; a revocation through this process closes
 them at once.
 """
@@ -16,10 +18,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
-from collections import Counter
+from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -38,6 +40,8 @@ CHANNELS = ("devart_events", "devart_logs")
 class Notification:
     channel: str
     payload: str
+    task_id: str | None = None
+    """The task it concerns, when it concerns one (a log follower's filter)."""
 
 
 @dataclass(frozen=True)
@@ -47,31 +51,72 @@ class Batch:
     notifications: tuple[Notification, ...]
     event_frames: bytes
 
+    @staticmethod
+    def merged(batches: list[Batch]) -> Batch:
+        if len(batches) == 1:
+            return batches[0]
+        return Batch(tuple(n for b in batches for n in b.notifications), b"".join(b.event_frames for b in batches))
+
 
 @dataclass(eq=False)
 class Stream:
-    """One open SSE stream: what the hub has for it, and whose token opened it."""
+    """One open SSE stream: the batches the hub has for it and not yet taken, whose token opened
+    it, and (for a log follower) the one task it wants to hear about."""
 
     token_id: UUID
-    queue: asyncio.Queue[Batch | None]
+    task_id: str | None = None
     closed: bool = False
     reason: str = ""
+    _backlog: int = 1000
+    _pending: list[Batch | None] = field(default_factory=list, repr=False)
+    _waiter: asyncio.Future[None] | None = field(default=None, repr=False)
+    _sent_at: float = 0.0
     _hub: EventHub | None = field(default=None, repr=False)
 
     def close(self, reason: str = "") -> None:
-        """End the stream (idempotent); its generator sees ``None`` next."""
+        """End the stream (idempotent); its generator ends after what it already has."""
         if self.closed:
             return
         self.closed, self.reason = True, reason
         if self._hub is not None:
             self._hub._forget(self)
-        with contextlib.suppress(asyncio.QueueFull):
-            self.queue.put_nowait(None)
+        self._wake()
+
+    def _put(self, item: Batch | None, now: float) -> None:
+        """Hand over a batch (``None``: a keepalive); no task switch, the stream's own task takes
+        everything pending at its next turn."""
+        if len(self._pending) >= self._backlog:
+            log.warning("closing an event stream %d batches behind", self._backlog)
+            self.close("too slow")
+            return
+        self._pending.append(item)
+        self._sent_at = now
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def _take(self) -> list[Batch | None]:
+        while not self._pending and not self.closed:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        taken, self._pending = self._pending, []
+        return taken
 
 
 class EventHub(LoopService):
-    """Subscribers get :class:`Notification` s; a stream that falls behind is closed (the client
-    reconnects) rather than slowing everyone down."""
+    """Subscribers get :class:`Batch` es of notifications; a stream that falls behind is closed
+    (the client reconnects) rather than slowing everyone down.
+
+    Delivering is cheap and spread out: a batch is appended to each stream's list (no queue, no
+    timer), at most ``sse_fanout_slice`` streams per turn of the event loop, so a request arriving
+    during a fan-out to thousands of streams waits for one slice, not for all of them. A stream's
+    task wakes once for everything pending and writes it as one chunk. Keepalives come from one
+    timer of the hub's, not one per stream."""
 
     name = "sse-hub"
 
@@ -81,10 +126,15 @@ class EventHub(LoopService):
         self._settings = settings
         self._queue_size = queue_size
         self._streams: set[Stream] = set()
+        self._every_event: set[Stream] = set()
+        self._followers: defaultdict[str, set[Stream]] = defaultdict(set)
         self._per_token: Counter[UUID] = Counter()
         self._conn: asyncpg.Connection | None = None
         self._pending: list[Notification] = []
         self._flush_at: asyncio.TimerHandle | None = None
+        self._deliveries: deque[tuple[Batch | None, list[Stream]]] = deque()
+        self._delivering: asyncio.Handle | None = None
+        self._beat_at: asyncio.TimerHandle | None = None
 
     @property
     def open_streams(self) -> int:
@@ -94,12 +144,15 @@ class EventHub(LoopService):
         self._conn = await self._pool.acquire()
         for channel in CHANNELS:
             await self._conn.add_listener(channel, self._on_notify)
+        self._schedule_beat()
 
     async def stop(self) -> None:
         await super().stop()
-        if self._flush_at is not None:
-            self._flush_at.cancel()
-            self._flush_at = None
+        for handle in (self._flush_at, self._delivering, self._beat_at):
+            if handle is not None:
+                handle.cancel()
+        self._flush_at = self._delivering = self._beat_at = None
+        self._deliveries.clear()
         for stream in list(self._streams):
             stream.close("server stopping")
         if self._conn is not None:
@@ -116,21 +169,57 @@ class EventHub(LoopService):
 
     def _flush(self) -> None:
         self._flush_at = None
-        pending, self._pending = tuple(self._pending), []
+        pending, self._pending = self._pending, []
         if not pending or not self._streams:
             return
-        frames = b"".join(f"event: {_kind(n.payload)}\ndata: {n.payload}\n\n".encode()
-                          for n in pending if n.channel == "devart_events")
-        batch = Batch(pending, frames)
-        for stream in list(self._streams):
-            try:
-                stream.queue.put_nowait(batch)
-            except asyncio.QueueFull:
-                log.warning("closing a slow event stream")
-                stream.close("too slow")
+        notifications, frames = [], []
+        for n in pending:
+            if n.channel == "devart_events":
+                document = _document(n.payload)
+                frames.append(f"event: {document.get('kind', 'task')}\ndata: {n.payload}\n\n".encode())
+                task_id = document.get("task_id")
+                notifications.append(Notification(n.channel, n.payload, str(task_id) if task_id else None))
+            else:  # devart_logs: the payload is the task id
+                notifications.append(Notification(n.channel, n.payload, n.payload))
+        batch = Batch(tuple(notifications), b"".join(frames))
+        recipients = list(self._every_event) if frames else []
+        if self._followers:
+            recipients += {s for n in notifications if n.task_id for s in self._followers.get(n.task_id, ())}
+        self._deliver(batch, recipients)
 
-    def open(self, who: Principal) -> Stream:
-        """Register a stream for ``who``, or raise :class:`TooManyRequests` past a cap."""
+    def _deliver(self, item: Batch | None, recipients: list[Stream]) -> None:
+        if recipients:
+            self._deliveries.append((item, recipients))
+        if self._delivering is None and self._deliveries:
+            self._delivering = asyncio.get_running_loop().call_soon(self._deliver_slice)
+
+    def _deliver_slice(self) -> None:
+        """One slice of the oldest delivery; the rest at the loop's next turn, after its I/O."""
+        self._delivering = None
+        item, recipients = self._deliveries[0]
+        now = asyncio.get_running_loop().time()
+        size = self._settings.sse_fanout_slice
+        for stream in recipients[-size:]:
+            if not stream.closed:
+                stream._put(item, now)
+        del recipients[-size:]
+        if not recipients:
+            self._deliveries.popleft()
+        if self._deliveries:
+            self._delivering = asyncio.get_running_loop().call_soon(self._deliver_slice)
+
+    def _schedule_beat(self) -> None:
+        self._beat_at = asyncio.get_running_loop().call_later(self._settings.sse_heartbeat_s / 2, self._beat)
+
+    def _beat(self) -> None:
+        """A keepalive for every stream silent for half a heartbeat: none is silent for a whole one."""
+        quiet_since = asyncio.get_running_loop().time() - self._settings.sse_heartbeat_s / 2
+        self._deliver(None, [s for s in self._streams if s._sent_at <= quiet_since])
+        self._schedule_beat()
+
+    def open(self, who: Principal, *, task_id: UUID | None = None) -> Stream:
+        """Register a stream for ``who`` (of every event, or of one task's logs and events), or raise
+        :class:`TooManyRequests` past a cap."""
         s = self._settings
         if len(self._streams) >= s.sse_max_streams:
             raise TooManyRequests(f"this server has {s.sse_max_streams} open streams, its limit; retry later")
@@ -139,14 +228,23 @@ class EventHub(LoopService):
                 f"this token has {s.sse_max_streams_per_token} open streams, its limit; close one first",
                 field="Authorization",
             )
-        stream = Stream(who.token_id, asyncio.Queue(self._queue_size), _hub=self)
+        stream = Stream(who.token_id, str(task_id) if task_id else None, _backlog=self._queue_size,
+                        _sent_at=asyncio.get_running_loop().time(), _hub=self)
         self._streams.add(stream)
+        (self._followers[stream.task_id] if stream.task_id else self._every_event).add(stream)
         self._per_token[who.token_id] += 1
         return stream
 
     def _forget(self, stream: Stream) -> None:
         if stream in self._streams:
             self._streams.discard(stream)
+            if stream.task_id is None:
+                self._every_event.discard(stream)
+            else:
+                followers = self._followers[stream.task_id]
+                followers.discard(stream)
+                if not followers:
+                    del self._followers[stream.task_id]
             self._per_token[stream.token_id] -= 1
             if self._per_token[stream.token_id] <= 0:
                 del self._per_token[stream.token_id]
@@ -169,25 +267,20 @@ class EventHub(LoopService):
             self.revoke(row["id"])
 
     async def notifications(self, stream: Stream) -> AsyncIterator[Batch | None]:
-        """Batches of notifications as they come, ``None`` after each ``sse_heartbeat_s`` of silence (time for
-        a keepalive); ends when the stream is closed."""
-        idle_s = self._settings.sse_heartbeat_s
-        first = random.uniform(0.5, 1.0) * idle_s  # streams opened together do not beat together
+        """Everything pending for ``stream`` at each wake-up, as one batch, and ``None`` when it is
+        time for a keepalive (no other traffic for half a heartbeat); ends when the stream is closed."""
         while not stream.closed:
-            wait, first = first or idle_s, 0.0
-            try:
-                async with asyncio.timeout(wait):  # no task per wait, unlike wait_for
-                    item = await stream.queue.get()
-            except TimeoutError:
+            items = await stream._take()
+            batches = [b for b in items if b is not None]
+            if batches:
+                yield Batch.merged(batches)
+            elif items:
                 yield None
-                continue
-            if item is None:
-                return
-            yield item
 
 
-def _kind(payload: str) -> str:
+def _document(payload: str) -> dict[str, Any]:
     try:
-        return str(json.loads(payload).get("kind", "task"))
-    except (ValueError, AttributeError):
-        return "task"
+        document = json.loads(payload)
+    except ValueError:
+        return {}
+    return document if isinstance(document, dict) else {}

@@ -253,7 +253,7 @@ async def task_logs(
         if not follow:
             rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
     if follow:
-        stream = hub.open(who)
+        stream = hub.open(who, task_id=task_id)
         return sse_response(_follow_logs(cp, hub, stream, task_id, position, size), on_close=stream.close)
     return LogPage(
         lines=[LogLinePublic.model_validate(dict(r)) for r in rows],
@@ -264,7 +264,6 @@ async def task_logs(
 async def _follow_logs(
     cp: ControlPlane, hub: EventHub, stream: Stream, task_id: UUID, position: int | None, size: int
 ) -> AsyncIterator[bytes]:
-    key = str(task_id)
     seen: tuple[str, str] | None = None
     try:
         while not stream.closed:
@@ -283,11 +282,10 @@ async def _follow_logs(
             if task["status"] in task_store.TERMINAL:
                 yield sse_frame("end", {"status": task["status"]})
                 return
-            async for item in hub.notifications(stream):
+            async for item in hub.notifications(stream):  # only this task's logs and events
                 if item is None:
                     yield KEEPALIVE
-                elif any((n.channel == "devart_logs" and n.payload == key)
-                         or (n.channel == "devart_events" and key in n.payload) for n in item.notifications):
+                else:
                     break
     finally:
         stream.close()
