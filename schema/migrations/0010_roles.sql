@@ -35,6 +35,11 @@ END
 $roles$;
 
 GRANT authenticated, devart_service TO devart_app;
+-- Migrations hand SECURITY DEFINER functions to devart_auth and devart_service (ALTER ... OWNER TO).
+-- A superuser may; a migrating role that is not one (Supabase's postgres, a managed database's
+-- owner) must be able to SET ROLE to the new owner, which needs CREATE on the schema.
+GRANT devart_auth, devart_service TO CURRENT_USER;
+GRANT CREATE ON SCHEMA public TO devart_auth, devart_service;
 GRANT USAGE ON SCHEMA public TO authenticated, devart_service, devart_auth;
 
 -- Supabase's auth schema functions, created where missing and reading request.jwt.claims the way
