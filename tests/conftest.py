@@ -22,6 +22,7 @@ from tests.support.services import (
     delete_test_queues,
     ensure_rabbitmq,
 )
+from tests.support.supabase_shape import SupabaseShapedPostgres
 from tests.support.system import StartAgent
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -124,3 +125,15 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     yield pool
     await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def supabase_postgres() -> AsyncIterator[SupabaseShapedPostgres]:
+    """A cluster of its own with Supabase's roles (tests/support/supabase_shape.py)."""
+    root = Path(tempfile.mkdtemp(prefix="devart-test-supabase-pg-"))
+    root.chmod(0o755)
+    server = SupabaseShapedPostgres(root / "data")
+    await server.prepare()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
