@@ -14,11 +14,18 @@ from collections.abc import Callable
 
 import numpy as np
 
-from aiops.detection import EwmaDetector, RollingSigmaDetector, StreamingDetector, make_detector
+from aiops.detection import (
+    EwmaDetector,
+    RobustDetector,
+    RollingSigmaDetector,
+    StreamingDetector,
+    make_detector,
+)
 from aiops.evaluation import build_evaluation_set, evaluate, format_table, summarise
 
 DETECTORS: dict[str, Callable[[], StreamingDetector]] = {
     "default": make_detector,
+    "robust (previous default)": RobustDetector,
     "rolling-3sigma": RollingSigmaDetector,
     "ewma-z": EwmaDetector,
 }
