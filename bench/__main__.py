@@ -3,7 +3,8 @@
     python -m bench [--full] [name ...]
 
 Quick mode shrinks each load so the whole suite finishes in a few minutes on a laptop; ``--full``
-runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real, sandbox).
+runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real, sandbox,
+workflows).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "rca": ["--spans", "20000"],
     "real": ["--quick"],
     "sandbox": ["--runs", "50"],
+    "workflows": ["--rounds", "2"],
 }
 
 
