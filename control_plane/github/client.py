@@ -82,9 +82,30 @@ class GitHubPort(Protocol):
 
     async def pull_request(self, installation_id: int | None, repo: str, number: int) -> PullRequest: ...
 
-    async def pull_files(self, installation_id: int | None, repo: str, number: int) -> list[ChangedFile]: ...
+    async def _pages(self, installation_id: int | None, list_page: Callable[[Any, int], Awaitable[Any]],
+                     max_pages: int) -> list[dict[str, Any]]:
+        """Every item of a listing, 100 per page, at most ``max_pages`` pages."""
+        items: list[dict[str, Any]] = []
+        for page in range(1, max_pages + 1):
+            batch = (await self._rest(installation_id, lambda r, p=page: list_page(r, p))).json()
+            items += batch
+            if len(batch) < 100:
+                break
+        return items
 
-    async def reviews(self, installation_id: int | None, repo: str, number: int) -> list[Review]: ...
+    async def pull_files(self, installation_id: int | None, repo: str, number: int) -> list[ChangedFile]:
+        owner, name = _split(repo)
+        files = await self._pages(installation_id, lambda r, p: r.pulls.async_list_files(
+            owner, name, number, per_page=100, page=p), max_pages=30)  # GitHub lists at most 3000 files
+        return [ChangedFile(path=str(f["filename"]), status=str(f["status"]), patch=f.get("patch") or None)
+                for f in files]
+
+    async def reviews(self, installation_id: int | None, repo: str, number: int) -> list[Review]:
+        owner, name = _split(repo)
+        reviews = await self._pages(installation_id, lambda r, p: r.pulls.async_list_reviews(
+            owner, name, number, per_page=100, page=p), max_pages=100)
+        return [Review(user=str((rv.get("user") or {}).get("login") or ""), state=str(rv["state"]),
+                       commit_id=rv.get("commit_id") or None) for rv in reviews]
 
     async def create_review(self, installation_id: int | None, repo: str, number: int, *, commit_id: str, body: str,
                             comments: list[dict[str, Any]]) -> None: ...

@@ -70,11 +70,10 @@ class DeliveryProcessor(ListeningLoop):
         event, payload = row["event"], row["payload"]
         if event == "ping":
             return "pong", []
-        if (event, row["action"]) in _MERGE_EVENTS:
-            await self._merge_due(conn, payload)
+        gate = (event, row["action"]) in _MERGE_EVENTS and await self._merge_due(conn, payload)
         p = plan(self._settings.config, event, payload, row["installation_id"])
         if p.target is None or not (p.starts or p.rerun_check_run):
-            return p.outcome, []
+            return ("the merge gate looks again" if gate else p.outcome), []
         outcomes: list[str] = []
         runs: list[UUID] = []
         for index, (workflow, inputs) in enumerate(p.starts):
@@ -128,8 +127,9 @@ class DeliveryProcessor(ListeningLoop):
                 return self._engine.start_run(conn, new)
         return await self._start(conn, delivery_id, p, old["workflow"], outcomes, start)
 
-    async def _merge_due(self, conn: asyncpg.Connection, payload: dict[str, Any]) -> None:
-        """A review or a label changed: the merge gate looks at the pull request again."""
+    async def _merge_due(self, conn: asyncpg.Connection, payload: dict[str, Any]) -> bool:
+        """A review or a label changed: the merge gate looks at the pull request again (False when
+        devart reports nothing on it)."""
         repo = (payload.get("repository") or {}).get("full_name")
         number = (payload.get("pull_request") or {}).get("number")
         updated = await conn.fetchval(
@@ -139,6 +139,7 @@ class DeliveryProcessor(ListeningLoop):
         )
         if updated:
             await conn.execute("SELECT pg_notify($1, '')", REPORT_CHANNEL)
+        return bool(updated)
 
 
 async def _track(conn: asyncpg.Connection, delivery_id: str, target: Target, run_id: UUID, name: str) -> None:

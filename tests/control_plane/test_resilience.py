@@ -21,6 +21,7 @@ from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.service import ControlPlane
 from tests.support.system import (
+    api_ready,
     client,
     fast_settings,
     free_port,
@@ -139,14 +140,6 @@ async def test_broker_down_at_submit_time(private_broker: PrivateRabbitMQ, datab
             await _assert_all_succeeded_once(db, [response.json()["id"]], timeout_s=60)
 
 
-async def _ready(base_url: str) -> bool:
-    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as api:
-        try:
-            return (await api.get("/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
 def _control_plane_process(database_url: str, broker: BrokerSettings, port: int) -> subprocess.Popen[bytes]:
     env = dict(os.environ, **broker.environment(), DATABASE_URL=database_url,
                DEVART_PORT=str(port), DEVART_EMBEDDED_BROKER="false", DEVART_OUTBOX_SWEEP_S="0.2",
@@ -162,7 +155,7 @@ async def test_control_plane_killed_during_a_burst(
     base_url = f"http://127.0.0.1:{port}"
     process = _control_plane_process(database_url, broker_settings, port)
     try:
-        await wait_for(lambda: _ready(base_url), timeout_s=60, what="the control plane")
+        await wait_for(lambda: api_ready(base_url), timeout_s=60, what="the control plane")
         # the agent registers over HTTP, as agents do (the key outlives the control plane's restart)
         async with AgentRuntime(noop_agent(slots=16), AgentRuntimeSettings(
                 broker=broker_settings, heartbeat_interval_s=0.5, api_url=base_url,

@@ -43,6 +43,15 @@ async def wait_for(condition: Callable[[], Awaitable[Any]], *, timeout_s: float 
         await asyncio.sleep(interval_s)
 
 
+async def api_ready(base_url: str) -> bool:
+    """Whether a control plane at ``base_url`` answers /readyz with 200 (for ``wait_for``)."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as api:
+        try:
+            return (await api.get("/readyz")).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
 @asynccontextmanager
 async def serve_api(cp: ControlPlane) -> AsyncIterator[str]:
     """The real API on a free loopback port; yields its base URL."""

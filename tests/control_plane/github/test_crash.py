@@ -12,14 +12,13 @@ import subprocess
 import sys
 
 import asyncpg
-import httpx
 import pytest
 
 from agents.sdk import BrokerSettings
 from tests.control_plane.github.conftest import REPO, SECRET
 from tests.control_plane.github.test_webhook import PIPELINE
 from tests.github_fake.server import FakeGitHub, FakeGitHubServer, pull_request_payload, send_webhook
-from tests.support.system import client, free_port, make_token, wait_for
+from tests.support.system import api_ready, client, free_port, make_token, wait_for
 
 SHA = "4" * 40
 GROUP = f"github:{REPO}#40"
@@ -31,14 +30,6 @@ def _serve(database_url: str, broker: BrokerSettings, port: int, github_url: str
                DEVART_GITHUB_API_URL=github_url, DEVART_GITHUB_TOKEN=token, DEVART_GITHUB_PROCESS_INTERVAL_S="0.2",
                DEVART_GITHUB_REPORT_INTERVAL_S="0.2")
     return subprocess.Popen([sys.executable, "-m", "control_plane.cli", "serve"], env=env)
-
-
-async def _ready(base_url: str) -> bool:
-    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as api:
-        try:
-            return (await api.get("/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 @pytest.mark.slow
@@ -55,7 +46,7 @@ async def test_killed_between_storing_a_delivery_and_its_work_the_work_happens_o
     process = _serve(database_url, broker_settings, port, server.url, fake.personal_token)
     holder = await asyncpg.connect(database_url)
     try:
-        await wait_for(lambda: _ready(base_url), timeout_s=60, what="the control plane")
+        await wait_for(lambda: api_ready(base_url), timeout_s=60, what="the control plane")
         async with client(base_url, await make_token(database_url, "admin")) as admin:
             assert (await admin.post("/api/v1/workflows", json=PIPELINE)).status_code == 201
         await holder.execute("SELECT pg_advisory_lock(hashtextextended('devart.wfgroup:' || $1, 0))", GROUP)
@@ -77,7 +68,7 @@ async def test_killed_between_storing_a_delivery_and_its_work_the_work_happens_o
         assert fake.check_runs == {}
 
         process = _serve(database_url, broker_settings, port, server.url, fake.personal_token)
-        await wait_for(lambda: _ready(base_url), timeout_s=60, what="the restarted control plane")
+        await wait_for(lambda: api_ready(base_url), timeout_s=60, what="the restarted control plane")
         done = "SELECT state = 'done' FROM github_deliveries WHERE delivery_id = 'crash-1'"
         await wait_for(lambda: db.fetchval(done), timeout_s=60, what="the delivery processed after the restart")
         again = await send_webhook(webhook, "pull_request", payload, SECRET, delivery="crash-1")

@@ -19,17 +19,21 @@ from tests.support.system import wait_for
 GREEN = {"name": "pr-pipeline", "inputs": {"repo": {"type": "string"}, "ref": {"type": "string"},
                                            "number": {"type": "number"}},
          "steps": {"check": {"requires": ["shell"], "input": {"script": "true"}}}}
+GATED = "acme/gated"
 APPROVED = {"user": {"login": "bob"}, "state": "APPROVED", "commit_id": None}
 
 
 @pytest.fixture
 def github_config() -> GitHubConfig:
-    return GitHubConfig(repositories=[RepositoryPolicy(repo="acme/*", auto_merge=True, merge_method="squash",
-                                                       required_approvals=1)])
+    return GitHubConfig(repositories=[
+        RepositoryPolicy(repo=GATED, auto_merge=True, required_approvals=0, devart_approval=True,
+                         approval_roles=["supervisor", "admin"]),
+        RepositoryPolicy(repo="acme/*", auto_merge=True, merge_method="squash", required_approvals=1),
+    ])
 
 
-async def merge_line(github: FakeGitHubServer, number: int, needle: str) -> str | None:
-    comments = github.fake.comments_on(REPO, number)
+async def merge_line(github: FakeGitHubServer, number: int, needle: str, repo: str = REPO) -> str | None:
+    comments = github.fake.comments_on(repo, number)
     body = comments[0]["body"] if comments else ""
     return body if f"**Auto-merge**: {needle}" in body else None
 
@@ -97,3 +101,27 @@ async def test_missing_approvals_and_a_blocking_label_hold_the_merge_until_they_
     assert pull.merged
     actions = await wait_for(lambda: decisions(db, 51, 3), what="the decisions audited")
     assert actions == ["github.merge_refused", "github.merge_refused", "github.merge"]
+
+
+@pytest.mark.slow
+async def test_a_devart_approval_is_asked_for_and_its_decision_merges(
+    base_url: str, admin: httpx.AsyncClient, shell_agent: AgentRuntime, github: FakeGitHubServer,  # noqa: F811
+    db: asyncpg.Pool,
+) -> None:
+    await apply(admin, GREEN)
+    sha = "f" * 40
+    pull = github.fake.pull(GATED, 52, sha)
+    response = await send_webhook(url(base_url), "pull_request", pull_request_payload(
+        GATED, 52, sha, clone_url="https://example.com/acme/gated.git"), SECRET)
+    assert response.status_code == 202
+    body = await wait_for(lambda: merge_line(github, 52, "refused", GATED), timeout_s=60, what="the wait")
+    approval = await wait_for(lambda: db.fetchrow(
+        "SELECT id, subject_id, state FROM approvals WHERE subject_kind = 'github_merge'"), what="the approval")
+    assert f"waiting for devart approval {approval['id']}" in body
+    assert approval["subject_id"] == f"{GATED}#52@{sha}" and approval["state"] == "pending"
+    assert not pull.merged
+
+    decided = await admin.post(f"/api/v1/approvals/{approval['id']}/approve", json={"comment": "ship it"})
+    assert decided.status_code == 200, decided.text
+    await wait_for(lambda: merge_line(github, 52, "merged", GATED), timeout_s=60, what="the merge")
+    assert pull.merged and github.fake.calls_to("PUT", "/pulls/52/merge")[0].body["merge_method"] == "merge"
