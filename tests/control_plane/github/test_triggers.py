@@ -69,6 +69,9 @@ async def test_a_rerequested_check_run_reruns_its_run(
     assert (await admin.post(f"/api/v1/runs/{old_run}/cancel")).status_code == 200
     cancelled = await wait_for(completed(github, sha), what="the cancelled check run")
     assert cancelled["conclusion"] == "cancelled"
+    # GitHub shows the check run while the reporter's transaction that records its id still commits
+    recorded = "SELECT 1 FROM github_checks WHERE check_run_id = $1"
+    await wait_for(lambda: db.fetchval(recorded, cancelled["id"]), what="the check run's id recorded")
 
     rerequest = {"action": "rerequested", "repository": {"full_name": REPO}, "installation": {"id": 77},
                  "check_run": {"id": cancelled["id"], "head_sha": sha, "pull_requests": [{"number": 70}],
