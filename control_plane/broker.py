@@ -1,4 +1,10 @@
-"""RabbitMQ: find the configured broker, or start a private one when none answers."""
+"""RabbitMQ: find the configured broker, or start a private one when none answers.
+
+A private node never has RabbitMQ's ``guest`` user: on its first boot it creates the user
+``devart`` with a random password (``default_user``/``default_pass`` in its config), kept in
+``rabbitmq/credentials`` under the home, readable by its owner only, and reused on every restart. A
+node made by an older devart (with ``guest``) gets the user and loses ``guest`` at its next start.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import asyncio
 import logging
 import os
 import pwd
+import secrets
 import shutil
 import socket
 import subprocess
@@ -56,6 +63,10 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+BROKER_USER = "devart"
+"""A private node's one user (never ``guest``)."""
+
+
 @dataclass
 class PrivateRabbitMQ:
     """A rabbitmq-server node of our own: own node name, data under ``home``, free ports."""
@@ -65,14 +76,31 @@ class PrivateRabbitMQ:
     dist_port: int = 0
     node_name: str = ""
     _env: dict[str, str] = field(default_factory=dict)
+    _legacy: bool = False
+
+    password: str = field(default="", repr=False)
 
     @property
     def url(self) -> str:
-        return f"amqp://guest:guest@127.0.0.1:{self.node_port}/"
+        return f"amqp://{BROKER_USER}:{self.password}@127.0.0.1:{self.node_port}/"
+
+    def _credentials(self, base: Path) -> bool:
+        """Read or make the node's password; True when an existing node was made without one."""
+        path = base / "credentials"
+        if path.exists():
+            self.password = path.read_text().strip()
+            return False
+        self.password = secrets.token_urlsafe(24)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(self.password + "\n")
+        mnesia = base / "mnesia"
+        return mnesia.exists() and any(mnesia.iterdir())
 
     def _environment(self) -> dict[str, str]:
         base = self.home / "rabbitmq"
         (base / "log").mkdir(parents=True, exist_ok=True)
+        self._legacy = self._credentials(base)
         plugins = base / "enabled_plugins"
         plugins.write_text("[].\n")
         env = dict(os.environ)
@@ -87,7 +115,12 @@ class PrivateRabbitMQ:
             RABBITMQ_PID_FILE=str(base / "rabbit.pid"),
             RABBITMQ_CONFIG_FILE=str(base / "rabbitmq"),
         )
-        (base / "rabbitmq.conf").write_text("loopback_users = none\n")
+        config = base / "rabbitmq.conf"
+        config.write_text(
+            f"default_user = {BROKER_USER}\ndefault_pass = {self.password}\n"
+            "default_permissions.configure = .*\ndefault_permissions.read = .*\ndefault_permissions.write = .*\n"
+        )
+        config.chmod(0o600)
         (base / "mnesia").mkdir(exist_ok=True)
         env["RABBITMQ_FEATURE_FLAGS_FILE"] = str(base / "feature_flags")
         env["ERL_CRASH_DUMP"] = str(base / "log" / "erl_crash.dump")
@@ -109,8 +142,21 @@ class PrivateRabbitMQ:
             subprocess.run, ["rabbitmqctl", "-n", self.node_name, "--timeout", str(int(timeout_s)), "wait", self._env["RABBITMQ_PID_FILE"]],
             env=self._env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        if self._legacy:
+            await self._replace_guest()
         log.info("started private RabbitMQ %s on port %d", self.node_name, self.node_port)
         return self.url
+
+    async def _replace_guest(self) -> None:
+        """An older node has ``guest`` (``default_user`` applies to a first boot only): add ours or set
+        its password (whichever applies; the other fails harmlessly), then delete ``guest``."""
+        for command in (["add_user", BROKER_USER, self.password], ["change_password", BROKER_USER, self.password],
+                        ["set_permissions", BROKER_USER, ".*", ".*", ".*"], ["delete_user", "guest"]):
+            await asyncio.to_thread(
+                subprocess.run, ["rabbitmqctl", "-n", self.node_name, *command], env=self._env, check=False,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+        self._legacy = False
 
     async def stop(self) -> None:
         if not self.node_name:

@@ -15,6 +15,7 @@ import httpx
 
 from agents.sdk import eventloop
 from control_plane import cli_remediation, runstate
+from control_plane.broker import redact
 from control_plane.cli_common import CliError, Exit, api, api_url, command, emit, group, home, table
 from control_plane.settings import Settings
 
@@ -172,7 +173,7 @@ def _status(args: argparse.Namespace) -> int:
     url = api_url(args)
     report: dict[str, Any] = {"home": str(where), "api": url, "up": None, "ready": None, "checks": {}}
     if state is not None:
-        report["up"] = {"pid": state.pid, "started_at": state.started_at, "broker": state.amqp_url,
+        report["up"] = {"pid": state.pid, "started_at": state.started_at, "broker": redact(state.amqp_url),
                         "broker_prefix": state.broker_prefix, "installation": state.installation}
     code = Exit.OK
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Literal
+from urllib.parse import unquote, urlparse
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -155,4 +156,14 @@ class Settings(BaseSettings):
             raise ValueError("db_pool_min must not exceed db_pool_max")
         if self.environment == "production" and self.database_url is None:
             raise ValueError("DATABASE_URL is required in production (embedded Postgres is for development)")
+        if self.environment == "production" and _default_broker_user(self.broker.amqp_url):
+            raise ValueError(
+                "AMQP_URL uses RabbitMQ's default guest:guest credentials, refused in production: "
+                "give devart a broker user of its own"
+            )
         return self
+
+
+def _default_broker_user(amqp_url: str) -> bool:
+    parsed = urlparse(amqp_url)
+    return unquote(parsed.username or "guest") == "guest" and unquote(parsed.password or "guest") == "guest"
