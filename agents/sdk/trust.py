@@ -18,6 +18,7 @@ This module is the wire half of that contract; it imports nothing of the control
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 
@@ -72,6 +73,12 @@ class MessageSigner:
         return base64.b64encode(self._key.sign(body)).decode()
 
 
+@functools.lru_cache(maxsize=8)
+def _public_key(raw: bytes) -> Ed25519PublicKey:
+    """The key object of a raw public key, loaded once per key rather than once per message."""
+    return Ed25519PublicKey.from_public_bytes(raw)
+
+
 def verify_signed(public_key: bytes, body: bytes, signature: object) -> str | None:
     """None when ``signature`` (base64 Ed25519) is valid for ``body``, else the reason it is not."""
     if isinstance(signature, bytes):
@@ -79,7 +86,7 @@ def verify_signed(public_key: bytes, body: bytes, signature: object) -> str | No
     if not isinstance(signature, str) or not signature:
         return "unsigned: not published by the control plane"
     try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(base64.b64decode(signature, validate=True), body)
+        _public_key(public_key).verify(base64.b64decode(signature, validate=True), body)
     except (InvalidSignature, ValueError):
         return "forged: the signature is not the control plane's"
     return None
