@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bench.dispatch import _database, _free_port, _process, _wait_until
+from bench.dispatch import _free_port, _postgres, _process, _wait_until
 
 
 class StreamsBenchSettings(BaseSettings):
@@ -153,7 +153,8 @@ async def run(settings: StreamsBenchSettings) -> str:
     with tempfile.TemporaryDirectory(prefix="devart-bench-streams-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)  # pgserver runs Postgres as its own user when we are root
-        async with _database(settings, workdir) as (database_url, _postgres):
+        async with _postgres(settings, workdir) as database:  # type: ignore[arg-type]
+            database_url = database.url
             await migrate_database(database_url)
             conn = await connect(database_url)
             try:

@@ -46,7 +46,7 @@ import numpy as np
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bench.dispatch import _database, _delete_names, _free_port, _process, _wait_until
+from bench.dispatch import _delete_names, _free_port, _postgres, _process, _wait_until
 
 MODES = ("engine", "client")
 WORKFLOW = "bench-fan"
@@ -196,7 +196,8 @@ async def run(settings: WorkflowBenchSettings, workdir: Path, *, prefix: str | N
 
     prefix = prefix or f"bench-{uuid.uuid4().hex[:8]}."
     results = Results(settings)
-    async with _database(settings, workdir) as (database_url, _postgres):  # type: ignore[arg-type]
+    async with _postgres(settings, workdir) as database:  # type: ignore[arg-type]
+        database_url = database.url
         await migrate_database(database_url)
         conn = await connect(database_url)
         try:
