@@ -4,7 +4,7 @@
 
 Quick mode shrinks each load so the whole suite finishes in a few minutes on a laptop; ``--full``
 runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real, sandbox,
-workflows).
+workflows, console).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "real": ["--quick"],
     "sandbox": ["--runs", "50"],
     "workflows": ["--rounds", "2"],
+    "console": ["--tasks", "10000", "--requests", "100"],
 }
 
 

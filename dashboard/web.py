@@ -73,16 +73,25 @@ async def _user(request: Request) -> User:
     session_id = request.cookies.get(COOKIE)
     if not session_id:
         raise SignInRequired
-    async with _control_plane(request).pool.acquire() as conn:
+    conn: asyncpg.Connection | None = getattr(request.state, "console_conn", None)
+    if conn is not None:  # a page: checked on the request's own connection, one round trip less
         principal = await session_principal(conn, session_id)
+    else:  # a stream: holds no connection while it lasts
+        async with _control_plane(request).pool.acquire() as conn:
+            principal = await session_principal(conn, session_id)
     if principal is None:
         raise SignInRequired
     return User(principal, session_id)
 
 
-async def _connection(request: Request, _: Annotated[User, Depends(_user)]) -> AsyncIterator[asyncpg.Connection]:
+async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
+    """The request's connection; views declare it before the user, so the session is checked on it."""
     async with _control_plane(request).pool.acquire() as conn:
-        yield conn
+        request.state.console_conn = conn
+        try:
+            yield conn
+        finally:
+            request.state.console_conn = None
 
 
 def _guard(operation_id: str | None, *, write: bool) -> Callable[..., Awaitable[User]]:

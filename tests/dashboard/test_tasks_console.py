@@ -145,3 +145,25 @@ async def test_a_post_without_the_csrf_token_is_refused(sign_in, admin: httpx.As
 
 async def _status_is(admin: httpx.AsyncClient, task_id: str, status: str) -> bool:
     return (await admin.get(f"/api/v1/tasks/{task_id}")).json()["status"] == status
+
+
+async def test_a_reconnecting_log_stream_resumes_after_the_last_event_id(
+    sign_in, browser, admin: httpx.AsyncClient, base_url: str, start_agent: StartAgent
+) -> None:
+    LET_GO.set()
+    await start_agent(Agent("chatty", skills=["chatty"], slots=1, handlers=[chatty]))
+    created = (await admin.post("/api/v1/tasks", json={"type": "chatty", "requires": ["chatty"]})).json()
+    await wait_for(lambda: _status_is(admin, created["id"], "succeeded"), what="the task")
+    lines = (await admin.get(f"/api/v1/tasks/{created['id']}/logs")).json()["lines"]
+    assert len(lines) == 8
+    await sign_in("viewer")
+    cookie = next(c["value"] for c in await browser.cookies() if c["name"] == COOKIE)
+    async with httpx.AsyncClient(base_url=base_url, cookies={COOKIE: cookie}, timeout=20) as console:
+        # what a browser sends when it reconnects after the fifth line
+        headers = {"Last-Event-ID": str(lines[4]["position"]), "Accept": "text/event-stream"}
+        async with console.stream("GET", f"/tasks/{created['id']}/logs", headers=headers) as stream:
+            assert stream.status_code == 200
+            body = (await stream.aread()).decode()
+    ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
+    assert ids == [line["position"] for line in lines[5:]]  # the last three lines, none again
+    assert body.rstrip().endswith('data: {"status":"succeeded"}')
