@@ -8,6 +8,7 @@
   var delay = Number(body.dataset.liveMs || 300);
   var pending = new Map();
   var opened = false;
+  var missed = 0;  // changes heard while auto-refresh is off
 
   function say(text) {
     var el = document.getElementById("live-state");
@@ -28,7 +29,11 @@
   function refreshAll() { liveElements().forEach(schedule); }
 
   function onEvent(kind, data) {
-    if (!live) { return; }
+    if (!live) {
+      missed++;
+      say("paused, " + missed + (missed === 1 ? " change" : " changes") + " not shown");
+      return;
+    }
     liveElements().forEach(function (el) {
       if (el.dataset.live.split(" ").indexOf(kind) < 0) { return; }
       var match = el.dataset.liveMatch;
@@ -43,6 +48,7 @@
     toggle.addEventListener("change", function () {
       live = toggle.checked;
       localStorage.setItem(KEY, live ? "on" : "off");
+      missed = 0;
       say(live ? "live" : "paused");
       if (live) { refreshAll(); }
     });

@@ -167,3 +167,22 @@ async def test_a_reconnecting_log_stream_resumes_after_the_last_event_id(
     ids = [int(line[4:]) for line in body.splitlines() if line.startswith("id: ")]
     assert ids == [line["position"] for line in lines[5:]]  # the last three lines, none again
     assert body.rstrip().endswith('data: {"status":"succeeded"}')
+
+
+async def test_auto_refresh_off_holds_the_list_and_on_catches_up(
+    sign_in, admin: httpx.AsyncClient, base_url: str
+) -> None:
+    page, _ = await sign_in("viewer")
+    await page.goto(f"{base_url}/tasks")
+    await expect(page.locator("#live-state")).to_have_text("live")
+    await page.get_by_label("Auto-refresh").uncheck()
+    await expect(page.locator("#live-state")).to_have_text("paused")
+    held = (await admin.post("/api/v1/tasks", json={"type": "noop", "requires": ["nobody-has-this"]})).json()
+    # the page heard of the change, and held it back
+    await expect(page.locator("#live-state")).to_have_text("paused, 1 change not shown")
+    await expect(page.locator(f"#task-{held['id']}")).to_have_count(0)
+    await page.reload()  # the switch is remembered by the browser
+    await expect(page.get_by_label("Auto-refresh")).not_to_be_checked()
+    await page.get_by_label("Auto-refresh").check()
+    late = (await admin.post("/api/v1/tasks", json={"type": "noop", "requires": ["nobody-has-this"]})).json()
+    await expect(page.locator(f"#task-{late['id']}")).to_be_visible(timeout=2000)
