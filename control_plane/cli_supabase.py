@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                 "(needs DEVART_SUPABASE_URL and DEVART_SUPABASE_SERVICE_ROLE_KEY)")
     create = command(supabase, "create-user", run=_create_user,
                      help="create a confirmed user, with a devart role if --role is given")
-    create.add_argument("--email", required=True)
+    create.add_argument("--email", required=True, help="the new user's email address")
     create.add_argument("--role", choices=_ROLES, default="none", help="devart role (app_metadata.devart_role)")
     create.add_argument("--password-stdin", action="store_true",
                         help="read the password from stdin (without it the user has none yet: invite or reset)")
@@ -34,11 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="set a user's devart role, or remove it with `none`; it takes effect with the user's "
                             "next access token (Supabase issues one at sign-in and every refresh)")
     set_role.add_argument("user", help="the user's email or id")
-    set_role.add_argument("role", choices=_ROLES)
+    set_role.add_argument("role", choices=_ROLES, help="devart role to set (app_metadata.devart_role)")
     sign_in = command(supabase, "sign-in", run=_sign_in,
                       help="sign in as a user and print their access token, for DEVART_TOKEN "
                            "(needs DEVART_SUPABASE_URL and DEVART_SUPABASE_ANON_KEY)")
-    sign_in.add_argument("--email", required=True)
+    sign_in.add_argument("--email", required=True, help="the user's email address")
     sign_in.add_argument("--password-stdin", action="store_true", required=True, help="read the password from stdin")
 
 
