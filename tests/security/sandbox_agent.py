@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import pytest
@@ -57,11 +57,23 @@ class Finished:
 StartShellAgent = Callable[..., Awaitable[AgentProcess]]
 
 
+class Launcher(Protocol):
+    """Starts the agent another way: its command line, extra environment, and what the child does
+    (still as the test's user) just before it executes."""
+
+    env: dict[str, str]
+
+    def argv(self, argv: list[str]) -> list[str]: ...
+
+    def before_exec(self) -> None: ...
+
+
 @asynccontextmanager
 async def shell_agent_process(
-    broker: BrokerSettings, admin: httpx.AsyncClient, home: Path, **sandbox: str
+    broker: BrokerSettings, admin: httpx.AsyncClient, home: Path, *, launcher: Launcher | None = None, **sandbox: str
 ) -> AsyncIterator[AgentProcess]:
-    """Spawn the shell agent; ``sandbox`` sets ``DEVART_SANDBOX_<NAME>`` variables on top of the defaults."""
+    """Spawn the shell agent; ``sandbox`` sets ``DEVART_SANDBOX_<NAME>`` variables on top of the
+    defaults; ``launcher`` changes how it is started (e.g. as another user)."""
     home.mkdir(parents=True, exist_ok=True)
     agent = AgentProcess(
         process=None,  # type: ignore[arg-type]
@@ -84,8 +96,11 @@ async def shell_agent_process(
         **{f"DEVART_SANDBOX_{name.upper()}": value for name, value in sandbox.items()},
     }
     before = {a["id"] for a in (await admin.get("/api/v1/agents")).json()}
+    argv = [sys.executable, "-m", "agents.shell", "--slots", "2"]
+    if launcher is not None:
+        argv, env = launcher.argv(argv), {**env, **launcher.env}
     agent.process = await asyncio.to_thread(
-        subprocess.Popen, [sys.executable, "-m", "agents.shell", "--slots", "2"], env=env
+        subprocess.Popen, argv, env=env, preexec_fn=launcher.before_exec if launcher else None
     )
     try:
         async def registered() -> bool:
