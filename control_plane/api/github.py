@@ -1,4 +1,5 @@
-"""POST /api/v1/github/webhook: GitHub's deliveries, verified and stored before the answer.
+"""POST /api/v1/github/webhook: GitHub's deliveries, verified and stored before the answer;
+GET /api/v1/github/deliveries: what became of each.
 
 The order of the checks is the order of trust: the size (413 naming the limit) before anything
 is read whole, the signature (401, nothing stored) before anything is parsed, then the headers
@@ -9,16 +10,40 @@ processor, so GitHub's 10 s are never at stake.
 from __future__ import annotations
 
 import json
-from typing import Any
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from uuid import UUID
 
-from fastapi import APIRouter, Request, status
+from fastapi import APIRouter, Depends, Query, Request, status
+from pydantic import BaseModel, Field
 
-from control_plane.api.deps import ControlPlaneDep
+from control_plane.api.deps import ControlPlaneDep, DbConn, require
+from control_plane.auth import READ, Principal
 from control_plane.errors import InvalidInput, NotFound, PayloadTooLarge, Unauthorized, UnsupportedMediaType
-from control_plane.github.webhooks import record, verify
+from control_plane.github.webhooks import list_deliveries, record, verify
 
 WEBHOOK_PATH = "/api/v1/github/webhook"
 router = APIRouter(tags=["github"])
+Reader = Annotated[Principal, Depends(require(READ))]
+
+
+class DeliveryPublic(BaseModel):
+    delivery_id: str = Field(description="GitHub's X-GitHub-Delivery")
+    event: str
+    action: str | None
+    repo: str | None
+    installation_id: int | None
+    state: Literal["received", "done"] = Field(description="received: stored, not processed yet")
+    outcome: str = Field(description="what the delivery led to: started runs, ignored and why, no trigger, error")
+    runs: list[UUID] = Field(description="the workflow runs it started")
+    duplicates: int = Field(description="times GitHub delivered it again (answered, nothing done)")
+    received_at: datetime
+    processed_at: datetime | None
+
+
+class DeliveryPage(BaseModel):
+    items: list[DeliveryPublic] = Field(description="newest first")
+    next_before: datetime | None = Field(description="pass as `before` for the next page; null at the end")
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -63,3 +88,17 @@ async def github_webhook(request: Request, cp: ControlPlaneDep) -> dict[str, Any
     async with cp.pool.acquire() as conn, conn.transaction():
         stored = await record(conn, delivery, event, payload)
     return {"delivery": delivery, "event": event, "duplicate": not stored}
+
+
+@router.get("/api/v1/github/deliveries", response_model=DeliveryPage, operation_id="list_github_deliveries",
+            summary="GitHub deliveries received, newest first, with what each led to (payloads are not shown)")
+async def github_deliveries(
+    conn: DbConn, _: Reader,
+    event: Annotated[str | None, Query(max_length=100)] = None,
+    repo: Annotated[str | None, Query(max_length=200)] = None,
+    before: datetime | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> DeliveryPage:
+    rows = await list_deliveries(conn, event=event, repo=repo, before=before, limit=limit + 1)
+    items = [DeliveryPublic.model_validate(dict(r)) for r in rows[:limit]]
+    return DeliveryPage(items=items, next_before=items[-1].received_at if len(rows) > limit else None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -61,3 +62,16 @@ async def record(conn: asyncpg.Connection, delivery_id: str, event: str, payload
     if inserted:
         await conn.execute("SELECT pg_notify($1, '')", INBOX_CHANNEL)
     return bool(inserted)
+
+
+async def list_deliveries(conn: asyncpg.Connection, *, event: str | None, repo: str | None,
+                          before: datetime | None, limit: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        """SELECT delivery_id, event, action, repo, installation_id, state, outcome, runs, duplicates, received_at,
+                  processed_at
+           FROM github_deliveries
+           WHERE ($1::text IS NULL OR event = $1) AND ($2::text IS NULL OR repo = $2)
+             AND ($3::timestamptz IS NULL OR received_at < $3)
+           ORDER BY received_at DESC LIMIT $4""",
+        event, repo, before, limit,
+    )

@@ -13,7 +13,7 @@ from control_plane.service import ControlPlane
 from tests.control_plane.github.conftest import OLD_SECRET, REPO, SECRET
 from tests.control_plane.workflows.conftest import apply
 from tests.github_fake.server import pull_request_payload, send_webhook, sign
-from tests.support.system import wait_for
+from tests.support.system import client, make_token, wait_for
 
 PIPELINE = {"name": "pr-pipeline", "inputs": {"repo": {"type": "string"}, "ref": {"type": "string"},
                                               "number": {"type": "number"}},
@@ -129,3 +129,23 @@ async def test_every_delivery_is_recorded_with_its_outcome(
         "closed": "no trigger for pull_request.closed", "issue": "no trigger for issues.opened",
     }
     assert await db.fetchval("SELECT count(*) FROM workflow_runs") == 0
+
+
+async def test_deliveries_are_listed_for_readers_without_their_payloads(
+    base_url: str, database_url: str, db: asyncpg.Pool,
+) -> None:
+    for i in range(3):
+        response = await send_webhook(url(base_url), "ping", {"zen": "z", "hook_id": i}, SECRET, delivery=f"l-{i}")
+        assert response.status_code == 202
+    await wait_for(lambda: processed(db, "l-2"), what="the deliveries processed")
+    async with client(base_url, await make_token(database_url, "viewer")) as viewer:
+        page = (await viewer.get("/api/v1/github/deliveries", params={"limit": 2})).json()
+        assert [d["delivery_id"] for d in page["items"]] == ["l-2", "l-1"]
+        assert page["items"][0]["outcome"] == "pong" and "payload" not in page["items"][0]
+        rest = (await viewer.get("/api/v1/github/deliveries", params={"before": page["next_before"]})).json()
+        assert [d["delivery_id"] for d in rest["items"]] == ["l-0"] and rest["next_before"] is None
+        assert (await viewer.get("/api/v1/github/deliveries", params={"event": "push"})).json()["items"] == []
+        bad = await viewer.get("/api/v1/github/deliveries", params={"limit": 501})
+        assert bad.status_code == 422 and bad.json()["error"]["field"] == "query.limit"
+    async with client(base_url, None) as anonymous:
+        assert (await anonymous.get("/api/v1/github/deliveries")).status_code == 401
