@@ -551,6 +551,11 @@ class AgentRuntime:
         except ValidationError as exc:
             await self._dead_letter(delivery, f"undecodable: {_one_line(exc)}")
             return
+        if message.pool_id != self.agent.pool_id:  # signed for another pool, replayed into ours
+            await self._dead_letter(
+                delivery, f"task message for pool {message.pool_id!r} delivered to pool {self.agent.pool_id!r}"
+            )
+            return
         handler = self.agent.handler_for(message.type)
         if handler is None:
             await self._dead_letter(delivery, f"unknown task type {message.type!r}")

@@ -141,3 +141,27 @@ async def test_a_task_message_not_from_the_control_plane_is_dead_lettered_unrun(
     assert reasons[unsigned].startswith("task message unsigned"), reasons
     assert reasons[forged].startswith("task message forged"), reasons
     assert ran == []
+
+
+async def test_a_signed_task_message_replayed_into_another_pools_queue_is_dead_lettered_unrun(
+    start_agent: StartAgent, broker_settings: BrokerSettings, database_url: str, cp: ControlPlane
+) -> None:
+    """A broker client that captured a task message the control plane signed for one pool
+    publishes it to another pool's queue: the signature is genuine, the destination is not."""
+    ran.clear()
+    runtime = await start_agent(Agent("holder", skills=["python"], slots=1, handlers=[hold]))
+    body = TaskMessage(task_id="00000000-0000-0000-0000-00000000000c", attempt=1, type="hold", timeout_s=5,
+                       pool_id="pool-of-someone-else").model_dump_json().encode()
+    await _publish(broker_settings.amqp_url, broker_settings.topology().tasks, runtime.agent.pool_id, body,
+                   {HEADER_SIGNATURE: cp.signer.sign(body)})
+
+    async def dead() -> str | None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return await conn.fetchval("SELECT reason FROM dead_letters WHERE body = $1", body)
+        finally:
+            await conn.close()
+
+    reason = await wait_for(dead, what="the replayed task message in dead_letters")
+    assert reason == f"task message for pool 'pool-of-someone-else' delivered to pool {runtime.agent.pool_id!r}"
+    assert ran == []
