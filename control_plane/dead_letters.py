@@ -150,3 +150,18 @@ class DeadLetterConsumer:
             await message.nack(requeue=True)
             return
         await message.ack()
+
+
+async def list_dead_letters(
+    conn: asyncpg.Connection, *, limit: int, before: int | None = None
+) -> tuple[list[asyncpg.Record], int | None]:
+    """Newest first, with the current status of the task each names; returns the page and the id to
+    pass as ``before`` for the next one (None at the end)."""
+    rows = await conn.fetch(
+        """SELECT d.id, d.task_id, d.reason, d.at, d.headers, substring(d.body FROM 1 FOR 2000) AS body,
+                  length(d.body) AS body_bytes, t.status AS task_status, t.type AS task_type
+           FROM dead_letters d LEFT JOIN tasks t ON t.id = d.task_id
+           WHERE ($1::bigint IS NULL OR d.id < $1) ORDER BY d.id DESC LIMIT $2""",
+        before, limit + 1,
+    )
+    return rows[:limit], rows[limit - 1]["id"] if len(rows) > limit else None

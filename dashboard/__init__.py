@@ -14,9 +14,20 @@ __all__ = ["ConsoleSettings", "install"]
 
 def install(app: FastAPI, settings: ConsoleSettings | None = None) -> None:
     """Serve the console's pages and its vendored static files from ``app``."""
-    from dashboard.views import agents, approvals, auth, incidents, overview, runs, tasks, tokens, traces
+    from dashboard.views import (
+        agents,
+        approvals,
+        auth,
+        dead_letters,
+        incidents,
+        overview,
+        runs,
+        tasks,
+        tokens,
+        traces,
+    )
 
     app.state.console = Console(settings or ConsoleSettings(), Permissions(app))
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    for module in (auth, overview, tasks, runs, agents, incidents, approvals, traces, tokens):
+    for module in (auth, overview, tasks, runs, agents, incidents, approvals, dead_letters, traces, tokens):
         app.include_router(module.router)

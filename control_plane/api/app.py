@@ -21,6 +21,7 @@ from control_plane.api import (
     agents,
     approvals,
     changes,
+    dead_letters,
     github,
     health,
     incidents,
@@ -174,7 +175,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
     app.include_router(traces.router)  # bounds and decodes its own bodies
     app.include_router(github.router)  # bounds and verifies its own bodies
-    for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals,
+    for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals, dead_letters,
                    workflows, notifications):
         app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
     app.include_router(remediations.router, dependencies=[Depends(refuse_unstorable_body)])

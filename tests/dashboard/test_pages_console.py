@@ -8,6 +8,7 @@ from playwright.async_api import expect
 
 from agents.noop import build_agent as noop_agent
 from tests.aiops.rca.test_worker import load_scenario
+from tests.control_plane.test_dead_letters_api import _dead_task
 from tests.support.system import StartAgent, client, wait_for
 
 WORKFLOW = {
@@ -113,3 +114,20 @@ async def test_a_viewer_cannot_open_the_tokens_page(sign_in, base_url: str) -> N
     await expect(page.get_by_role("link", name="Tokens")).to_have_count(0)
     answer = await page.goto(f"{base_url}/tokens")
     assert answer is not None and answer.status == 403
+
+
+async def test_a_dead_letter_is_replayed_from_the_page(sign_in, admin: httpx.AsyncClient, base_url: str, cp) -> None:
+    task_id, dead_letter_id = await _dead_task(admin, cp)
+    viewer, _ = await sign_in("viewer")
+    await expect(viewer.get_by_role("link", name="Dead letters")).to_have_count(0)
+    page, _ = await sign_in("supervisor")
+    await page.get_by_role("link", name="Dead letters").click()
+    row = page.locator(f"#dead-letter-{dead_letter_id}")
+    await expect(row).to_contain_text("poison: unknown task type")
+    await expect(row).to_contain_text("dead")
+    await row.get_by_role("button", name=f"Replay dead letter {dead_letter_id}").click()
+    await page.wait_for_url(f"{base_url}/tasks/{task_id}")
+    await expect(page.locator("#task-status")).to_have_text("pending")
+    task = (await admin.get(f"/api/v1/tasks/{task_id}")).json()
+    assert task["transitions"][-1]["reason"] == "retry requested"
+    assert task["transitions"][-1]["actor"].startswith("supervisor-")
