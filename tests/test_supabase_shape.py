@@ -22,12 +22,7 @@ SUPABASE_ROLES = ("anon", "authenticated", "service_role")
 @pytest.fixture
 async def supabase_database(supabase_postgres: SupabaseShapedPostgres) -> AsyncIterator[str]:
     """A new Supabase-shaped project database with Realtime's publication, migrated as its postgres role."""
-    name = await supabase_postgres.create_database(realtime=True)
-    conn = await asyncpg.connect(supabase_postgres.uri(name))
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    name = await supabase_postgres.create_migrated_database()
     yield name
     await supabase_postgres.drop_database(name)
 

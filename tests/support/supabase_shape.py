@@ -136,6 +136,18 @@ class SupabaseShapedPostgres:
             await conn.close()
         return name
 
+    async def create_migrated_database(self, *, realtime: bool = True) -> str:
+        """:meth:`create_database`, then devart's migrations applied as Supabase's postgres role."""
+        from schema.runner import migrate
+
+        name = await self.create_database(realtime=realtime)
+        conn = await asyncpg.connect(self.uri(name))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        return name
+
     async def drop_database(self, name: str) -> None:
         conn = await asyncpg.connect(self.superuser_uri)
         try:
