@@ -139,9 +139,21 @@ class IncidentPipeline:
     async def _load(self, conn: asyncpg.Connection, progress: int | None, step: int) -> None:
         points = self.settings.incident_excerpt_points
         stored = await series_store.load_series(conn, recent_points=points)
+        for tracked in stored:
+            self._upgrade(tracked)
         self._series = OrderedDict((s.key, s) for s in stored)
         if progress is None and not stored and self.settings.incident_warmup_steps > 0:
             await self._warm_up(step)
+
+    def _upgrade(self, tracked: TrackedSeries) -> None:
+        """A stored series runs today's rules: a detector of another kind than the default (state
+        saved before the default changed) is replaced by a fresh default, which warms up again; the
+        alerting rules, which are settings and not state, are always the current ones (so a changed
+        debounce applies to series stored before it)."""
+        fresh = make_detector(self._detector_settings)
+        if tracked.alerter.detector.kind != fresh.kind:
+            tracked.alerter = Alerter(fresh, self._alerter_settings)
+        tracked.alerter.settings = self._alerter_settings
 
     async def _warm_up(self, step: int) -> None:
         start = step - self.settings.incident_warmup_steps * self.step_ns

@@ -169,3 +169,27 @@ async def test_tracked_series_are_capped_least_recently_seen_evicted(db: asyncpg
         assert service.pipeline.tracked == 4
     assert "batch" in await stored()
     assert await db.fetchval("SELECT count(*) FROM aiops_series_state") == 4
+
+
+async def test_series_stored_by_an_older_default_run_todays_detector_and_rules(db: asyncpg.Pool) -> None:
+    from aiops.detection import Alerter, AlerterSettings, RobustDetector
+    from aiops.incidents.series import TrackedSeries, save_series
+
+    workload = Workload()
+    key = ("svc0", "GET /", "p95")
+    old = TrackedSeries(key, Alerter(RobustDetector(), AlerterSettings(min_points=1)), recent_points=10)
+    async with db.acquire() as conn:
+        await workload.emit(conn, 0, 2)
+        await save_series(conn, [old])
+
+    async def stored_state() -> dict:
+        row = await db.fetchval("SELECT state::text FROM aiops_series_state WHERE series_key = $1", json.dumps(list(key)))
+        return json.loads(row)["alerter"]
+
+    assert (await stored_state())["detector"]["kind"] == "robust"
+    async with AiopsService(_settings().model_copy(update={"incident_warmup_steps": 0}), pool=db) as service:
+        await service.run_once(workload.step_start_ns(2))
+    upgraded = await stored_state()
+    assert upgraded["detector"]["kind"] == "conformal"
+    assert upgraded["detector"]["settings"]["suppress_points"] == 0  # the live path's rules, not the stored ones
+    assert upgraded["settings"]["min_points"] == _settings().incident_min_anomalous_steps
