@@ -97,6 +97,10 @@ class ConformalSettings(BaseSettings):
     alert_p: float = Field(
         default=0.002, gt=0, lt=0.5, description="p-value that scores 0.5 (and starts suppression)"
     )
+    unlearned_points: int = Field(
+        default=0, ge=0, le=20_000,
+        description="most points in a row at or past the alert boundary kept out of the statistics' history (0: none)",
+    )
     suppress_points: int = Field(
         default=100, ge=0, description="points after an alert that score 0 unless far less likely"
     )
@@ -169,6 +173,7 @@ class ConformalDetector(StreamingDetector):
         self.bursts = _Ranked(cfg.history_points)
         self.probe: list[float] = []
         self.probe_t0 = 0.0
+        self.unlearned = 0
         self.period = 0
         """0 until the probe is full, then the period in points, or -1 when there is none."""
         self.cycles: deque[float] = deque()
@@ -201,6 +206,7 @@ class ConformalDetector(StreamingDetector):
             "bursts": list(self.bursts.fifo),
             "probe": list(self.probe),
             "probe_t0": self.probe_t0,
+            "unlearned": self.unlearned,
             "period": self.period,
             "cycles": list(self.cycles),
         }
@@ -230,6 +236,7 @@ class ConformalDetector(StreamingDetector):
         self.bursts = _Ranked(cfg.history_points, [float(v) for v in state["bursts"]])
         self.probe = [float(v) for v in state["probe"]]
         self.probe_t0 = float(state["probe_t0"])
+        self.unlearned = int(state["unlearned"])
         self.period = int(state["period"])
         self.cycles = deque(float(v) for v in state["cycles"])
 
@@ -319,6 +326,7 @@ class ConformalDetector(StreamingDetector):
                         self.long_shifts.p_value(long_shift, tail_share),
                         self.bursts.p_value(burst, tail_share),
                     ))
+                p_raw = p
                 if self.n > cfg.warmup_points and len(self.points.fifo) >= cfg.min_history_points:
                     if self.hold > 0:
                         self.hold -= 1
@@ -331,10 +339,15 @@ class ConformalDetector(StreamingDetector):
                     q = (-math.log10(max(p, _P_FLOOR)) / alert_level) ** _HILL_ORDER
                     score = q / (1.0 + q)
                     sign = 1 if z >= 0.0 else -1
-                self.points.push(point)
-                self.shifts.push(shift)
-                self.long_shifts.push(long_shift)
-                self.bursts.push(burst)
+                if p_raw > cfg.alert_p:
+                    self.unlearned = 0
+                if p_raw <= cfg.alert_p and self.unlearned < cfg.unlearned_points:
+                    self.unlearned += 1  # an ongoing anomaly does not calibrate itself away, for a while
+                else:
+                    self.points.push(point)
+                    self.shifts.push(shift)
+                    self.long_shifts.push(long_shift)
+                    self.bursts.push(burst)
             self.last_sign = sign
             out.append(score * sign)
             a = 1.0 / self.n if self.n < 100 else 0.01

@@ -39,9 +39,13 @@ def live_detector_settings(given: ConformalSettings | None) -> ConformalSettings
     detector's own hold after an alert switched off. Here the alerting rules are the suppression
     (one alert until the series has been calm for ``recovery_points``), and they must see the
     scores as they are: a detector that scored 0 during its hold would make a lasting fault look
-    calm, resolve its incident after a few steps and open a new one when the hold ended."""
+    calm, resolve its incident after a few steps and open a new one when the hold ended. For the
+    same reason the points of an ongoing anomaly stay out of the statistics' history for up to half a
+    window (by then the window's median has moved and the new level is normal): otherwise a lasting
+    fault's own values fill the tail its p-values are ranked against within a few steps of a short
+    history, and the fault looks normal while it lasts."""
     settings = given if given is not None else ConformalSettings()
-    return settings.model_copy(update={"suppress_points": 0})
+    return settings.model_copy(update={"suppress_points": 0, "unlearned_points": settings.window_points // 2})
 
 
 def live_alerter_settings(settings: AiopsSettings, given: AlerterSettings | None) -> AlerterSettings:
