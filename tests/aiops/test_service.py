@@ -55,6 +55,18 @@ class _Driver:
         return events
 
 
+    async def run_until_resolved(self, service: AiopsService, max_steps: int = 40) -> list[str]:
+        """Calm steps until an incident resolves (at most ``max_steps``). The detector's slow
+        statistics span 24 steps, so a series is calm again about 24 + recovery_points (5) steps
+        after its fault ends."""
+        events: list[str] = []
+        for _ in range(max_steps):
+            events += await self.run(service, 1)
+            if "resolved" in events:
+                break
+        return events
+
+
 async def _incidents(db: asyncpg.Pool) -> list[asyncpg.Record]:
     return await db.fetch("SELECT id, status, services FROM incidents ORDER BY opened_at")
 
@@ -86,8 +98,7 @@ async def test_latency_regression_opens_one_incident_survives_restart_and_auto_r
             assert "opened" not in events
             assert restarted.pipeline.tracked == stored
             assert [r["id"] for r in await _incidents(db)] == [incident["id"]]
-            events = await driver.run(restarted, 25)
-            assert "resolved" in events
+            assert "resolved" in await driver.run_until_resolved(restarted)
         found = await get_incident(db, incident["id"])
     finally:
         await listen.close()
@@ -115,8 +126,7 @@ async def test_error_burst_opens_one_incident_and_auto_resolves(db: asyncpg.Pool
         [incident] = await _incidents(db)
         assert events.count("opened") == 1
         assert events.index("opened") <= 2
-        events = await driver.run(service, 25)
-        assert "resolved" in events
+        assert "resolved" in await driver.run_until_resolved(service)
     found = await get_incident(db, incident["id"])
     assert found.status == "resolved"
     assert any(a.service == "svc1" and a.signal == "error_ratio" and a.direction == "up" for a in found.anomalies)
