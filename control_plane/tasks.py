@@ -225,6 +225,8 @@ async def list_tasks(
     type: str | None = None,
     agent_id: str | None = None,
     pool_id: str | None = None,
+    created_since: datetime | None = None,
+    created_before: datetime | None = None,
 ) -> tuple[list[asyncpg.Record], str | None]:
     """Newest first; returns the page and the cursor of the next one (None at the end)."""
     after = decode_cursor(cursor) if cursor else (None, None)
@@ -233,8 +235,9 @@ async def list_tasks(
            WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR type = $2)
              AND ($3::text IS NULL OR agent_id = $3) AND ($4::text IS NULL OR pool_id = $4)
              AND ($5::timestamptz IS NULL OR (created_at, id) < ($5, $6::uuid))
+             AND ($8::timestamptz IS NULL OR created_at >= $8) AND ($9::timestamptz IS NULL OR created_at < $9)
            ORDER BY created_at DESC, id DESC LIMIT $7""",
-        status, type, agent_id, pool_id, after[0], after[1], limit + 1,
+        status, type, agent_id, pool_id, after[0], after[1], limit + 1, created_since, created_before,
     )
     next_cursor = encode_cursor(rows[limit - 1]["created_at"], rows[limit - 1]["id"]) if len(rows) > limit else None
     return rows[:limit], next_cursor

@@ -9,6 +9,7 @@ from uuid import UUID
 
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response, status
+from pydantic import AwareDatetime
 
 from control_plane import tasks as task_store
 from control_plane.api.deps import (
@@ -158,12 +159,15 @@ async def list_tasks(
     pool: str | None = None,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
+    created_since: Annotated[AwareDatetime | None, Query(description="only tasks created at or after this time")] = None,
+    created_before: Annotated[AwareDatetime | None, Query(description="only tasks created before this time")] = None,
 ) -> TaskPage:
     size = limit or settings.page_size_default
     if size > settings.page_size_max:
         raise InvalidInput(f"limit must be at most {settings.page_size_max}", field="query.limit")
     rows, next_cursor = await task_store.list_tasks(
-        conn, limit=size, cursor=cursor, status=status, type=type, agent_id=agent, pool_id=pool
+        conn, limit=size, cursor=cursor, status=status, type=type, agent_id=agent, pool_id=pool,
+        created_since=created_since, created_before=created_before,
     )
     return TaskPage(items=[_public(r) for r in rows], next_cursor=next_cursor)
 

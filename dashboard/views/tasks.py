@@ -3,12 +3,13 @@ logs; cancel and retry. Every read and write is the API's own route function."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from control_plane.api import tasks as api_tasks
 from control_plane.api.models import TaskPage, TaskStatus
@@ -43,13 +44,31 @@ class TaskFilters(BaseModel):
     type: str | None = Field(default=None, max_length=100)
     pool: str | None = Field(default=None, max_length=200)
     agent: str | None = Field(default=None, max_length=200)
+    since: datetime | None = Field(default=None, description="created at or after (UTC when no zone is given)")
+    before: datetime | None = Field(default=None, description="created before (UTC when no zone is given)")
     cursor: str | None = Field(default=None, max_length=500)
+
+    @field_validator("since", "before")
+    @classmethod
+    def _utc(cls, value: datetime | None) -> datetime | None:
+        # a datetime-local field sends no zone: the page says its times are UTC
+        return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+    def query(self) -> dict[str, object]:
+        """The filters as the page's URL keeps them (the cursor apart)."""
+        return {"status": self.status, "type": self.type, "pool": self.pool, "agent": self.agent,
+                "since": _local(self.since), "before": _local(self.before)}
+
+
+def _local(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M") if value is not None else None
 
 
 async def _page(request: Request, conn: Conn, who: Lister, filters: TaskFilters) -> TaskPage:
     return await api_tasks.list_tasks(
         conn, request.app.state.control_plane.settings, who.principal, status=filters.status, type=filters.type,
         agent=filters.agent, pool=filters.pool, cursor=filters.cursor, limit=console_of(request).settings.page_size,
+        created_since=filters.since, created_before=filters.before,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import UTC, datetime, timedelta
 
 import asyncpg
 import httpx
@@ -186,3 +187,25 @@ async def test_auto_refresh_off_holds_the_list_and_on_catches_up(
     await page.get_by_label("Auto-refresh").check()
     late = (await admin.post("/api/v1/tasks", json={"type": "noop", "requires": ["nobody-has-this"]})).json()
     await expect(page.locator(f"#task-{late['id']}")).to_be_visible(timeout=2000)
+
+
+async def test_the_list_filters_by_creation_time_in_the_url(sign_in, admin: httpx.AsyncClient, base_url: str) -> None:
+    created = (await admin.post("/api/v1/tasks", json={"type": "noop", "requires": ["nobody-has-this"]})).json()
+    at = datetime.fromisoformat(created["created_at"]).astimezone(UTC)
+    api = await admin.get("/api/v1/tasks", params={"created_since": created["created_at"]})
+    assert [t["id"] for t in api.json()["items"]] == [created["id"]]
+    api = await admin.get("/api/v1/tasks", params={"created_before": created["created_at"]})
+    assert created["id"] not in [t["id"] for t in api.json()["items"]]
+    api = await admin.get("/api/v1/tasks", params={"created_since": "2026-01-01T00:00:00"})
+    assert api.status_code == 422 and api.json()["error"]["field"] == "query.created_since"  # no time zone
+
+    page, _ = await sign_in("viewer")
+    minute = (at - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M")
+    await page.goto(f"{base_url}/tasks?before={minute}")
+    await expect(page.locator(f"#task-{created['id']}")).to_have_count(0)
+    await page.goto(f"{base_url}/tasks?since={minute}")
+    await expect(page.locator(f"#task-{created['id']}")).to_be_visible()
+    await expect(page.get_by_label("Created since (UTC)")).to_have_value(minute)
+    answer = await page.goto(f"{base_url}/tasks?since=yesterday")
+    assert answer is not None and answer.status == 422
+    await expect(page.get_by_role("alert")).to_contain_text("query.since")
