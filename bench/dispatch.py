@@ -611,7 +611,7 @@ async def bench_devart(
     REST in (round robin over the control planes), Postgres out. With ``batch_size`` and
     ``batched_load``, a second throughput load submits through the batch endpoint ("devart batch")."""
     from control_plane.auth import create_token
-    from control_plane.db import connect, create_pool, migrate_database
+    from control_plane.db import SERVICE_ROLE, connect, create_pool, migrate_database
 
     name = "devart" if control_planes == 1 else f"devart {control_planes}cp"
     async with database.scratch(f"devart{control_planes}") as database_url, contextlib.AsyncExitStack() as stack:
@@ -625,7 +625,7 @@ async def bench_devart(
         ports = [_free_port() for _ in range(control_planes)]
         env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
                    DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING")
-        db = await create_pool(database_url, min_size=1, max_size=4)
+        db = await create_pool(database_url, role=SERVICE_ROLE, min_size=1, max_size=4)
         stack.push_async_callback(db.close)
         listener = await db.acquire()
         stack.push_async_callback(db.release, listener)

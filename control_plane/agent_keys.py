@@ -38,14 +38,9 @@ def _new_pair() -> tuple[bytes, bytes]:
 async def register_agent(conn: asyncpg.Connection, who: Principal, agent_id: str) -> bytes:
     """A new event key for ``agent_id``, owned by ``who``'s token (re-registering rotates it)."""
     key = secrets.token_bytes(32)
-    owner = await conn.fetchval(
-        """INSERT INTO agent_keys (agent_id, token_id, event_key) VALUES ($1, $2, $3)
-           ON CONFLICT (agent_id) DO UPDATE SET event_key = EXCLUDED.event_key, created_at = now()
-               WHERE agent_keys.token_id = EXCLUDED.token_id
-           RETURNING token_id""",
-        agent_id, who.token_id, key,
-    )
-    if owner is None:
+    # agent_keys is an admin's table: the function binds the id to the request's token (its claims' sub)
+    owner = await conn.fetchval("SELECT devart_register_agent($1, $2)", agent_id, key)
+    if owner != who.token_id:
         raise Conflict(f"agent id {agent_id!r} is registered by another token", field="body.agent_id")
     return key
 
@@ -72,11 +67,7 @@ class EventVerifier:
         cached = self._keys.get(agent_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        key = await conn.fetchval(
-            """SELECT k.event_key FROM agent_keys k JOIN api_tokens t ON t.id = k.token_id
-               WHERE k.agent_id = $1 AND t.revoked_at IS NULL""",
-            agent_id,
-        )
+        key = await conn.fetchval("SELECT devart_event_key($1)", agent_id)
         if len(self._keys) > 10_000:
             self._keys.clear()
         self._keys[agent_id] = (now + _KEY_TTL_S, key)

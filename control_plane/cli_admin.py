@@ -55,7 +55,7 @@ def _in_database(work: Callable[[Any], Awaitable[Any]]) -> Any:
         from control_plane.db import connect, migrate_database
         from control_plane.service import resolve_database
 
-        url = await resolve_database(settings)
+        url = (await resolve_database(settings)).owner_url  # the local operator administers as the owner
         await migrate_database(url)
         conn = await connect(url)
         try:

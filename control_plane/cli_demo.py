@@ -117,7 +117,7 @@ async def _demo(args: argparse.Namespace, base: Settings) -> int:
         server = uvicorn.Server(uvicorn.Config(create_app(control_plane=cp), host="127.0.0.1", port=settings.port,
                                                log_level="warning", lifespan="on"))
         serving = asyncio.create_task(server.serve())
-        async with cp.pool.acquire() as conn:
+        async with cp.owner_connection() as conn:
             token_id, token = await create_token(conn, name=f"demo-{uuid4().hex[:8]}", role="admin",
                                                  created_by="devart demo")
         base_url = f"http://127.0.0.1:{settings.port}"
@@ -136,7 +136,7 @@ async def _demo(args: argparse.Namespace, base: Settings) -> int:
                     start = first_live - (args.baseline_steps - offset) * step_ns
                     await _export(api, generator.generate(args.traces_per_step * n, start, n * step_ns))
                 live_from = await _catch_up(api, args, generator, first_live, step_ns)
-                async with AiopsService(demo.aiops, pool=cp.pool, detector_settings=demo.detector,
+                async with AiopsService(demo.aiops, pool=cp.loops_pool, detector_settings=demo.detector,
                                         rca_settings=demo.rca) as service:
                     service.start()
                     found = await _live(api, args, generator, fault, live_from, step_ns)
@@ -144,7 +144,7 @@ async def _demo(args: argparse.Namespace, base: Settings) -> int:
         finally:
             server.should_exit = True
             await serving
-            async with cp.pool.acquire() as conn:
+            async with cp.owner_connection() as conn:
                 await revoke_token(conn, token_id)
     emit(args, found, "")
     return 0

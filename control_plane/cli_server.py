@@ -72,7 +72,7 @@ async def _migrate(settings: Settings) -> int:
     from control_plane.db import migrate_database
     from control_plane.service import resolve_database
 
-    applied = await migrate_database(await resolve_database(settings))
+    applied = await migrate_database((await resolve_database(settings)).owner_url)
     print("applied: " + (", ".join(applied) if applied else "nothing (up to date)"))
     return 0
 
@@ -106,13 +106,19 @@ def _run_config(args: argparse.Namespace) -> int:
 async def _aiops(settings: Settings) -> int:
     from aiops.service import AiopsService
     from aiops.settings import AiopsSettings
-    from control_plane.db import migrate_database
+    from control_plane.db import SERVICE_ROLE, create_pool, migrate_database, set_app_password
     from control_plane.service import resolve_database
 
-    url = await resolve_database(settings)
-    await migrate_database(url)
-    async with AiopsService(AiopsSettings(), database_url=url) as service:
-        await service.run_forever()
+    db = await resolve_database(settings)
+    await migrate_database(db.owner_url)
+    if db.app_password is not None:
+        await set_app_password(db.owner_url, db.app_password)
+    pool = await create_pool(db.app_url, role=SERVICE_ROLE, min_size=1, max_size=4)
+    try:
+        async with AiopsService(AiopsSettings(), pool=pool) as service:
+            await service.run_forever()
+    finally:
+        await pool.close()
     return 0
 
 
@@ -181,7 +187,7 @@ async def _serve(settings: Settings, *, agents: int = 0, agent_slots: int = 2, a
 
 
 async def _revoke(cp: ControlPlane, token_id: UUID, revoke: Any) -> None:
-    async with cp.pool.acquire() as conn:
+    async with cp.owner_connection() as conn:
         await revoke(conn, token_id)
     log.info("revoked the agents' token %s", token_id)
 
@@ -195,7 +201,7 @@ async def _agent_token(cp: ControlPlane) -> tuple[UUID, str]:
     """An ``agent`` token for the spawned agents' span export, revoked when ``devart up`` exits."""
     from control_plane.auth import create_token
 
-    async with cp.pool.acquire() as conn:
+    async with cp.owner_connection() as conn:
         return await create_token(conn, name=f"devart-up-agents-{uuid4().hex[:8]}", role="agent",
                                   created_by="devart up")
 

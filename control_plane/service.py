@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING
@@ -25,7 +27,17 @@ from control_plane import approvals
 from control_plane.agent_keys import load_signer
 from control_plane.approvals import ApprovalExpiry
 from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
-from control_plane.db import EmbeddedPostgres, create_pool, migrate_database
+from control_plane.db import (
+    APP_ROLE,
+    SERVICE_ROLE,
+    Database,
+    EmbeddedPostgres,
+    connect,
+    create_pool,
+    migrate_database,
+    refuse_privileged,
+    set_app_password,
+)
 from control_plane.dead_letters import DeadLetterConsumer
 from control_plane.dispatch import Dispatcher
 from control_plane.events import EventsConfig, EventsConsumer
@@ -52,10 +64,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("devart.control_plane")
 
 
-async def resolve_database(settings: Settings) -> str:
-    """The database URL to use: ``DATABASE_URL``, or the embedded pgserver under ``DEVART_HOME``."""
+async def resolve_database(settings: Settings) -> Database:
+    """The database to use: ``DATABASE_URL`` (with devart_app's password from ``DEVART_DB_APP_PASSWORD``),
+    or the embedded pgserver under ``DEVART_HOME``."""
     if settings.database_url:
-        return settings.database_url
+        password = settings.db_app_password.get_secret_value() if settings.db_app_password else None
+        return Database(settings.database_url, app_password=password)
     return await EmbeddedPostgres(settings.home).start()
 
 
@@ -128,11 +142,13 @@ class ControlPlane:
         self._connection: AbstractRobustConnection | None = None
         self._private_broker: PrivateRabbitMQ | None = None
         self.workers: Workers | None = None
-        self.database_url = ""
+        self.database: Database | None = None
         self.amqp_url = ""
 
     @property
     def pool(self) -> asyncpg.Pool:
+        """The API's connections, as devart_app: a request's transaction switches to its caller
+        (control_plane/identity.py); without that switch they may do nothing but authenticate."""
         if self._pool is None:
             raise RuntimeError("ControlPlane used outside `async with`")
         return self._pool
@@ -180,6 +196,18 @@ class ControlPlane:
             raise RuntimeError("ControlPlane used outside `async with`")
         return self._remediation
 
+    @asynccontextmanager
+    async def owner_connection(self) -> AsyncIterator[asyncpg.Connection]:
+        """A connection as the schema owner, for the local operator's own administration (the token
+        ``devart up`` makes for its agents, the demo's): what ``devart token create`` does."""
+        if self.database is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        conn = await connect(self.database.owner_url)
+        try:
+            yield conn
+        finally:
+            await conn.close()
+
     @property
     def connection(self) -> AbstractRobustConnection:
         if self._connection is None:
@@ -188,30 +216,32 @@ class ControlPlane:
 
     async def __aenter__(self) -> ControlPlane:
         s = self.settings
-        self.database_url = await resolve_database(s)
-        applied = await migrate_database(self.database_url)
+        self.database = db = await resolve_database(s)
+        applied = await migrate_database(db.owner_url)  # as the owner; nothing else runs as it
         if applied:
             log.info("applied migrations: %s", ", ".join(applied))
-        self._pool = await create_pool(self.database_url, min_size=s.db_pool_min, max_size=s.db_pool_max)
-        async with self._pool.acquire() as conn:
+        if db.app_password is not None:
+            await set_app_password(db.owner_url, db.app_password)
+        self._pool = await create_pool(db.app_url, role=APP_ROLE, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        if s.environment == "production":
+            await refuse_privileged(self._pool)
+        self._loops_pool = await create_pool(db.app_url, role=SERVICE_ROLE, min_size=1, max_size=s.db_loops_pool_max)
+        async with self._loops_pool.acquire() as conn:
             self.installation = await load_installation(conn)
+            self._signer = await load_signer(conn)
         if s.broker.prefix is None:
             self.broker = s.broker.model_copy(update={"prefix": self.installation.broker_prefix})
         self._topology = self.broker.topology()
         self._workflows = WorkflowEngine(s, self.workflow_settings, self._topology)
-        self._loops_pool = await create_pool(self.database_url, min_size=1, max_size=s.db_loops_pool_max)
-        async with self._pool.acquire() as conn:
-            self._signer = await load_signer(conn)
         approvals.register_outcome_handler(APPROVAL_SUBJECT, self._workflows.approval_decided,
                                            lock=self._workflows.lock_approval_subject)
-        self._span_pool = await asyncpg.create_pool(
-            self.database_url, min_size=1, max_size=self.observability.span_pool_max
-        )
+        self._span_pool = await create_pool(db.app_url, role=SERVICE_ROLE, min_size=1,
+                                            max_size=self.observability.span_pool_max, codecs=False)
         self._start_telemetry()
         try:
-            self._remediation_source = make_span_source(self.aiops, self._pool)
+            self._remediation_source = make_span_source(self.aiops, self._loops_pool)
             self._remediation = build_pipeline(
-                self._pool, self.remediation_settings, topology=self.topology, agent_ttl_s=s.heartbeat_ttl_s,
+                self._loops_pool, self.remediation_settings, topology=self.topology, agent_ttl_s=s.heartbeat_ttl_s,
                 attempts_budget=s.default_max_attempts, source=self._remediation_source,
             )
             self.amqp_url, self._private_broker = await resolve_broker(

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk.eventloop import EventLoop
@@ -36,6 +36,13 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "DEVART_DATABASE_URL"),
         description="Postgres 15+ with pgvector; unset = embedded pgserver under DEVART_HOME",
+    )
+    db_app_password: SecretStr | None = Field(
+        default=None,
+        description="password of devart_app, the login the control plane's pools use (no rights of its own, "
+        "no superuser, no BYPASSRLS); set on the role at start-up by the DATABASE_URL owner, who runs the "
+        "migrations; unset = the pools use DATABASE_URL's user, refused in production if it is a superuser "
+        "or BYPASSRLS; the embedded Postgres makes its own (docs/rls.md)",
     )
     db_pool_min: int = Field(default=2, ge=1, description="minimum connections in the API's pool")
     db_pool_max: int = Field(default=10, ge=1, description="maximum connections in the API's pool")

@@ -49,7 +49,17 @@ def available() -> list[Migration]:
 
 
 async def migrate(conn: asyncpg.Connection) -> list[Migration]:
-    """Apply every migration not yet recorded; returns those applied now."""
+    """Apply every migration not yet recorded; returns those applied now.
+
+    Run as the schema owner, a superuser or BYPASSRLS role: every table is under FORCE ROW LEVEL
+    SECURITY, which binds its owner too (docs/rls.md).
+    """
+    role = await conn.fetchrow("SELECT rolname, rolsuper OR rolbypassrls AS exempt FROM pg_roles WHERE rolname = current_user")
+    if not role["exempt"]:
+        raise MigrationError(
+            f"migrations must run as a superuser or a BYPASSRLS role, not {role['rolname']}: row-level security "
+            "would hide the rows they change (give DATABASE_URL the schema owner's login)"
+        )
     await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
     try:
         await conn.execute(

@@ -92,6 +92,11 @@ async def _unstorable_text(_: Request, exc: Exception) -> JSONResponse:
     return _error(422, f"the request contains text that cannot be stored: {exc}")
 
 
+async def _database_refused(_: Request, exc: Exception) -> JSONResponse:
+    """Row-level security or a missing grant refused the request's statement (docs/rls.md)."""
+    return _error(403, f"the database refused this for your role: {exc}")
+
+
 class BodyLimit:
     """Refuses request bodies over ``max_bytes`` with 413, whether or not Content-Length is sent."""
 
@@ -173,6 +178,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(asyncpg.UntranslatableCharacterError, _unstorable_text)
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
+    app.add_exception_handler(asyncpg.InsufficientPrivilegeError, _database_refused)
     app.include_router(traces.router)  # bounds and decodes its own bodies
     app.include_router(github.router)  # bounds and verifies its own bodies
     for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals, dead_letters,

@@ -9,6 +9,7 @@ import asyncpg
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from control_plane import identity
 from control_plane.api.hub import EventHub
 from control_plane.auth import Principal, TokenCache
 from control_plane.errors import Forbidden, Unauthorized
@@ -34,7 +35,10 @@ async def _hub(request: Request) -> EventHub:
 
 
 async def _connection(cp: Annotated[ControlPlane, Depends(_control_plane)]) -> AsyncIterator[asyncpg.Connection]:
-    async with cp.pool.acquire() as conn:
+    # The request's transaction, committed before the response is sent (scope="function" in DbConn).
+    # The caller's principal switches it to their identity (identity.assume); until then it is
+    # devart_app, which may do nothing but authenticate.
+    async with cp.pool.acquire() as conn, conn.transaction():
         yield conn
 
 
@@ -56,11 +60,13 @@ async def _authenticate(
 async def _principal(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    conn: Annotated[asyncpg.Connection, Depends(_connection)],
+    conn: Annotated[asyncpg.Connection, Depends(_connection, scope="function")],
 ) -> Principal:
     # The token is checked on the request's own connection: a second one per request would let
     # concurrent requests exhaust the pool while each holds its first.
-    return await _authenticate(request, credentials, conn)
+    principal = await _authenticate(request, credentials, conn)
+    await identity.assume(conn, principal)
+    return principal
 
 
 async def _stream_principal(
@@ -120,5 +126,5 @@ async def remote_address(request: Request) -> str:
 ControlPlaneDep = Annotated[ControlPlane, Depends(_control_plane)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 HubDep = Annotated[EventHub, Depends(_hub)]
-DbConn = Annotated[asyncpg.Connection, Depends(_connection)]
+DbConn = Annotated[asyncpg.Connection, Depends(_connection, scope="function")]
 Remote = Annotated[str, Depends(remote_address)]

@@ -260,9 +260,7 @@ class EventHub(LoopService):
         if not tokens:
             return
         async with self._pool.acquire() as conn:
-            revoked = await conn.fetch(
-                "SELECT id FROM api_tokens WHERE id = ANY($1::uuid[]) AND revoked_at IS NOT NULL", tokens
-            )
+            revoked = await conn.fetch("SELECT id FROM devart_revoked_tokens($1::uuid[]) AS id", tokens)
         for row in revoked:
             self.revoke(row["id"])
 

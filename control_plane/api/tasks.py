@@ -11,6 +11,7 @@ import asyncpg
 from fastapi import APIRouter, Depends, Header, Query, Response, status
 from pydantic import AwareDatetime
 
+from control_plane import identity
 from control_plane import tasks as task_store
 from control_plane.api.deps import (
     ControlPlaneDep,
@@ -252,13 +253,13 @@ async def task_logs(
     settings = cp.settings
     size = min(limit or settings.log_page_max, settings.log_page_max)
     position = _parse_after(after)
-    async with cp.pool.acquire() as conn:  # not for the request's lifetime: a follow may last hours
+    async with identity.acting_as(cp.pool, who) as conn:  # not for the request's lifetime: a follow may last hours
         await task_store.get_task(conn, task_id)
         if not follow:
             rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
     if follow:
         stream = hub.open(who, task_id=task_id)
-        return sse_response(_follow_logs(cp, hub, stream, task_id, position, size), on_close=stream.close)
+        return sse_response(_follow_logs(cp, hub, stream, who, task_id, position, size), on_close=stream.close)
     return LogPage(
         lines=[LogLinePublic.model_validate(dict(r)) for r in rows],
         next_after=str(rows[-1]["position"]) if rows else None,
@@ -266,12 +267,12 @@ async def task_logs(
 
 
 async def _follow_logs(
-    cp: ControlPlane, hub: EventHub, stream: Stream, task_id: UUID, position: int | None, size: int
+    cp: ControlPlane, hub: EventHub, stream: Stream, who: Principal, task_id: UUID, position: int | None, size: int
 ) -> AsyncIterator[bytes]:
     seen: tuple[str, str] | None = None
     try:
         while not stream.closed:
-            async with cp.pool.acquire() as conn:
+            async with identity.acting_as(cp.pool, who) as conn:
                 rows = await task_store.task_logs(conn, task_id, after=position, limit=size)
                 task = await task_store.get_task(conn, task_id)
             if (task["status"], task["status_reason"]) != seen:

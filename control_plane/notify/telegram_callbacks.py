@@ -114,7 +114,7 @@ async def _principal(conn: asyncpg.Connection, settings: NotifySettings, user_id
     name = settings.telegram.approvers.get(user_id)
     if name is None:
         return None
-    row = await conn.fetchrow("SELECT id, name, role FROM api_tokens WHERE name = $1 AND revoked_at IS NULL", name)
+    row = await conn.fetchrow("SELECT id, name, role FROM devart_token_by_name($1)", name)
     return Principal(row["id"], row["name"], row["role"]) if row else None
 
 

@@ -66,7 +66,7 @@ async def start_agent(start_agent: StartAgent, cp: ControlPlane) -> StartAgent:
         runtime = await start_agent(agent, **overrides)
 
         async def known() -> bool:
-            async with cp.pool.acquire() as conn:
+            async with cp.loops_pool.acquire() as conn:
                 return bool(await conn.fetchval("SELECT 1 FROM agents WHERE id = $1", agent.agent_id))
 
         await wait_for(known, what=f"the hello of {agent.agent_id}")

@@ -84,7 +84,7 @@ async def test_forged_succeeded_events_are_refused_and_the_task_is_unchanged(
                    {HEADER_SIGNATURE: other.sign_event(as_itself)})
     await _publish(broker_settings.amqp_url, events, event_routing_key(forged), body,
                    {HEADER_SIGNATURE: other.sign_event(body)})
-    async with cp.pool.acquire() as conn:
+    async with cp.loops_pool.acquire() as conn:
         published_at = await conn.fetchval("SELECT now()")
 
     async def all_refused() -> list[str]:
@@ -110,7 +110,7 @@ async def test_forged_succeeded_events_are_refused_and_the_task_is_unchanged(
 
 
 async def _heartbeat_after(cp: ControlPlane, agent_id: str, moment: datetime) -> bool:
-    async with cp.pool.acquire() as conn:
+    async with cp.loops_pool.acquire() as conn:
         return bool(await conn.fetchval("SELECT last_heartbeat > $2 FROM agents WHERE id = $1", agent_id, moment))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from control_plane import approvals
+from control_plane import approvals, identity
 from control_plane.auth import Principal
 from control_plane.service import ControlPlane
 from tests.support.system import make_token, wait_for
@@ -169,9 +169,10 @@ async def test_an_approval_decided_elsewhere_is_not_decided_again(
     await make_token(database_url, "supervisor", name="ana")
     await make_token(database_url, "admin", name="bob")
     approval_id, message = await _approval_message(fake, database_url)
-    async with tg_cp.pool.acquire() as conn:
-        bob = await conn.fetchrow("SELECT id, name, role FROM api_tokens WHERE name = 'bob'")
-        await approvals.decide(conn, approval_id, Principal(bob["id"], bob["name"], bob["role"]), "refuse", "api")
+    bob = await db.fetchrow("SELECT id, name, role FROM api_tokens WHERE name = 'bob'")
+    as_bob = Principal(bob["id"], bob["name"], bob["role"])
+    async with identity.acting_as(tg_cp.pool, as_bob) as conn:  # as the API would decide
+        await approvals.decide(conn, approval_id, as_bob, "refuse", "api")
     fake.press(GROUP, message["message_id"], buttons(message)["Approve"], user_id=APPROVER)
     (answer,) = await _answers(fake, 1)
     assert answer["show_alert"] and "already refused" in answer["text"]

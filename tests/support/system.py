@@ -13,6 +13,7 @@ import uvicorn
 
 from agents.sdk import AgentRuntime
 from agents.sdk.trust import AgentCredentials
+from control_plane import identity
 from control_plane.agent_keys import register_agent
 from control_plane.api.app import create_app
 from control_plane.auth import Principal, create_token
@@ -85,7 +86,10 @@ async def register_in_database(cp: ControlPlane, database_url: str, agent_id: st
     conn = await connect(database_url)
     try:
         token_id, _ = await create_token(conn, name=f"agent-{agent_id}", role="agent", created_by="test")
-        key = await register_agent(conn, Principal(token_id, f"agent-{agent_id}", "agent"), agent_id)
+        principal = Principal(token_id, f"agent-{agent_id}", "agent")
+        async with conn.transaction():  # under the agent token's identity, as the API registers
+            await identity.assume(conn, principal)
+            key = await register_agent(conn, principal, agent_id)
     finally:
         await conn.close()
     return AgentCredentials(agent_id=agent_id, event_key=key, control_plane_key=cp.signer.public_key)

@@ -85,7 +85,7 @@ async def test_a_failing_pool_is_drained_after_approval_and_its_failures_stop(
         for offset in range(0, BASELINE_STEPS, 10):
             start = now - (BASELINE_STEPS - offset) * step_ns
             await _export(ada, _traffic(generator, 400, start, 10 * step_ns, None))
-        async with AiopsService(demo.aiops, pool=cp.pool, detector_settings=demo.detector,
+        async with AiopsService(demo.aiops, pool=cp.loops_pool, detector_settings=demo.detector,
                                 rca_settings=demo.rca) as aiops:
             aiops.start()
             fault = Fault("exception", "svc2")

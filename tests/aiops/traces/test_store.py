@@ -132,9 +132,9 @@ async def test_postgres_source_is_what_settings_choose_by_default(db: asyncpg.Po
 
 async def test_store_works_on_a_pool_with_json_codecs(database_url: str) -> None:
     """The control plane's pool decodes json/jsonb itself; the store must not care."""
-    from control_plane.db import create_pool
+    from control_plane.db import SERVICE_ROLE, create_pool
 
-    pool = await create_pool(database_url, min_size=1, max_size=1)
+    pool = await create_pool(database_url, role=SERVICE_ROLE, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
             span = Span("ab" * 16, "cd" * 8, None, "svc", "op", "server", 1_000, 2_000, "ok", {"k": [1, "v"]})

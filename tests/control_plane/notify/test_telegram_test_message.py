@@ -59,5 +59,6 @@ async def test_api_test_message_is_admin_only_and_audited(
             assert response.status_code == 200
             (result,) = response.json()
             assert result["ok"] and result["chat_id"] == GROUP and result["answer"]["message_id"] == result["message_id"]
-    row = await tg_cp.pool.fetchrow("SELECT actor, detail FROM audit_log WHERE action = 'telegram.test'")
+    async with tg_cp.owner_connection() as conn:
+        row = await conn.fetchrow("SELECT actor, detail FROM audit_log WHERE action = 'telegram.test'")
     assert row["actor"] == "admin-token" and row["detail"]["ok"] == [GROUP]

@@ -52,7 +52,7 @@ async def test_the_loop_starts_a_due_schedule_once(admin: httpx.AsyncClient, cp:
     row = await db.fetchrow("SELECT * FROM workflow_schedules WHERE workflow = 'nightly'")
     assert row["next_at"] > datetime.now(UTC) and row["last_at"] is not None
     # firing again finds nothing due: still one run
-    async with cp.pool.acquire() as conn:
+    async with cp.loops_pool.acquire() as conn:
         assert await cp.workers.workflow_scheduler.fire(conn, "nightly") == 0
     assert len(await _runs(db, "nightly")) == 1
     # a new version without `on` removes the schedule
@@ -68,8 +68,8 @@ async def test_a_control_plane_down_across_fire_times(
     await cp.workers.workflow_scheduler.stop()  # this test drives the loop itself
     # three new years went by while nothing ran the loop (2024, 2025 and 2026; the next is 2027)
     await db.execute("UPDATE workflow_schedules SET next_at = '2024-01-01T00:00:00Z'")
-    scheduler = WorkflowScheduler(cp.pool, cp.workflows, interval_s=1)
-    async with cp.pool.acquire() as conn:
+    scheduler = WorkflowScheduler(cp.loops_pool, cp.workflows, interval_s=1)
+    async with cp.loops_pool.acquire() as conn:
         assert await scheduler.fire(conn, f"m-{missed}") == expected
     runs = await _runs(db, f"m-{missed}")
     assert len(runs) == expected
