@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import uvicorn
+from fastapi import FastAPI
 
 from agents.sdk import AgentRuntime
 from agents.sdk.trust import AgentCredentials
@@ -54,10 +55,10 @@ async def api_ready(base_url: str) -> bool:
 
 
 @asynccontextmanager
-async def serve_api(cp: ControlPlane) -> AsyncIterator[str]:
-    """The real API on a free loopback port; yields its base URL."""
+async def serve_api(cp: ControlPlane, app: FastAPI | None = None) -> AsyncIterator[str]:
+    """The real API (or ``app``, built by ``create_app`` for ``cp``) on a free loopback port; yields its base URL."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(control_plane=cp), host="127.0.0.1", port=port,
+    server = uvicorn.Server(uvicorn.Config(app or create_app(control_plane=cp), host="127.0.0.1", port=port,
                                            log_level="warning", lifespan="on",
                                            timeout_graceful_shutdown=1))
     task = asyncio.create_task(server.serve())
