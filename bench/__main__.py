@@ -4,7 +4,7 @@
 
 Quick mode shrinks each load so the whole suite finishes in a few minutes on a laptop; ``--full``
 runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real, sandbox,
-workflows, console).
+workflows, console, identity).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "sandbox": ["--runs", "50"],
     "workflows": ["--rounds", "2"],
     "console": ["--tasks", "10000", "--requests", "100"],
+    "identity": ["--submits", "100", "--rounds", "4"],
 }
 
 

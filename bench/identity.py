@@ -1,0 +1,172 @@
+"""Submit latency with and without the per-request identity switch (row-level security).
+
+    python -m bench.identity [--submits 400] [--rounds 8]
+
+One control plane (no background loops) on an embedded pgserver (or ``--database-url``) serves two
+apps on two ports in this process: the real one, where each request's transaction runs ``SET LOCAL
+ROLE authenticated`` + the caller's claims as devart_app (row-level security applies), and the same
+app with the request connection overridden to what it was before row-level security: a pool of the
+owner's connections, no transaction around the request, no switch (FastAPI dependency overrides).
+A ``ci`` token submits tasks one at a time through aiohttp, alternating between the two apps
+round by round so both see the same machine load; p50/p99 of each and their ratio are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiohttp
+import numpy as np
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bench.dispatch import _database, _free_port
+from control_plane.api import deps
+
+
+class IdentityBenchSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="DEVART_BENCH_", extra="ignore", cli_parse_args=False)
+
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/",
+                          validation_alias=AliasChoices("AMQP_URL", "DEVART_BENCH_AMQP_URL"),
+                          description="RabbitMQ the control plane connects to")
+    database_url: str | None = Field(default=None, description="Postgres (a scratch database); unset = embedded pgserver")
+    submits: int = Field(default=400, ge=10, description="submits per app, in total over the rounds")
+    rounds: int = Field(default=8, ge=1, description="rounds; each app takes its turn in every round")
+
+
+async def _submits(http: aiohttp.ClientSession, count: int) -> list[float]:
+    took = []
+    for i in range(count):
+        started = time.perf_counter()
+        async with http.post("/api/v1/tasks", json={"type": "bench-identity", "input": {"i": i}}) as response:
+            await response.read()
+            if response.status != 201:
+                raise RuntimeError(f"submit answered {response.status}: {await response.text()}")
+        took.append((time.perf_counter() - started) * 1000)
+    return took
+
+
+@asynccontextmanager
+async def _serve(app: Any) -> AsyncIterator[str]:
+    import uvicorn
+
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _authenticated_only(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(deps._bearer)],
+    conn: Annotated[Any, Depends(deps._connection, scope="function")],
+) -> Any:
+    return await deps._authenticate(request, credentials, conn)
+
+
+def _without_identity_switch(cp: Any, owner_pool: Any) -> Any:
+    """The app as it was before row-level security: requests on the owner's connections, no switch."""
+    from control_plane.api.app import create_app
+
+    app = create_app(control_plane=cp)
+
+    async def connection() -> AsyncIterator[Any]:
+        async with owner_pool.acquire() as conn:
+            yield conn
+
+    app.dependency_overrides[deps._connection] = connection
+    app.dependency_overrides[deps._principal] = _authenticated_only
+    return app
+
+
+def _p50_p99(values: list[float]) -> tuple[float, float]:
+    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+
+async def run(settings: IdentityBenchSettings) -> str:
+    from agents.sdk.settings import BrokerSettings
+    from control_plane.api.app import create_app
+    from control_plane.auth import create_token
+    from control_plane.db import connect, create_pool
+    from control_plane.service import ControlPlane
+    from control_plane.settings import Settings
+
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    with tempfile.TemporaryDirectory(prefix="devart-bench-identity-") as tmp:
+        workdir = Path(tmp)
+        os.chmod(workdir, 0o755)  # pgserver runs Postgres as its own user when we are root
+        async with _database(settings, workdir) as (database_url, _postgres):
+            cp_settings = Settings(database_url=database_url, home=workdir / "home", embedded_broker=False,
+                                   broker=BrokerSettings(amqp_url=settings.amqp_url, prefix=prefix, queue_expires_s=60))
+            async with ControlPlane(cp_settings, workers=False) as cp:
+                conn = await connect(database_url)
+                try:
+                    _, token = await create_token(conn, name=f"{prefix}ci", role="ci", created_by="bench")
+                    owner = await conn.fetchval("SELECT current_user")
+                finally:
+                    await conn.close()
+                owner_pool = await create_pool(database_url, role=owner, min_size=2,
+                                               max_size=cp_settings.db_pool_max)
+                headers = {"Authorization": f"Bearer {token}"}
+                took: dict[str, list[float]] = {"switch": [], "none": []}
+                try:
+                    async with _serve(create_app(control_plane=cp)) as with_switch, \
+                            _serve(_without_identity_switch(cp, owner_pool)) as without:
+                        urls = {"switch": with_switch, "none": without}
+                        for url in urls.values():  # warm-up: connections, caches, token cache
+                            async with aiohttp.ClientSession(base_url=url, headers=headers) as warm:
+                                await _submits(warm, 20)
+                        per_round = max(1, settings.submits // settings.rounds)
+                        for round_no in range(settings.rounds):
+                            order = ("switch", "none") if round_no % 2 == 0 else ("none", "switch")
+                            for name in order:
+                                async with aiohttp.ClientSession(base_url=urls[name], headers=headers) as client:
+                                    took[name] += await _submits(client, per_round)
+                finally:
+                    await owner_pool.close()
+    s50, s99 = _p50_p99(took["switch"])
+    n50, n99 = _p50_p99(took["none"])
+    return "\n".join([
+        f"POST /api/v1/tasks as a ci token, {len(took['switch'])} submits per app one at a time, "
+        f"{settings.rounds} alternating rounds, no agent:",
+        f"  without the identity switch (owner connection): p50 {n50:6.2f} ms   p99 {n99:6.2f} ms",
+        f"  with it (devart_app -> authenticated + claims): p50 {s50:6.2f} ms   p99 {s99:6.2f} ms",
+        f"  with / without: p50 {s50 / n50:.2f}x, p99 {s99 / n99:.2f}x",
+    ])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.identity", description=__doc__.splitlines()[0])
+    for name, info in IdentityBenchSettings.model_fields.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=info.description,
+                            type=type(info.default) if info.default is not None else str)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = {k: v for k, v in vars(_parser().parse_args(argv)).items() if v is not None}
+    print(asyncio.run(run(IdentityBenchSettings(**args))))
+
+
+if __name__ == "__main__":
+    main()
