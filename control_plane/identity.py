@@ -18,8 +18,11 @@ REQUEST_ROLE = "authenticated"
 
 
 def claims(principal: Principal) -> dict[str, Any]:
-    """The claims a policy sees through ``auth.jwt()``: shaped like a Supabase access token's, with the
-    devart role in ``app_metadata`` (which a Supabase user cannot edit) and the token id as ``sub``."""
+    """The claims a policy sees through ``auth.jwt()``: a Supabase user's verified token claims as they
+    are (as PostgREST passes them); for a devart token, claims of the same shape, with the devart role
+    in ``app_metadata`` (which a Supabase user cannot edit) and the token id as ``sub``."""
+    if principal.claims is not None:
+        return dict(principal.claims)
     return {"sub": str(principal.token_id), "role": REQUEST_ROLE, "aud": REQUEST_ROLE,
             "app_metadata": {"devart_role": principal.role, "devart_token": principal.name}}
 

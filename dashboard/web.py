@@ -24,6 +24,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ValidationError
 
+from control_plane import identity
 from control_plane.auth import Principal
 from control_plane.errors import DomainError, Forbidden, InvalidInput, http_status
 from control_plane.service import ControlPlane
@@ -76,6 +77,8 @@ async def _user(request: Request) -> User:
     conn: asyncpg.Connection | None = getattr(request.state, "console_conn", None)
     if conn is not None:  # a page: checked on the request's own connection, one round trip less
         principal = await session_principal(conn, session_id)
+        if principal is not None:
+            await identity.assume(conn, principal)
     else:  # a stream: holds no connection while it lasts
         async with _control_plane(request).pool.acquire() as conn:
             principal = await session_principal(conn, session_id)
@@ -85,8 +88,9 @@ async def _user(request: Request) -> User:
 
 
 async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
-    """The request's connection; views declare it before the user, so the session is checked on it."""
-    async with _control_plane(request).pool.acquire() as conn:
+    """The request's connection, in a transaction that ``_user`` switches to the signed-in user's identity
+    (as an API request's, docs/rls.md); views declare it before the user, so the session is checked on it."""
+    async with _control_plane(request).pool.acquire() as conn, conn.transaction():
         request.state.console_conn = conn
         try:
             yield conn
@@ -130,7 +134,7 @@ def remote(request: Request) -> str:
 
 
 CurrentUser = Annotated[User, Depends(_user)]
-Conn = Annotated[asyncpg.Connection, Depends(_connection)]
+Conn = Annotated[asyncpg.Connection, Depends(_connection, scope="function")]
 CP = Annotated[ControlPlane, Depends(_control_plane)]
 
 

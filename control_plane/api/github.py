@@ -85,7 +85,8 @@ async def github_webhook(request: Request, cp: ControlPlaneDep) -> dict[str, Any
         raise InvalidInput(f"body is not valid JSON: {exc}", field="body") from None
     if not isinstance(payload, dict):
         raise InvalidInput("body must be a JSON object", field="body")
-    async with cp.pool.acquire() as conn, conn.transaction():
+    # verified by its signature, not a token: stored as the background services are (devart_service)
+    async with cp.loops_pool.acquire() as conn, conn.transaction():
         stored = await record(conn, delivery, event, payload)
     return {"delivery": delivery, "event": event, "duplicate": not stored}
 

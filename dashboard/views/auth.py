@@ -9,6 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import RedirectResponse, Response
 
+from control_plane import identity
 from control_plane.api import stream as api_stream
 from control_plane.audit import audit
 from control_plane.auth import READ
@@ -55,6 +56,7 @@ async def login(
         async with conn.transaction():
             session_id = await open_session(conn, principal, ttl_s=console_of(request).settings.session_ttl_s,
                                             remote=remote(request))
+            await identity.assume(conn, principal)  # the audit row is written as the user
             await audit(conn, actor=principal.name, action="console.sign_in", remote=remote(request))
     response = RedirectResponse(local_path(next), status_code=303)
     response.set_cookie(COOKIE, session_id, httponly=True, samesite="strict", secure=request.url.scheme == "https",
@@ -67,6 +69,7 @@ async def login(
 async def logout(request: Request, cp: CP, user: SigningOut) -> Response:
     async with cp.pool.acquire() as conn, conn.transaction():
         await close_session(conn, user.session_id)
+        await identity.assume(conn, user.principal)
         await audit(conn, actor=user.principal.name, action="console.sign_out", remote=remote(request))
     response = RedirectResponse("/login", status_code=303)
     response.delete_cookie(COOKIE, path="/")

@@ -17,7 +17,7 @@ from tests.aiops.rca.test_worker import finished, incident_for, load_scenario, r
 
 
 async def _approval(cp: ControlPlane, summary: str) -> str:
-    async with cp.pool.acquire() as conn:
+    async with cp.loops_pool.acquire() as conn:
         approval = await create_approval(
             conn, subject_kind="change_window", subject_id=summary.replace(" ", "-"), summary=summary, risk="high",
             requested_by="ci-pipeline", expires_at=datetime.now(UTC) + timedelta(hours=1),
