@@ -75,7 +75,7 @@ EXPECTED: dict[str, dict[str, Any]] = {
     "telegram_updates": _operated(OPERATORS, service="SELECT INSERT"),
     "telegram_poll_offset": _operated(OPERATORS, ADMIN, ADMIN, service="SELECT INSERT UPDATE"),
     "webhook_deliveries": _operated(service="SELECT INSERT UPDATE"),
-    "github_deliveries": _operated(OPERATORS, ADMIN, ADMIN, service="SELECT INSERT UPDATE"),
+    "github_deliveries": _operated(create=ADMIN, change=ADMIN, service="SELECT INSERT UPDATE"),
     "github_pulls": _operated(create=ADMIN, change=ADMIN, service="SELECT INSERT UPDATE"),
     "github_checks": _operated(create=ADMIN, change=ADMIN, service="SELECT INSERT UPDATE"),
     "github_review_comments": _operated(create=ADMIN, change=ADMIN, service="SELECT INSERT"),
