@@ -31,7 +31,7 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bench.dispatch import _database, _free_port
+from bench.dispatch import _free_port, _postgres
 from control_plane.api import deps
 
 
@@ -115,7 +115,7 @@ async def run(settings: IdentityBenchSettings) -> str:
     with tempfile.TemporaryDirectory(prefix="devart-bench-identity-") as tmp:
         workdir = Path(tmp)
         os.chmod(workdir, 0o755)  # pgserver runs Postgres as its own user when we are root
-        async with _database(settings, workdir) as (database_url, _postgres):
+        async with _postgres(settings, workdir) as server, server.scratch("identity") as database_url:
             cp_settings = Settings(database_url=database_url, home=workdir / "home", embedded_broker=False,
                                    broker=BrokerSettings(amqp_url=settings.amqp_url, prefix=prefix, queue_expires_s=60))
             async with ControlPlane(cp_settings, workers=False) as cp:
