@@ -2,6 +2,7 @@
 # Make sure the services the test suite talks to are up and answering: RabbitMQ on 127.0.0.1:5672.
 # Postgres comes from the pip-installed pgserver, so nothing is needed for it here.
 # The local sandbox needs bubblewrap (namespaces) and util-linux's setpriv; they are installed too,
+# with shellcheck, which the review agent runs on changed shell files,
 # and so is Debian's chromium, the browser the console's tests drive (Playwright's own download is never used).
 # "Up" means the broker completes an AMQP handshake, not just that its port is open: a broker that
 # accepts TCP but never answers is restarted.
@@ -36,11 +37,13 @@ start_broker() {
 }
 
 install_sandbox_tools() {
-  command -v bwrap >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 && return 0
+  command -v bwrap >/dev/null 2>&1 && command -v setpriv >/dev/null 2>&1 && command -v shellcheck >/dev/null 2>&1 \
+    && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap util-linux shellcheck
   else
-    echo "the local sandbox needs bubblewrap and setpriv: install them (Debian: apt-get install bubblewrap)" >&2
+    echo "the local sandbox needs bubblewrap and setpriv, the review agent shellcheck:" \
+      "install them (Debian: apt-get install bubblewrap shellcheck)" >&2
     exit 1
   fi
 }

@@ -180,23 +180,28 @@ class Boundary:
             args += [arg for cap in ("CAP_SETUID", "CAP_SETGID", "CAP_SETPCAP") for arg in ("--cap-add", cap)]
         else:
             args += ["--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+        # Directories bubblewrap makes on the way would be private to root: make them passable.
+        made: set[Path] = set()
+
+        def passable(path: Path) -> None:
+            for parent in reversed(path.parents):
+                if parent not in made and parent != Path("/tmp") and not _under(parent, settings.system_paths):
+                    made.add(parent)
+                    if parent != Path("/"):
+                        args.extend(["--perms", "0711", "--dir", str(parent)])
+
         for path in settings.system_paths:
             if path.is_symlink():
                 args += ["--symlink", os.readlink(path), str(path)]
             elif path.is_dir():
+                passable(path)  # a system path outside the usual ones, e.g. a virtualenv's bin
                 args += ["--ro-bind", str(path), str(path)]
         args += ["--proc", "/proc", "--dev", "/dev", "--size", str(settings.tmp_bytes), "--tmpfs", "/tmp"]
         binds = [("--ro-bind", path) for path in read_only]
         if workspace is not None:
             binds.append(("--bind", workspace))
-        # Directories bubblewrap makes on the way would be private to root: make them passable.
-        made: set[Path] = set()
         for _, path in binds:
-            for parent in reversed(path.parents):
-                if parent not in made and parent != Path("/tmp") and not _under(parent, settings.system_paths):
-                    made.add(parent)
-                    if parent != Path("/"):
-                        args += ["--perms", "0711", "--dir", str(parent)]
+            passable(path)
         for option, path in binds:
             args += [option, str(path), str(path)]
         env_fd = _memfd("devart-env", env_file(env))

@@ -1,0 +1,84 @@
+"""A local OpenAI API speaking the real ``POST /v1/chat/completions`` wire format, for the ``openai``
+client to talk to through its base URL.
+
+It checks the bearer key (401 with OpenAI's error body otherwise), keeps every request body, and
+answers with the chat completion the test scripted (``answer``: the assistant message's content),
+``finish_reason`` ``length`` when told to, or an OpenAI error with a status.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+
+@dataclass
+class FakeOpenAI:
+    key: str = field(default_factory=lambda: f"sk-test-{uuid.uuid4().hex}")
+    answer: str = '{"verdict": "comment", "comments": []}'
+    finish_reason: str = "stop"
+    error: tuple[int, str] | None = None
+    requests: list[dict[str, Any]] = field(default_factory=list)
+
+    def reply(self, verdict: str, comments: list[dict[str, Any]]) -> None:
+        self.answer = json.dumps({"verdict": verdict, "comments": comments})
+
+    async def completions(self, request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") != f"Bearer {self.key}":
+            return _error(401, "Incorrect API key provided.", "invalid_api_key")
+        body = await request.json()
+        self.requests.append(body)
+        if self.error is not None:
+            return _error(self.error[0], self.error[1], "server_error")
+        if not isinstance(body.get("messages"), list) or not body.get("model"):
+            return _error(400, "'messages' and 'model' are required.", "invalid_request_error")
+        return web.json_response({
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "choices": [{
+                "index": 0,
+                "message": {"role": "assistant", "content": self.answer, "refusal": None},
+                "logprobs": None,
+                "finish_reason": self.finish_reason,
+            }],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 10, "total_tokens": 20},
+        })
+
+
+def _error(status: int, message: str, code: str) -> web.Response:
+    return web.json_response({"error": {"message": message, "type": code, "param": None, "code": code}},
+                             status=status)
+
+
+class FakeOpenAIServer:
+    """Runs a :class:`FakeOpenAI` on a loopback port; ``base_url`` is what OPENAI_BASE_URL gets."""
+
+    def __init__(self, fake: FakeOpenAI) -> None:
+        self.fake = fake
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self.fake.completions)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
