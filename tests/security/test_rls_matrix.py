@@ -14,10 +14,13 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
+
+from tests.support.supabase_shape import SupabaseShapedPostgres
 
 READERS = {"viewer", "ci", "supervisor", "admin"}
 OPERATORS = {"supervisor", "admin"}
@@ -166,9 +169,23 @@ async def _allowed(conn: asyncpg.Connection, identity: str, table: str, command:
         await attempt.rollback()  # every attempt leaves the seeded rows as they were
 
 
+@pytest.fixture(params=["pgserver", "supabase"])
+async def matrix_database(
+    request: pytest.FixtureRequest, database_url: str, supabase_postgres: SupabaseShapedPostgres
+) -> AsyncIterator[str]:
+    """A superuser's URL of a migrated database: pgserver's, then a Supabase-shaped one migrated by
+    Supabase's postgres role (tests/support/supabase_shape.py), so the matrix holds on both."""
+    if request.param == "pgserver":
+        yield database_url
+        return
+    name = await supabase_postgres.create_migrated_database()
+    yield supabase_postgres.uri(name, user="postgres")
+    await supabase_postgres.drop_database(name)
+
+
 @pytest.fixture
-async def seeded(database_url: str) -> asyncpg.Connection:
-    conn = await asyncpg.connect(database_url)
+async def seeded(matrix_database: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(matrix_database)
     await conn.execute("SET session_replication_role = replica")
     for table in EXPECTED:
         await _seed(conn, table)

@@ -19,8 +19,11 @@ async def test_supabase_users_work_on_a_supabase_database(
     viewer = fake.add_user("vera@example.com", app_metadata={"devart_role": "viewer"})
     name = await supabase_postgres.create_database()  # as a new project has it: the control plane migrates
     try:
-        settings = fast_settings(supabase_postgres.uri(name), broker_settings, supabase=accepting(supabase))
+        settings = fast_settings(supabase_postgres.uri(name), broker_settings, supabase=accepting(supabase),
+                                 db_app_password="app-password-for-the-test")  # the pools log in as devart_app
         async with ControlPlane(settings) as cp, serve_api(cp) as base_url:
+            async with cp.pool.acquire() as conn:
+                assert await conn.fetchval("SELECT session_user") == "devart_app"
             async with client(base_url, fake.access_token(ci)) as c:
                 created = await c.post("/api/v1/tasks", json={"type": "shell", "input": {"command": "true"}})
                 assert created.status_code == 201, created.text
