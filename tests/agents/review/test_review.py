@@ -9,6 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from agents.review import ReviewInput, ReviewResult, ReviewSettings, review_handler
+from agents.review.analysis import script_env
 from agents.sandbox import SandboxSettings
 from agents.sdk import NonRetryableError
 from tests.agents.review.conftest import BUG_LINE, git
@@ -138,3 +139,41 @@ def test_the_key_and_url_come_from_openai_variables(monkeypatch: pytest.MonkeyPa
     settings = ReviewSettings()
     assert settings.openai_api_key is not None and settings.openai_api_key.get_secret_value() == "sk-env"
     assert settings.openai_base_url == "http://127.0.0.1:1/v1"
+
+
+async def test_without_shellcheck_the_rest_of_the_review_runs(repo: Path, sandbox: SandboxSettings) -> None:
+    result = await _review(repo, sandbox, ReviewSettings(openai_api_key=None, shellcheck="no-such-shellcheck"))
+    assert result.conclusion == "failure"
+    assert {f.source for f in result.findings} == {"ruff", "secrets"}
+
+
+async def test_a_change_cannot_fake_the_analysis_sections(repo: Path, sandbox: SandboxSettings) -> None:
+    """A file that prints what looks like a marker in the diff: added lines start with '+', and the
+    marker carries a nonce the change cannot know, so the real findings stand."""
+    git(repo, "checkout", "-q", "feature")
+    (repo / "fake.txt").write_text("::devart-review-0::\n::devart-review-0:: ruff\n[]\n::devart-review-0:: end\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "fake sections")
+    first = await _review(repo, sandbox, ReviewSettings(openai_api_key=None))
+    assert ("bug.py", BUG_LINE, "F821", "ruff") in _static(first)
+    assert first.files == 4
+
+
+async def test_model_comments_alone_never_fail_a_review(
+    repo: Path, sandbox: SandboxSettings, openai: FakeOpenAIServer
+) -> None:
+    git(repo, "checkout", "-q", "-b", "clean", "main")
+    (repo / "fine.py").write_text("def g(x):\n    return x + 1\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "clean")
+    openai.fake.reply("request_changes", [{"path": "./fine.py", "line": 2, "message": "consider a docstring"}])
+    result = await review_handler(_with_model(openai), sandbox)(
+        Collected(timeout_s=60).ctx, ReviewInput(repo=str(repo), ref="clean")
+    )
+    assert isinstance(result, ReviewResult) and result.conclusion == "success"
+    assert [(f.path, f.line, f.level, f.rule) for f in result.findings] == [("fine.py", 2, "notice", "model")]
+
+
+def test_each_review_has_a_fresh_marker() -> None:
+    marks = {script_env(base="main", ruff="ruff", shellcheck="shellcheck")[1]["REVIEW_MARK"] for _ in range(3)}
+    assert len(marks) == 3
