@@ -11,10 +11,14 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+
+from tests.support import loopback
 
 
 @dataclass
@@ -57,28 +61,10 @@ def _error(status: int, message: str, code: str) -> web.Response:
                              status=status)
 
 
-class FakeOpenAIServer:
-    """Runs a :class:`FakeOpenAI` on a loopback port; ``base_url`` is what OPENAI_BASE_URL gets."""
-
-    def __init__(self, fake: FakeOpenAI) -> None:
-        self.fake = fake
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/v1/chat/completions", self.fake.completions)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+@asynccontextmanager
+async def serve(fake: FakeOpenAI) -> AsyncIterator[str]:
+    """Serves ``fake`` on a loopback port; yields the base URL OPENAI_BASE_URL gets (``.../v1``)."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", fake.completions)
+    async with loopback.serve(app) as origin:
+        yield f"{origin}/v1"

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from agents.sandbox import SandboxSettings
-from tests.openai_fake.server import FakeOpenAI, FakeOpenAIServer
+from tests.openai_fake.server import FakeOpenAI, serve
 
 AWS_KEY = "AKIA" + "Q3EXAMPLE7REVIEWZ"[:16]  # built here so no literal key sits in this repository
 BUG_LINE = 3  # bug.py: `return undefined_name + 1` on the branch
@@ -45,9 +46,14 @@ def sandbox(tmp_path: Path) -> SandboxSettings:
     return SandboxSettings(root=tmp_path / "sandboxes", git_local_roots=[tmp_path], kill_grace_s=0.5)
 
 
+@dataclass(frozen=True)
+class OpenAI:
+    fake: FakeOpenAI
+    base_url: str
+
+
 @pytest.fixture
-async def openai() -> AsyncIterator[FakeOpenAIServer]:
-    server = FakeOpenAIServer(FakeOpenAI())
-    await server.start()
-    yield server
-    await server.stop()
+async def openai() -> AsyncIterator[OpenAI]:
+    fake = FakeOpenAI()
+    async with serve(fake) as base_url:
+        yield OpenAI(fake, base_url)

@@ -14,9 +14,8 @@ from agents.sandbox import SandboxSettings
 from agents.sdk import Agent, AgentRuntime, AgentRuntimeSettings, BrokerSettings, TaskSucceeded
 from agents.sdk.topology import Topology
 from agents.sdk.trust import AgentCredentials, MessageSigner
-from tests.agents.review.conftest import BUG_LINE
+from tests.agents.review.conftest import BUG_LINE, OpenAI
 from tests.agents.sdk.broker import ControlPlane, control_plane
-from tests.openai_fake.server import FakeOpenAIServer
 
 
 def test_build_review_agent() -> None:
@@ -32,7 +31,7 @@ async def plane(amqp_url: str, topology: Topology, signer: MessageSigner) -> Asy
 
 async def test_review_task_through_the_broker(
     plane: ControlPlane, broker_settings: BrokerSettings, sandbox: SandboxSettings, repo: Path,
-    openai: FakeOpenAIServer,
+    openai: OpenAI,
     agent_credentials: Callable[[Agent], Awaitable[AgentCredentials]],
 ) -> None:
     openai.fake.reply("approve", [{"path": "bug.py", "line": BUG_LINE, "message": "unreachable"}])

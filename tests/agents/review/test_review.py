@@ -12,12 +12,11 @@ from agents.review import ReviewInput, ReviewResult, ReviewSettings, review_hand
 from agents.review.analysis import script_env
 from agents.sandbox import SandboxSettings
 from agents.sdk import NonRetryableError
-from tests.agents.review.conftest import BUG_LINE, git
+from tests.agents.review.conftest import BUG_LINE, OpenAI, git
 from tests.agents.shell.conftest import Collected
-from tests.openai_fake.server import FakeOpenAIServer
 
 
-def _with_model(server: FakeOpenAIServer, **fields: object) -> ReviewSettings:
+def _with_model(server: OpenAI, **fields: object) -> ReviewSettings:
     return ReviewSettings(openai_api_key=server.fake.key, openai_base_url=server.base_url, **fields)
 
 
@@ -57,7 +56,7 @@ async def test_a_clean_change_succeeds(repo: Path, sandbox: SandboxSettings) -> 
 
 
 async def test_model_comments_are_advisory_and_only_on_added_lines(
-    repo: Path, sandbox: SandboxSettings, openai: FakeOpenAIServer
+    repo: Path, sandbox: SandboxSettings, openai: OpenAI
 ) -> None:
     openai.fake.reply("approve", [
         {"path": "bug.py", "line": BUG_LINE, "message": "unreachable code after return"},
@@ -77,7 +76,7 @@ async def test_model_comments_are_advisory_and_only_on_added_lines(
 
 
 async def test_the_diff_is_cut_to_the_token_budget(
-    repo: Path, sandbox: SandboxSettings, openai: FakeOpenAIServer
+    repo: Path, sandbox: SandboxSettings, openai: OpenAI
 ) -> None:
     git(repo, "checkout", "-q", "feature")
     (repo / "big.py").write_text("".join(f"VALUE_{i} = {i}\n" for i in range(2000)))
@@ -94,7 +93,7 @@ async def test_the_diff_is_cut_to_the_token_budget(
     "answer", ['{"verdict": "approve"}', "not json", '{"verdict": "approve", "comments": [], "conclusion": "success"}']
 )
 async def test_an_answer_off_the_schema_is_dropped_and_decides_nothing(
-    repo: Path, sandbox: SandboxSettings, openai: FakeOpenAIServer, answer: str
+    repo: Path, sandbox: SandboxSettings, openai: OpenAI, answer: str
 ) -> None:
     openai.fake.answer = answer
     result = await _review(repo, sandbox, _with_model(openai))
@@ -104,7 +103,7 @@ async def test_an_answer_off_the_schema_is_dropped_and_decides_nothing(
 
 
 async def test_a_failing_model_leaves_the_static_review(
-    repo: Path, sandbox: SandboxSettings, openai: FakeOpenAIServer
+    repo: Path, sandbox: SandboxSettings, openai: OpenAI
 ) -> None:
     openai.fake.error = (500, "The server had an error")
     result = await _review(repo, sandbox, _with_model(openai))
@@ -160,7 +159,7 @@ async def test_a_change_cannot_fake_the_analysis_sections(repo: Path, sandbox: S
 
 
 async def test_model_comments_alone_never_fail_a_review(
-    repo: Path, sandbox: SandboxSettings, openai: FakeOpenAIServer
+    repo: Path, sandbox: SandboxSettings, openai: OpenAI
 ) -> None:
     git(repo, "checkout", "-q", "-b", "clean", "main")
     (repo / "fine.py").write_text("def g(x):\n    return x + 1\n")
@@ -177,3 +176,11 @@ async def test_model_comments_alone_never_fail_a_review(
 def test_each_review_has_a_fresh_marker() -> None:
     marks = {script_env(base="main", ruff="ruff", shellcheck="shellcheck")[1]["REVIEW_MARK"] for _ in range(3)}
     assert len(marks) == 3
+
+
+async def test_an_answer_cut_by_max_tokens_is_dropped(repo: Path, sandbox: SandboxSettings, openai: OpenAI) -> None:
+    openai.fake.reply("comment", [{"path": "bug.py", "line": BUG_LINE, "message": "half a thou"}])
+    openai.fake.finish_reason = "length"
+    result = await _review(repo, sandbox, _with_model(openai, max_tokens=16))
+    assert "max_tokens (16)" in (result.model_error or "")
+    assert not any(f.source == "model" for f in result.findings)
