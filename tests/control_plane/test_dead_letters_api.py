@@ -14,7 +14,7 @@ from tests.support.system import client, make_token
 async def _dead_task(admin: httpx.AsyncClient, cp: ControlPlane) -> tuple[str, int]:
     """A pending task whose attempt an agent refused as poison, recorded as the dead-letter consumer does."""
     task = (await admin.post("/api/v1/tasks", json={"type": "noop", "requires": ["nobody-has-this"]})).json()
-    async with cp.pool.acquire() as conn:
+    async with cp.loops_pool.acquire() as conn:  # as the dead-letter consumer records them
         await record_dead_letter(conn, json.dumps({"task_id": task["id"], "attempt": 1}).encode(),
                                  {"x-devart-dead-reason": "poison: unknown task type"})
         dead_letter_id = await conn.fetchval("SELECT max(id) FROM dead_letters")
@@ -23,7 +23,7 @@ async def _dead_task(admin: httpx.AsyncClient, cp: ControlPlane) -> tuple[str, i
 
 async def test_list_and_replay(admin: httpx.AsyncClient, cp: ControlPlane, base_url: str, database_url: str) -> None:
     task_id, dead_letter_id = await _dead_task(admin, cp)
-    async with cp.pool.acquire() as conn:
+    async with cp.loops_pool.acquire() as conn:  # as the dead-letter consumer records them
         await record_dead_letter(conn, b"\xff not json", {})
     page = (await admin.get("/api/v1/dead-letters")).json()
     unreadable, named = page["items"]
