@@ -15,6 +15,7 @@ import pytest
 PARTS: dict[str, tuple[list[str], list[str]]] = {
     "agents": (["agents"], ["agents"]),
     "agents-k8s": (["agents.sandbox.kubernetes"], ["agents", "k8s"]),
+    "agents-review": (["agents.review"], ["agents", "review"]),
     "aiops": (["aiops"], ["aiops"]),
     "control_plane": (["control_plane", "schema", "dashboard"], ["api"]),
 }
