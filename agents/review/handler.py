@@ -6,7 +6,6 @@ added line; the model's comments are added as ``notice`` findings and never chan
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import PurePosixPath
 
 from agents.review import model
@@ -64,7 +63,7 @@ class _Reviewer:
         if outcome.outcome == "timed_out":
             raise TimeoutError(f"review timed out: {outcome.reason}")
         if outcome.outcome == "cancelled":
-            raise asyncio.CancelledError
+            raise NonRetryableError("review cancelled")  # the runtime already knows; as a shell task does
         if outcome.outcome != "succeeded":
             raise ReviewFailed(f"analysis failed: {outcome.reason}: {outcome.stderr_tail[-500:]}")
         if outcome.output_truncated:

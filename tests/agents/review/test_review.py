@@ -184,3 +184,10 @@ async def test_an_answer_cut_by_max_tokens_is_dropped(repo: Path, sandbox: Sandb
     result = await _review(repo, sandbox, _with_model(openai, max_tokens=16))
     assert "max_tokens (16)" in (result.model_error or "")
     assert not any(f.source == "model" for f in result.findings)
+
+
+async def test_a_cancelled_review_ends_as_cancelled(repo: Path, sandbox: SandboxSettings) -> None:
+    run = Collected(timeout_s=60)
+    run.ctx.cancelled.set()
+    with pytest.raises(NonRetryableError, match="review cancelled"):
+        await review_handler(ReviewSettings(openai_api_key=None), sandbox)(run.ctx, ReviewInput(repo=str(repo)))
