@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None,
         validation_alias=AliasChoices("DATABASE_URL", "DEVART_DATABASE_URL"),
-        description="Postgres 15+ with pgvector; unset = embedded pgserver under DEVART_HOME",
+        description="Postgres 15+ with pgvector 0.5+; unset = embedded pgserver under DEVART_HOME",
     )
     db_app_password: SecretStr | None = Field(
         default=None,
