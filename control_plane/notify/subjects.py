@@ -16,7 +16,14 @@ import asyncpg
 
 SubjectKind = Literal["incident", "approval"]
 
-_INCIDENT_FACTS = """
+# While the kill switch is on, a subject with a remediation that has not been applied yet carries who paused
+# it and why; a subject with none carries nothing (so its facts, and its message, stay as they were).
+_LIVE = "'proposed', 'preflight', 'dry_run', 'awaiting_approval', 'applying'"
+_KILL_SWITCH = """coalesce((SELECT jsonb_build_object('kill_switch', jsonb_build_object(
+                      'by', c.changed_by, 'reason', c.reason, 'at', c.changed_at))
+                  FROM remediation_control c WHERE c.paused), '{}'::jsonb)"""
+
+_INCIDENT_FACTS = f"""
     SELECT i.id::text AS subject_id, jsonb_build_object(
         'status', i.status, 'severity', round(i.severity::numeric, 2), 'title', i.title,
         'services', to_jsonb(i.services), 'opened_at', i.opened_at,
@@ -31,11 +38,12 @@ _INCIDENT_FACTS = """
                              'id', m.id, 'action', m.action, 'target', m.target, 'state', m.state,
                              'reason', left(m.state_reason, 200)) ORDER BY m.created_at, m.id), '[]')
                          FROM remediations m WHERE m.incident_id = i.id)
-    ) AS facts
+    ) || CASE WHEN EXISTS (SELECT 1 FROM remediations m WHERE m.incident_id = i.id AND m.state IN ({_LIVE}))
+              THEN {_KILL_SWITCH} ELSE '{{}}'::jsonb END AS facts
     FROM incidents i LEFT JOIN rca_results r ON r.incident_id = i.id
 """
 
-_APPROVAL_FACTS = """
+_APPROVAL_FACTS = f"""
     SELECT a.id AS subject_id, jsonb_build_object(
         'state', a.state, 'risk', a.risk, 'title', a.subject_summary, 'subject_kind', a.subject_kind,
         'subject_id', a.subject_id, 'link', a.subject_link, 'reason', a.state_reason,
@@ -45,7 +53,9 @@ _APPROVAL_FACTS = """
                                                                    'via', d.via, 'at', d.at) ORDER BY d.id), '[]')
                       FROM approval_decisions d WHERE d.approval_id = a.id),
         'opened_at', a.created_at
-    ) AS facts
+    ) || CASE WHEN a.subject_kind = 'remediation' AND EXISTS (
+                  SELECT 1 FROM remediations m WHERE m.id::text = a.subject_id AND m.state IN ({_LIVE}))
+              THEN {_KILL_SWITCH} ELSE '{{}}'::jsonb END AS facts
     FROM approvals a
 """
 _FACTS = {"incident": (_INCIDENT_FACTS, "i.opened_at", "i.id::text"), "approval": (_APPROVAL_FACTS, "a.created_at", "a.id")}

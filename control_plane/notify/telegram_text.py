@@ -73,6 +73,7 @@ def incident_text(facts: dict[str, Any], notes: list[str]) -> str:
                      f"{clip(str(remediation.get('target', '')), 120)}: "
                      f"<b>{clip(str(remediation.get('state', '')), 40)}</b>"
                      + (f" — {clip(str(remediation['reason']), 200)}" if remediation.get("reason") else ""))
+    lines += _kill_switch(facts)
     if facts.get("acknowledged_by"):
         lines.append(f"Acknowledged by {clip(str(facts['acknowledged_by']), 100)}")
     if facts.get("resolved_by"):
@@ -105,8 +106,19 @@ def approval_text(facts: dict[str, Any], notes: list[str], chat_allowed: bool) -
                      f"expires {escape(str(facts.get('expires_at', ''))[:16].replace('T', ' '))} UTC")
         if not chat_allowed:
             lines.append("Risk too high to decide from the chat: use the console or the API.")
+    lines += _kill_switch(facts)
     lines += [clip(note, 300) for note in notes]
     return fit(lines)
+
+
+def _kill_switch(facts: dict[str, Any]) -> list[str]:
+    """The line of a subject whose remediation is held by the kill switch (none while it is off)."""
+    paused = facts.get("kill_switch")
+    if not paused:
+        return []
+    reason = f" ({clip(str(paused['reason']), 200)})" if paused.get("reason") else ""
+    return [f"⏸ <b>Remediation is PAUSED</b> by {clip(str(paused.get('by') or 'unknown'), 100)}{reason}: "
+            "nothing will be applied until it is resumed"]
 
 
 def decision_note(verb: str, who: str, at: datetime) -> str:
