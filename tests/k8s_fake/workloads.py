@@ -58,6 +58,8 @@ class Workloads:
     stuck: set[str] = field(default_factory=set)
     hold: Any = None
     """A ``threading.Event`` real writes wait on before they answer (to kill a caller mid-apply)."""
+    hold_dry_run: Any = None
+    """The same for dry-run writes (to kill a caller mid-dry-run)."""
 
     # test controls
 
@@ -138,8 +140,9 @@ class Workloads:
                 raise ApiError(403, f'admission webhook "policy.example.com" denied the request: {refusal}')
             if dry_run and (resource, name) in self.no_dry_run:
                 raise ApiError(400, 'admission webhook "sidecar.example.com" does not support dry run')
-            if not dry_run and self.hold is not None:
-                self.hold.wait()
+            held = self.hold_dry_run if dry_run else self.hold
+            if held is not None:
+                held.wait()
         if request.subresource == "scale":
             return self._scale(request, namespace, name, dry_run)
         if request.subresource == "eviction" and request.method == "POST":
