@@ -192,7 +192,7 @@ class _Driver:
 
 async def run(settings: WorkflowBenchSettings, workdir: Path, *, prefix: str | None = None) -> Results:
     from control_plane.auth import create_token
-    from control_plane.db import connect, create_pool, migrate_database
+    from control_plane.db import SERVICE_ROLE, connect, create_pool, migrate_database
 
     prefix = prefix or f"bench-{uuid.uuid4().hex[:8]}."
     results = Results(settings)
@@ -209,7 +209,7 @@ async def run(settings: WorkflowBenchSettings, workdir: Path, *, prefix: str | N
         env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
                    DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING",
                    DEVART_BROKER_QUEUE_EXPIRES_S="60")
-        db = await create_pool(database_url, min_size=1, max_size=4)
+        db = await create_pool(database_url, role=SERVICE_ROLE, min_size=1, max_size=4)
         listener = await db.acquire()
         http = aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
                                      timeout=aiohttp.ClientTimeout(total=settings.phase_timeout_s))
