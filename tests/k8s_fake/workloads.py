@@ -60,6 +60,9 @@ class Workloads:
     """A ``threading.Event`` real writes wait on before they answer (to kill a caller mid-apply)."""
     hold_dry_run: Any = None
     """The same for dry-run writes (to kill a caller mid-dry-run)."""
+    hold_read: Any = None
+    """The same for workload reads (GET), to kill a caller mid-preflight; each held one is in ``held_reads``."""
+    held_reads: list[tuple[str, str]] = field(default_factory=list)
 
     # test controls
 
@@ -143,6 +146,9 @@ class Workloads:
             held = self.hold_dry_run if dry_run else self.hold
             if held is not None:
                 held.wait()
+        elif request.method == "GET" and (held := self.hold_read) is not None:
+            self.held_reads.append((resource, name))
+            held.wait()
         if request.subresource == "scale":
             return self._scale(request, namespace, name, dry_run)
         if request.subresource == "eviction" and request.method == "POST":

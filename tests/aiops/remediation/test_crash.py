@@ -68,6 +68,40 @@ async def running(serving: Any) -> Any:
     yield fake, plane, sam, ada, await _state(sam, await _propose(sam), "awaiting_approval")
 
 
+async def test_killed_during_the_preflight_does_it_again_then_applies_once(
+    serving: Any, database_url: str
+) -> None:
+    """Killed with the preflight's read of the Deployment in flight: the step's transaction never
+    committed, so the restarted plane finds the remediation ``proposed`` and runs the preflight again;
+    nothing was written, not even a dry-run, before the approval, and one real write after it."""
+    fake, plane, sam, ada = serving
+    fake.workloads.hold_read = threading.Event()
+    remediation_id = await _propose(sam)
+
+    async def preflight_read_arrived() -> bool:
+        return ("deployments", "api") in fake.workloads.held_reads
+
+    await wait_for(preflight_read_arrived, timeout_s=30, what="the held preflight read")
+    await plane.kill()
+    fake.workloads.hold_read.set()
+    fake.workloads.hold_read = None
+    conn = await connect(database_url)
+    try:
+        row = await conn.fetchrow("SELECT state, preflight FROM remediations WHERE id = $1", UUID(remediation_id))
+    finally:
+        await conn.close()
+    assert (row["state"], row["preflight"]) == ("proposed", None)  # the killed step left nothing half-written
+    assert fake.workloads.writes == []
+    await plane.start()
+    waiting = await _state(sam, remediation_id, "awaiting_approval")
+    steps = [s["state"] for s in waiting["steps"]]
+    assert steps == ["proposed", "preflight", "dry_run", "awaiting_approval"], steps
+    assert fake.workloads.real_writes() == []
+    assert (await ada.post(f"/api/v1/approvals/{waiting['approval_id']}/approve")).status_code == 200
+    assert (await _state(sam, remediation_id, *TERMINAL))["state"] == "successful"
+    assert [w.name for w in fake.workloads.real_writes()] == ["api"]
+
+
 async def test_killed_during_the_dry_run_does_it_again_then_applies_once(serving: Any) -> None:
     """Killed after the preflight committed, with the server-side dry-run in flight: the restarted plane
     runs the dry-run again (it changes nothing), then awaits the approval as before."""
