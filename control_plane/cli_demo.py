@@ -71,8 +71,11 @@ def demo_settings(step_s: int, baseline_steps: int) -> DemoSettings:
     return DemoSettings(
         aiops=AiopsSettings(signal_step_s=step_s, incident_lag_s=min(1.0, step_s / 2),
                             incident_warmup_steps=baseline_steps, incident_correlation_window_s=30.0 * step_s,
+                            incident_min_anomalous_steps=3,
                             incident_excerpt_points=10),
-        detector=ConformalSettings(),
+        # stricter than the default: the simulated workload has a few hundred series-steps before
+        # the fault, and the demo should show the fault's incident, not a chance alert before it
+        detector=ConformalSettings(alert_p=0.0002),
         # analysed 10 steps after its start, against the baseline traffic just before it
         rca=RcaWorkerSettings(lead_s=2.0 * step_s, settle_s=10.0 * step_s, gap_s=2.0 * step_s,
                               baseline_s=baseline_s, sweep_interval_s=2.0 * step_s),
@@ -170,7 +173,11 @@ async def _export(api: httpx.AsyncClient, spans: list[Any]) -> None:
 
 async def _live(api: httpx.AsyncClient, args: argparse.Namespace, generator: Any, fault: Any, first_live: int,
                 step_ns: int) -> dict[str, Any]:
-    """Live traffic, one step ahead of the clock; returns the incident and its analysis once both are in."""
+    """Live traffic, one step ahead of the clock; returns the incident and its analysis once both are in.
+
+    Incidents already in the database (a ``DATABASE_URL`` with history) are not the demo's: they are
+    left out rather than reported as opened before the fault."""
+    earlier = {incident["id"] for incident in (await api.get("/api/v1/incidents")).json()["items"]}
     seen: dict[str, dict[str, Any]] = {}
     for i in range(args.max_steps):
         start = first_live + i * step_ns
@@ -180,6 +187,8 @@ async def _live(api: httpx.AsyncClient, args: argparse.Namespace, generator: Any
         await _export(api, generator.generate(args.traces_per_step, start, step_ns, fault if faulty else None))
         await asyncio.sleep(max(0.0, (start + step_ns - time.time_ns()) / _NS))  # the workload's own clock
         for incident in (await api.get("/api/v1/incidents")).json()["items"]:
+            if incident["id"] in earlier:
+                continue
             if incident["id"] not in seen:
                 seen[incident["id"]] = {"incident": incident}
                 when = "after the fault" if faulty else "BEFORE the fault (a false alarm)"
