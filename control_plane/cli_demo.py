@@ -69,7 +69,10 @@ def demo_settings(step_s: int, baseline_steps: int) -> DemoSettings:
 
     baseline_s = float(step_s * baseline_steps)
     return DemoSettings(
-        aiops=AiopsSettings(signal_step_s=step_s, incident_lag_s=min(1.0, step_s / 2),
+        # a step is read two steps after it ends: the demo's exports of a step can be delayed by the
+        # warm-up and the analysis sharing its process, and a step read before its spans are all in
+        # looks like a drop in traffic or latency
+        aiops=AiopsSettings(signal_step_s=step_s, incident_lag_s=2.0 * step_s,
                             incident_warmup_steps=baseline_steps, incident_correlation_window_s=30.0 * step_s,
                             incident_min_anomalous_steps=3,
                             incident_excerpt_points=10),
@@ -176,7 +179,8 @@ async def _live(api: httpx.AsyncClient, args: argparse.Namespace, generator: Any
     """Live traffic, one step ahead of the clock; returns the incident and its analysis once both are in.
 
     Incidents already in the database (a ``DATABASE_URL`` with history) are not the demo's: they are
-    left out rather than reported as opened before the fault."""
+    left out rather than reported as opened before the fault. An incident that opens before the fault
+    is told as a false alarm and is never the demo's result, even when the fault's anomalies join it."""
     earlier = {incident["id"] for incident in (await api.get("/api/v1/incidents")).json()["items"]}
     seen: dict[str, dict[str, Any]] = {}
     for i in range(args.max_steps):
@@ -190,7 +194,7 @@ async def _live(api: httpx.AsyncClient, args: argparse.Namespace, generator: Any
             if incident["id"] in earlier:
                 continue
             if incident["id"] not in seen:
-                seen[incident["id"]] = {"incident": incident}
+                seen[incident["id"]] = {"incident": incident, "after_fault": faulty}
                 when = "after the fault" if faulty else "BEFORE the fault (a false alarm)"
                 _say(f"incident {incident['id']} opened {when}: {incident['title']} "
                      f"(services {', '.join(incident['services'])}, severity {incident['severity']:.2f})")
@@ -206,7 +210,7 @@ async def _live(api: httpx.AsyncClient, args: argparse.Namespace, generator: Any
                 for anomaly in detail.get("anomalies", [])[:5]:
                     _say(f"  anomaly: {anomaly['service']} {anomaly['operation']} {anomaly['signal']} "
                          f"{anomaly['direction']}")
-                if faulty:
+                if found.pop("after_fault"):
                     return found
     raise CliError(f"no incident with an analysis within {args.max_steps} live steps", Exit.FAILED)
 

@@ -31,11 +31,11 @@ async def test_demo_shows_the_incident_and_its_root_cause(
     story = err.decode()
     assert process.returncode == 0, story
     found = json.loads(out)
-    assert "svc2" in found["incident"]["services"]
-    assert found["rca"]["status"] == "done"
-    assert found["rca"]["result"]["causes"][0]["service"] == "svc2"
-    assert story.index("fault injected") < story.index("opened after the fault") < story.index("root-cause analysis")
-    assert "BEFORE the fault" not in story
+    assert "svc2" in found["incident"]["services"], story
+    assert found["rca"]["status"] == "done", story
+    assert found["rca"]["result"]["causes"][0]["service"] == "svc2", story
+    assert "BEFORE the fault" not in story, story
+    assert story.index("fault injected") < story.index("opened after the fault") < story.index("root-cause analysis"), story
     (remediation,) = found["remediations"]  # proposed from the analysis, never applied under the default policy
-    assert remediation["origin"] == "rca" and remediation["applied_at"] is None
-    assert story.index("root-cause analysis") < story.index("remediation proposed")
+    assert remediation["origin"] == "rca" and remediation["applied_at"] is None, story
+    assert story.index("root-cause analysis") < story.index("remediation proposed"), story
