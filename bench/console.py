@@ -19,7 +19,6 @@ It prints p50 and p99 in milliseconds for each, and each p50 as a ratio to the A
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import re
 import sys
@@ -34,6 +33,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk.settings import BrokerSettings
+from bench.options import settings_parser
 from control_plane.api.app import create_app
 from control_plane.auth import create_token
 from control_plane.service import ControlPlane
@@ -144,15 +144,8 @@ async def _measure(settings: ConsoleBenchSettings, database_url: str, home: Path
 
 
 def main(argv: list[str] | None = None) -> int:
-    defaults = ConsoleBenchSettings()
-    parser = argparse.ArgumentParser(prog="python -m bench.console", description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=defaults.tasks)
-    parser.add_argument("--requests", type=int, default=defaults.requests)
-    parser.add_argument("--database-url", default=defaults.database_url)
-    args = parser.parse_args(argv)
-    settings = defaults.model_copy(update={"tasks": args.tasks, "requests": args.requests,
-                                           "database_url": args.database_url})
-    asyncio.run(run(settings))
+    args = vars(settings_parser(ConsoleBenchSettings, prog="python -m bench.console", doc=__doc__).parse_args(argv))
+    asyncio.run(run(ConsoleBenchSettings(**args)))
     return 0
 
 

@@ -13,7 +13,6 @@ round by round so both see the same machine load; p50/p99 of each and their rati
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import tempfile
@@ -32,6 +31,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.dispatch import _free_port, _postgres
+from bench.options import settings_parser
 from control_plane.api import deps
 
 
@@ -155,16 +155,8 @@ async def run(settings: IdentityBenchSettings) -> str:
     ])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.identity", description=__doc__.splitlines()[0])
-    for name, info in IdentityBenchSettings.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=info.description,
-                            type=type(info.default) if info.default is not None else str)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = {k: v for k, v in vars(_parser().parse_args(argv)).items() if v is not None}
+    args = vars(settings_parser(IdentityBenchSettings, prog="python -m bench.identity", doc=__doc__).parse_args(argv))
     print(asyncio.run(run(IdentityBenchSettings(**args))))
 
 

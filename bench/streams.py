@@ -14,7 +14,6 @@ submits), and prints p50/p99 of both and the ratio of the p99s (target: at most
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import multiprocessing
 import os
@@ -31,6 +30,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.dispatch import _free_port, _postgres, _process, _wait_until
+from bench.options import settings_parser
 
 
 class StreamsBenchSettings(BaseSettings):
@@ -209,16 +209,8 @@ async def run(settings: StreamsBenchSettings) -> str:
     ])
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.streams", description=__doc__.splitlines()[0])
-    for name, info in StreamsBenchSettings.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=info.description,
-                            type=type(info.default) if info.default is not None else str)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = {k: v for k, v in vars(_parser().parse_args(argv)).items() if v is not None}
+    args = vars(settings_parser(StreamsBenchSettings, prog="python -m bench.streams", doc=__doc__).parse_args(argv))
     print(asyncio.run(run(StreamsBenchSettings(**args))))
 
 

@@ -28,7 +28,6 @@ The first round of each is a warm-up and not counted.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -47,6 +46,7 @@ from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.dispatch import _delete_names, _free_port, _postgres, _process, _wait_until
+from bench.options import settings_parser
 
 MODES = ("engine", "client")
 WORKFLOW = "bench-fan"
@@ -281,16 +281,8 @@ def report(results: Results) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench.workflows", description=__doc__.splitlines()[0])
-    for name, info in WorkflowBenchSettings.model_fields.items():
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, help=info.description,
-                            type=type(info.default) if info.default is not None else str)
-    return parser
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = {k: v for k, v in vars(_parser().parse_args(argv)).items() if v is not None}
+    args = vars(settings_parser(WorkflowBenchSettings, prog="python -m bench.workflows", doc=__doc__).parse_args(argv))
     settings = WorkflowBenchSettings(**args)
     with tempfile.TemporaryDirectory(prefix="devart-bench-workflows-") as tmp:
         os.chmod(tmp, 0o755)  # pgserver runs Postgres as its own user when we are root

@@ -8,22 +8,11 @@ import uuid
 import warnings
 from pathlib import Path
 
-import aio_pika
 import pytest
 from pydantic import ValidationError
 
 from bench.dispatch import DispatchBenchSettings, report, run
-
-
-async def _queue_exists(amqp_url: str, name: str) -> bool:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        try:
-            await channel.declare_queue(name, passive=True)
-        except aio_pika.exceptions.ChannelClosed:
-            return False
-        return True
+from tests.support.services import queue_exists
 
 
 async def test_every_system_completes_a_tiny_load_and_cleans_up(
@@ -56,7 +45,7 @@ async def test_every_system_completes_a_tiny_load_and_cleans_up(
     assert "devart / celery durable" in printed and "target devart 2cp >= 1.6x devart" in printed
     assert "target submit->start p50 <= 5 ms" in printed
     for name in ("raw.requests", "raw.replies", "celery", "celery-durable", "devart.control.events", "devart.dead"):
-        assert not await _queue_exists(amqp_url, prefix + name), f"{prefix}{name} left on the broker"
+        assert not await queue_exists(amqp_url, prefix + name), f"{prefix}{name} left on the broker"
     # Every client connection was closed: a leaked socket's ResourceWarning surfaces here, in this
     # test, instead of crashing pytest at exit when the collector finally finds it.
     with warnings.catch_warnings():

@@ -6,22 +6,11 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-import aio_pika
 import pytest
 from pydantic import ValidationError
 
 from bench.workflows import MODES, WorkflowBenchSettings, report, run
-
-
-async def _queue_exists(amqp_url: str, name: str) -> bool:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        try:
-            await channel.declare_queue(name, passive=True)
-        except aio_pika.exceptions.ChannelClosed:
-            return False
-        return True
+from tests.support.services import queue_exists
 
 
 async def test_both_modes_run_the_same_dag_and_the_report_compares_them(
@@ -46,7 +35,7 @@ async def test_both_modes_run_the_same_dag_and_the_report_compares_them(
     assert "6-step fan-out/fan-in" in printed and "engine/client p50" in printed
     assert "run start -> the last step's start, beyond the tasks' own time" in printed
     for name in ("devart.control.events", "devart.dead"):
-        assert not await _queue_exists(amqp_url, prefix + name), f"{prefix}{name} left on the broker"
+        assert not await queue_exists(amqp_url, prefix + name), f"{prefix}{name} left on the broker"
 
 
 def test_limits_are_validated() -> None:

@@ -89,6 +89,18 @@ class EmbeddedTestPostgres:
             await conn.close()
 
 
+async def queue_exists(amqp_url: str, name: str) -> bool:
+    """Whether the broker at ``amqp_url`` has a queue called ``name`` (a passive declare)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        try:
+            await channel.declare_queue(name, passive=True)
+        except aio_pika.exceptions.ChannelClosed:
+            return False
+        return True
+
+
 async def delete_test_queues(amqp_url: str, prefixes: set[str]) -> None:
     """Remove the queues and exchanges this session's tests declared (names start with one of
     ``prefixes``), leaving other test runs on the same broker alone."""
