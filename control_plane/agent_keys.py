@@ -3,22 +3,28 @@ check that an event comes from the agent it names.
 
 The signing key is made once per installation (the first control plane to start inserts it; every
 replica reads the same row). An agent registers with an ``agent`` token and gets a fresh event key
-bound to its agent id and that token; an id registered by one token cannot be taken by another,
-and a revoked token's agents' events are refused from then on.
+bound to its agent id, its pool and that token; an id registered by one token cannot be taken by
+another, a token scoped to pools registers in those only, and a revoked token's agents' events are
+refused from then on. An agent speaks only for its registered pool: events announcing another pool,
+or about an attempt queued for another pool, are refused.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 
+from agents.sdk.messages import Event, TaskFailed, TaskLog, TaskProgress, TaskStarted, TaskSucceeded
 from agents.sdk.trust import MessageSigner, event_signature_valid
 from control_plane.auth import Principal
-from control_plane.errors import Conflict
+from control_plane.errors import Conflict, Forbidden
 
 _KEY_TTL_S = 5.0
+_TASK_EVENTS = (TaskStarted, TaskProgress, TaskLog, TaskSucceeded, TaskFailed)
 
 
 async def load_signer(conn: asyncpg.Connection) -> MessageSigner:
@@ -35,41 +41,90 @@ def _new_pair() -> tuple[bytes, bytes]:
     return private, MessageSigner(private).public_key
 
 
-async def register_agent(conn: asyncpg.Connection, who: Principal, agent_id: str) -> bytes:
-    """A new event key for ``agent_id``, owned by ``who``'s token (re-registering rotates it)."""
+async def register_agent(
+    conn: asyncpg.Connection, who: Principal, agent_id: str, pool_id: str, *, unscoped_tokens: bool = True
+) -> bytes:
+    """A new event key for ``agent_id`` in ``pool_id``, owned by ``who``'s token (re-registering
+    rotates it). Run in a transaction: a refusal leaves nothing behind once it rolls back.
+
+    ``unscoped_tokens`` False (production) refuses a token that names no pools.
+    """
     key = secrets.token_bytes(32)
-    # agent_keys is an admin's table: the function binds the id to the request's token (its claims' sub)
+    # agent_keys is an admin's table: the functions bind the id to the request's token (its claims' sub)
     owner = await conn.fetchval("SELECT devart_register_agent($1, $2)", agent_id, key)
     if owner != who.token_id:
         raise Conflict(f"agent id {agent_id!r} is registered by another token", field="body.agent_id")
+    scope = await conn.fetchrow("SELECT pools, bound FROM devart_bind_agent_pool($1, $2)", agent_id, pool_id)
+    if not scope["bound"]:
+        raise Forbidden(f"token {who.name!r} may not register agents in pool {pool_id!r} "
+                        f"(it may in: {', '.join(scope['pools'] or ())})", field="body.pool_id")
+    if scope["pools"] is None and not unscoped_tokens:
+        raise Forbidden(f"token {who.name!r} is not scoped to pools, which production refuses: create one with "
+                        f"`devart token create --role agent --pool {pool_id}`", field="body.pool_id")
     return key
 
 
+@dataclass(frozen=True)
+class _Registration:
+    key: bytes | None
+    pool_id: str | None
+    """None for a registration older than pool-scoped tokens (migration 0021): not bound to a pool."""
+
+
 class EventVerifier:
-    """Checks each event's signature against its agent's key (looked up, then cached a few seconds)."""
+    """Checks each event's signature against its agent's key, and that the agent speaks only for its
+    registered pool (registrations looked up, then cached a few seconds)."""
 
     def __init__(self) -> None:
-        self._keys: dict[str, tuple[float, bytes | None]] = {}
+        self._registrations: dict[str, tuple[float, _Registration]] = {}
 
-    async def refusal(self, conn: asyncpg.Connection, agent_id: str, body: bytes, signature: object) -> str | None:
-        """None when the event is signed by ``agent_id``'s key, else why it is refused."""
+    async def refusal(self, conn: asyncpg.Connection, event: Event, body: bytes, signature: object) -> str | None:
+        """None when ``event`` is signed by its agent's key and names no other pool, else why it is refused."""
+        agent_id = event.agent_id
         if signature is None:
             return f"unsigned event claiming to be from agent {agent_id!r}"
-        key = await self._key(conn, agent_id)
-        if key is None:
+        registration = await self._registration(conn, agent_id)
+        if registration.key is None:
             return f"event from unregistered (or revoked) agent {agent_id!r}"
-        if not event_signature_valid(key, body, signature):
+        if not event_signature_valid(registration.key, body, signature):
             return f"forged event: not signed by agent {agent_id!r}'s key"
+        announced = getattr(event, "pool_id", None)
+        if registration.pool_id is not None and announced is not None and announced != registration.pool_id:
+            return (f"{event.kind} event of agent {agent_id!r}, registered in pool {registration.pool_id!r}, "
+                    f"announcing pool {announced!r}")
         return None
 
-    async def _key(self, conn: asyncpg.Connection, agent_id: str) -> bytes | None:
+    async def foreign_attempts(self, conn: asyncpg.Connection, events: Sequence[Event]) -> dict[int, str]:
+        """Why each task event (by index in ``events``, authentic ones only) is refused because its
+        attempt is queued for a pool other than its agent's: an agent may claim, run or finish only
+        its own pool's attempts."""
+        asked = [(i, e) for i, e in enumerate(events) if isinstance(e, _TASK_EVENTS)]
+        if not asked:
+            return {}
+        rows = await conn.fetch(
+            """SELECT a.task_id, a.attempt, a.pool_id FROM attempts a
+               JOIN unnest($1::uuid[], $2::int[]) AS e(task_id, attempt) USING (task_id, attempt)""",
+            [e.task_id for _, e in asked], [e.attempt for _, e in asked],
+        )
+        pools = {(r["task_id"], r["attempt"]): r["pool_id"] for r in rows}
+        refused = {}
+        for i, event in asked:
+            agent_pool = (await self._registration(conn, event.agent_id)).pool_id
+            attempt_pool = pools.get((event.task_id, event.attempt))
+            if agent_pool is not None and attempt_pool is not None and attempt_pool != agent_pool:
+                refused[i] = (f"{event.kind} event for task {event.task_id} attempt {event.attempt}, queued for pool "
+                              f"{attempt_pool!r}, from agent {event.agent_id!r} of pool {agent_pool!r}")
+        return refused
+
+    async def _registration(self, conn: asyncpg.Connection, agent_id: str) -> _Registration:
         now = time.monotonic()
-        cached = self._keys.get(agent_id)
+        cached = self._registrations.get(agent_id)
         if cached is not None and cached[0] > now:
             return cached[1]
-        key = await conn.fetchval("SELECT devart_event_key($1)", agent_id)
-        if len(self._keys) > 10_000:
-            self._keys.clear()
-        self._keys[agent_id] = (now + _KEY_TTL_S, key)
-        return key
+        registration = _Registration(await conn.fetchval("SELECT devart_event_key($1)", agent_id),
+                                     await conn.fetchval("SELECT devart_agent_pool($1)", agent_id))
+        if len(self._registrations) > 10_000:
+            self._registrations.clear()
+        self._registrations[agent_id] = (now + _KEY_TTL_S, registration)
+        return registration
 

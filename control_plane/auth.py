@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
@@ -68,18 +69,34 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-async def create_token(conn: asyncpg.Connection, *, name: str, role: str, created_by: str) -> tuple[UUID, str]:
-    """Create a token; returns its id and the secret, which is never stored or shown again."""
+POOL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$")
+
+
+async def create_token(
+    conn: asyncpg.Connection, *, name: str, role: str, created_by: str, pools: Sequence[str] | None = None
+) -> tuple[UUID, str]:
+    """Create a token; returns its id and the secret, which is never stored or shown again.
+
+    ``pools`` scopes an ``agent`` token: its agents may register in these pools only (None: any pool,
+    which production refuses at registration).
+    """
     if role not in ROLES:
         raise InvalidInput(f"role must be one of {', '.join(ROLES)}", field="role")
     if not name.strip():
         raise InvalidInput("name must not be empty", field="name")
+    if pools is not None:
+        if role != "agent":
+            raise InvalidInput("only an agent token is scoped to pools", field="pools")
+        if not pools:
+            raise InvalidInput("pools must name at least one pool (leave it out for a token of any pool)", field="pools")
+        if bad := next((p for p in pools if not POOL_ID.match(p)), None):
+            raise InvalidInput(f"{bad!r} is not a pool id", field="pools")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token_id = uuid.uuid4()
     try:
         await conn.execute(
-            "INSERT INTO api_tokens (id, name, role, token_hash, created_by) VALUES ($1, $2, $3, $4, $5)",
-            token_id, name, role, hash_token(token), created_by,
+            "INSERT INTO api_tokens (id, name, role, token_hash, created_by, pools) VALUES ($1, $2, $3, $4, $5, $6)",
+            token_id, name, role, hash_token(token), created_by, None if pools is None else list(pools),
         )
     except asyncpg.UniqueViolationError as exc:
         raise Conflict(f"a token named {name!r} already exists", field="name") from exc

@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                      help="create a token and print its secret (only it, on stdout; it is not shown again)")
     create.add_argument("--name", required=True, help="a unique name for the token (who or what uses it)")
     create.add_argument("--role", required=True, choices=ROLES, help="what the token may do (see README, Roles)")
+    create.add_argument("--pool", action="append", dest="pools", metavar="POOL_ID",
+                        help="agent tokens: a pool its agents may register in (repeat for more; "
+                             "`python -m agents.shell --print-pool` names the shell agent's); none: any pool, "
+                             "which production refuses at registration")
     command(tokens, "list", help="every token: name, role, created, last used, revoked (never secrets)",
             run=_token_list)
     revoke = command(tokens, "revoke", help="revoke a token by name or id (takes effect within 5 s)",
@@ -77,9 +81,10 @@ def _token_create(args: argparse.Namespace) -> int:
 
     async def work(conn: Any) -> tuple[UUID, str]:
         async with conn.transaction():
-            token_id, secret = await create_token(conn, name=args.name, role=args.role, created_by=_actor())
+            token_id, secret = await create_token(conn, name=args.name, role=args.role, created_by=_actor(),
+                                                  pools=args.pools)
             await audit(conn, actor=_actor(), action="token.create", target=str(token_id),
-                        detail={"name": args.name, "role": args.role})
+                        detail={"name": args.name, "role": args.role, "pools": args.pools})
         return token_id, secret
 
     try:
@@ -90,11 +95,12 @@ def _token_create(args: argparse.Namespace) -> int:
         raise CliError(exc.message + hint, Exit.REFUSED) from exc
     print(f"created token {token_id} named {args.name!r} with role {args.role}; store it now, it is not shown again",
           file=sys.stderr)
-    emit(args, {"id": str(token_id), "name": args.name, "role": args.role, "token": secret}, secret)
+    emit(args, {"id": str(token_id), "name": args.name, "role": args.role, "pools": args.pools, "token": secret},
+         secret)
     return 0
 
 
-_TOKEN_COLUMNS = "id, name, role, created_at, created_by, revoked_at, last_used_at"
+_TOKEN_COLUMNS = "id, name, role, pools, created_at, created_by, revoked_at, last_used_at"
 
 
 def _token_list(args: argparse.Namespace) -> int:
@@ -102,7 +108,7 @@ def _token_list(args: argparse.Namespace) -> int:
         return [dict(r) for r in await conn.fetch(f"SELECT {_TOKEN_COLUMNS} FROM api_tokens ORDER BY created_at")]
 
     rows = _in_database(work)
-    emit(args, rows, lambda r: table(r, [("name", "name"), ("role", "role"), ("created_at", "created"),
+    emit(args, rows, lambda r: table(r, [("name", "name"), ("role", "role"), ("pools", "pools"), ("created_at", "created"),
                                          ("last_used_at", "last used"), ("revoked_at", "revoked"), ("id", "id")],
                                      empty="no tokens"))
     return 0

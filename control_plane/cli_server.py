@@ -198,12 +198,14 @@ def _api_url(settings: Settings) -> str:
 
 
 async def _agent_token(cp: ControlPlane) -> tuple[UUID, str]:
-    """An ``agent`` token for the spawned agents' span export, revoked when ``devart up`` exits."""
+    """An ``agent`` token for the spawned shell agents (registration and span export), scoped to
+    their pool and revoked when ``devart up`` exits."""
+    from agents.shell.agent import build_shell_agent
     from control_plane.auth import create_token
 
     async with cp.owner_connection() as conn:
         return await create_token(conn, name=f"devart-up-agents-{uuid4().hex[:8]}", role="agent",
-                                  created_by="devart up")
+                                  created_by="devart up", pools=[build_shell_agent().pool_id])
 
 
 def _die_with_parent() -> None:

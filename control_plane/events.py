@@ -477,20 +477,24 @@ class EventsConsumer:
     async def _authentic(
         self, decoded: list[tuple[AbstractIncomingMessage, Event]], set_aside: list[tuple[AbstractIncomingMessage, str]]
     ) -> list[tuple[AbstractIncomingMessage, Event]]:
-        """The events signed by the agent they name; the others are set aside as forged."""
+        """The events signed by the agent they name about its own pool; the others are set aside with the reason."""
         if not decoded:
             return decoded
-        kept = []
+        signed = []
         async with self._pool.acquire() as conn:
             for message, event in decoded:
                 signature = (message.headers or {}).get(HEADER_SIGNATURE)
-                refused = await self._verifier.refusal(conn, event.agent_id, message.body, signature)
+                refused = await self._verifier.refusal(conn, event, message.body, signature)
                 if refused is None:
-                    kept.append((message, event))
+                    signed.append((message, event))
                 else:
                     log.warning("refused a %s event: %s", event.kind, refused)
                     set_aside.append((message, refused))
-        return kept
+            foreign = await self._verifier.foreign_attempts(conn, [event for _, event in signed])
+        for i, reason in foreign.items():
+            log.warning("refused a %s event: %s", signed[i][1].kind, reason)
+            set_aside.append((signed[i][0], reason))
+        return [pair for i, pair in enumerate(signed) if i not in foreign]
 
     async def _apply_all(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> _Effects:
         effects = _Effects()

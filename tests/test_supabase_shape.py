@@ -134,7 +134,8 @@ async def test_supabase_roles_get_what_they_get_on_plain_postgres(
     assert on_supabase == on_plain
     assert not {p for p in on_supabase if p[0] in ("anon", "service_role")}
     assert not {p for p in on_supabase if p[2] in ("TRUNCATE", "REFERENCES", "TRIGGER")}
-    assert {p[1] for p in on_supabase if p[2] == "EXECUTE"} == {"devart_register_agent(text,bytea)"}
+    assert {p[1] for p in on_supabase if p[2] == "EXECUTE"} == {"devart_register_agent(text,bytea)",
+                                                              "devart_bind_agent_pool(text,text)"}
 
 
 async def test_the_anon_key_reaches_no_secret_through_rest_rpc_and_truncates_nothing(

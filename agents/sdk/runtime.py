@@ -432,9 +432,10 @@ class AgentRuntime:
         if not s.api_url or not s.token:
             raise RuntimeError(
                 "an agent registers with the control plane to sign its events: set DEVART_API_URL and "
-                "DEVART_AGENT_TOKEN (a token of role agent: devart token create --role agent)"
+                "DEVART_AGENT_TOKEN (a token of role agent: devart token create --role agent --pool "
+                f"{self.agent.pool_id})"
             )
-        return await register(s.api_url, s.token, self.agent.agent_id)
+        return await register(s.api_url, s.token, self.agent.agent_id, self.agent.pool_id)
 
     @property
     def credentials(self) -> AgentCredentials:

@@ -8,7 +8,7 @@ a task message for any pool. So:
   hold only the public key: they can verify, not forge. A task message or command without a valid
   signature is dead-lettered (tasks) or dropped (commands) with the reason.
 * Each agent registers over HTTP with its ``agent`` API token and receives its own event key
-  (32 random bytes, bound to its agent id and token). It signs every event with HMAC-SHA256 in the
+  (32 random bytes, bound to its agent id, its pool and the token). It signs every event with HMAC-SHA256 in the
   same header; the control plane verifies it against the key of the agent the event names, so an
   event claiming to be agent A's is accepted only from the holder of A's key.
 
@@ -92,10 +92,13 @@ def verify_signed(public_key: bytes, body: bytes, signature: object) -> str | No
     return None
 
 
-async def register(api_url: str, token: str, agent_id: str, *, timeout_s: float = 10.0) -> AgentCredentials:
-    """Register ``agent_id`` with the control plane using an ``agent`` token; returns its keys."""
+async def register(
+    api_url: str, token: str, agent_id: str, pool_id: str, *, timeout_s: float = 10.0
+) -> AgentCredentials:
+    """Register ``agent_id`` of ``pool_id`` with the control plane using an ``agent`` token (one
+    scoped to that pool, or unscoped outside production); returns its keys."""
     async with httpx.AsyncClient(base_url=api_url.rstrip("/"), timeout=timeout_s) as client:
-        response = await client.post(REGISTER_PATH, json={"agent_id": agent_id},
+        response = await client.post(REGISTER_PATH, json={"agent_id": agent_id, "pool_id": pool_id},
                                      headers={"Authorization": f"Bearer {token}"})
     if response.status_code != 200:
         raise RuntimeError(f"agent registration at {api_url} failed: {response.status_code} {response.text[:300]}")

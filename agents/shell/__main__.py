@@ -22,10 +22,15 @@ def main() -> None:
     parser.add_argument(
         "--skills", default="shell,build,test", help="comma-separated skills (default shell,build,test)"
     )
+    parser.add_argument("--print-pool", action="store_true",
+                        help="print the id of the pool these skills make (for `devart token create --pool`) and exit")
     args = parser.parse_args()
     if args.slots < 1:
         parser.error("--slots must be at least 1")
     skills = [skill.strip() for skill in args.skills.split(",") if skill.strip()]
+    if args.print_pool:
+        print(build_shell_agent(skills=skills).pool_id)
+        return
     settings = SandboxSettings()
     if settings.kind == "local":
         boundary = Boundary.probe(settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Annotated, Literal
 
 import asyncpg
@@ -14,10 +15,11 @@ from control_plane.agent_keys import register_agent
 from control_plane.api.deps import ControlPlaneDep, DbConn, Remote, require
 from control_plane.api.models import AgentPublic, CommandAccepted, PoolPublic
 from control_plane.audit import audit
-from control_plane.auth import OPERATE_AGENTS, READ, REGISTER_AGENT, Principal
-from control_plane.errors import NotFound
+from control_plane.auth import OPERATE_AGENTS, POOL_ID, READ, REGISTER_AGENT, Principal
+from control_plane.errors import Forbidden, NotFound
 from control_plane.outbox import OutboxMessage, enqueue
 
+log = logging.getLogger("devart.api")
 router = APIRouter(prefix="/api/v1", tags=["agents"])
 Reader = Annotated[Principal, Depends(require(READ))]
 Operator = Annotated[Principal, Depends(require(OPERATE_AGENTS))]
@@ -27,6 +29,8 @@ Registrant = Annotated[Principal, Depends(require(REGISTER_AGENT))]
 class AgentRegistration(BaseModel):
     model_config = ConfigDict(extra="forbid")
     agent_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,199}$", description="the agent process's id")
+    pool_id: str = Field(pattern=POOL_ID.pattern, description="the pool the agent takes tasks from; the token must "
+                         "be scoped to it (an unscoped token: any pool, refused in production)")
 
 
 class AgentKeys(BaseModel):
@@ -39,9 +43,15 @@ class AgentKeys(BaseModel):
              summary="An agent process (agent token) gets its event key and the control plane's public key")
 async def register(body: AgentRegistration, conn: DbConn, cp: ControlPlaneDep, who: Registrant,
                    remote: Remote) -> AgentKeys:
-    async with conn.transaction():
-        key = await register_agent(conn, who, body.agent_id)
-        await audit(conn, actor=who.name, action="agent.register", target=body.agent_id, remote=remote)
+    try:
+        async with conn.transaction():
+            key = await register_agent(conn, who, body.agent_id, body.pool_id,
+                                       unscoped_tokens=cp.settings.environment != "production")
+            await audit(conn, actor=who.name, action="agent.register", target=body.agent_id,
+                        detail={"pool_id": body.pool_id}, remote=remote)
+    except Forbidden as refused:  # the request's transaction rolls back, an audit row with it: log it
+        log.warning("refused an agent registration from %s: %s", remote, refused.message)
+        raise
     return AgentKeys(agent_id=body.agent_id, event_key=base64.b64encode(key).decode(),
                      control_plane_key=base64.b64encode(cp.signer.public_key).decode())
 

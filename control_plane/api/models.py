@@ -165,12 +165,16 @@ class TokenCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: Name
     role: Literal["admin", "supervisor", "viewer", "ci", "agent"]
+    pools: list[str] | None = Field(default=None, max_length=1000,
+                                    description="agent tokens: the pools its agents may register in (unset: any "
+                                    "pool, refused at registration in production)")
 
 
 class TokenCreated(BaseModel):
     id: UUID
     name: str
     role: str
+    pools: list[str] | None
     token: str = Field(description="the secret; shown once, store it now")
 
 
@@ -178,6 +182,7 @@ class TokenPublic(BaseModel):
     id: UUID
     name: str
     role: str
+    pools: list[str] | None
     created_at: datetime
     created_by: str
     revoked_at: datetime | None

@@ -20,16 +20,17 @@ Admin = Annotated[Principal, Depends(require(MANAGE_TOKENS))]
              summary="Create a token (the secret is shown once)")
 async def create(body: TokenCreate, conn: DbConn, who: Admin, remote: Remote) -> TokenCreated:
     async with conn.transaction():
-        token_id, token = await create_token(conn, name=body.name, role=body.role, created_by=who.name)
+        token_id, token = await create_token(conn, name=body.name, role=body.role, created_by=who.name,
+                                             pools=body.pools)
         await audit(conn, actor=who.name, action="token.create", target=str(token_id),
-                    detail={"name": body.name, "role": body.role}, remote=remote)
-    return TokenCreated(id=token_id, name=body.name, role=body.role, token=token)
+                    detail={"name": body.name, "role": body.role, "pools": body.pools}, remote=remote)
+    return TokenCreated(id=token_id, name=body.name, role=body.role, pools=body.pools, token=token)
 
 
 @router.get("", response_model=list[TokenPublic], operation_id="list_tokens", summary="Tokens (never their secrets)")
 async def list_tokens(conn: DbConn, _: Admin) -> list[TokenPublic]:
     rows = await conn.fetch(
-        "SELECT id, name, role, created_at, created_by, revoked_at, last_used_at FROM api_tokens ORDER BY created_at"
+        "SELECT id, name, role, pools, created_at, created_by, revoked_at, last_used_at FROM api_tokens ORDER BY created_at"
     )
     return [TokenPublic.model_validate(dict(r)) for r in rows]
 

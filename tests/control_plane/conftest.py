@@ -38,7 +38,7 @@ def agent_credentials(cp: ControlPlane, database_url: str) -> Callable[[Agent], 
     """In-process agents register with the real control plane, as ``AgentRuntime`` does over HTTP."""
 
     async def credentials(agent: Agent) -> AgentCredentials:
-        return await register_in_database(cp, database_url, agent.agent_id)
+        return await register_in_database(cp, database_url, agent.agent_id, agent.pool_id)
 
     return credentials
 

@@ -83,6 +83,18 @@ async def test_token_list_and_revoke(database_url: str, base_url: str, home: Pat
     assert code == 3 and "401" in err and "Traceback" not in err
 
 
+async def test_an_agent_token_is_scoped_to_the_pools_named(database_url: str, home: Path) -> None:
+    env = {"DATABASE_URL": database_url}
+    code, _, err = await _devart("token", "create", "--name", "shells", "--role", "agent", "--pool", "pool-a",
+                                 "--pool", "pool-b", env=env, home=home)
+    assert code == 0, err
+    code, out, _ = await _devart("token", "list", "--output", "json", env=env, home=home)
+    assert [(t["name"], t["pools"]) for t in json.loads(out)] == [("shells", ["pool-a", "pool-b"])]
+    code, _, err = await _devart("token", "create", "--name", "ci-pools", "--role", "ci", "--pool", "pool-a",
+                                 env=env, home=home)
+    assert code == 3 and "only an agent token is scoped to pools" in err
+
+
 async def test_migrate_is_idempotent(database_url: str, home: Path) -> None:
     code, out, _ = await _devart("migrate", env={"DATABASE_URL": database_url}, home=home)
     assert code == 0 and "up to date" in out

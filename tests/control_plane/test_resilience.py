@@ -109,7 +109,7 @@ async def test_broker_restart_during_a_burst(
         agent = noop_agent(slots=16)
         runtime = AgentRuntime(agent, AgentRuntimeSettings(
             broker=broker, heartbeat_interval_s=0.5, reconnect_interval_s=0.5),
-            credentials=await register_in_database(cp, database_url, agent.agent_id))
+            credentials=await register_in_database(cp, database_url, agent.agent_id, agent.pool_id))
         async with runtime:
             await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents"), what="the agent")
             token = await make_token(database_url, "ci")
@@ -135,7 +135,7 @@ async def test_broker_down_at_submit_time(private_broker: PrivateRabbitMQ, datab
         await private_broker.start()
         agent = noop_agent(slots=1)
         runtime = AgentRuntime(agent, AgentRuntimeSettings(broker=broker, heartbeat_interval_s=0.5),
-                               credentials=await register_in_database(cp, database_url, agent.agent_id))
+                               credentials=await register_in_database(cp, database_url, agent.agent_id, agent.pool_id))
         async with runtime:
             await _assert_all_succeeded_once(db, [response.json()["id"]], timeout_s=60)
 

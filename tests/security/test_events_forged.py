@@ -48,12 +48,16 @@ async def _task(admin: httpx.AsyncClient, task_id: str) -> dict:
     return (await admin.get(f"/api/v1/tasks/{task_id}")).json()
 
 
-async def _dead_letter_reasons(database_url: str) -> list[str]:
+async def _rows(database_url: str, query: str, *args: object) -> list[asyncpg.Record]:
     conn = await asyncpg.connect(database_url)
     try:
-        return [r["reason"] for r in await conn.fetch("SELECT reason FROM dead_letters ORDER BY id")]
+        return await conn.fetch(query, *args)
     finally:
         await conn.close()
+
+
+async def _dead_letter_reasons(database_url: str) -> list[str]:
+    return [r["reason"] for r in await _rows(database_url, "SELECT reason FROM dead_letters ORDER BY id")]
 
 
 async def test_forged_succeeded_events_are_refused_and_the_task_is_unchanged(
@@ -78,7 +82,7 @@ async def test_forged_succeeded_events_are_refused_and_the_task_is_unchanged(
     await _publish(broker_settings.amqp_url, events, event_routing_key(forged), body)
     await _publish(broker_settings.amqp_url, events, event_routing_key(forged), body, {HEADER_SIGNATURE: "00" * 32})
     # 2. another registered agent, signing with its own valid key: as itself, and as the holder
-    other = await register_in_database(cp, database_url, "intruder-agent")
+    other = await register_in_database(cp, database_url, "intruder-agent", runtime.agent.pool_id)
     as_itself = forged.model_copy(update={"agent_id": "intruder-agent"}).model_dump_json().encode()
     await _publish(broker_settings.amqp_url, events, event_routing_key(forged), as_itself,
                    {HEADER_SIGNATURE: other.sign_event(as_itself)})

@@ -66,7 +66,7 @@ async def installations(
             api = await stack.enter_async_context(client(base_url, await make_token(url, "admin")))
             pinger = Agent("pinger", skills=["net"], slots=2, handlers=[ping])
             agent = AgentRuntime(pinger, runtime_settings.model_copy(update={"broker": cp.broker}),
-                                 credentials=await register_in_database(cp, url, pinger.agent_id))
+                                 credentials=await register_in_database(cp, url, pinger.agent_id, pinger.pool_id))
             await agent.start()
             stack.push_async_callback(agent.drain)
             found.append(_Installation(cp, api, agent))

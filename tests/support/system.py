@@ -82,15 +82,17 @@ async def make_token(database_url: str, role: str, name: str | None = None) -> s
     return token
 
 
-async def register_in_database(cp: ControlPlane, database_url: str, agent_id: str) -> AgentCredentials:
-    """What ``POST /api/v1/agents/register`` gives an agent, done straight in the database."""
+async def register_in_database(cp: ControlPlane, database_url: str, agent_id: str, pool_id: str) -> AgentCredentials:
+    """What ``POST /api/v1/agents/register`` gives an agent of ``pool_id``, done straight in the
+    database with a token scoped to that pool."""
     conn = await connect(database_url)
     try:
-        token_id, _ = await create_token(conn, name=f"agent-{agent_id}", role="agent", created_by="test")
+        token_id, _ = await create_token(conn, name=f"agent-{agent_id}", role="agent", created_by="test",
+                                         pools=[pool_id])
         principal = Principal(token_id, f"agent-{agent_id}", "agent")
         async with conn.transaction():  # under the agent token's identity, as the API registers
             await identity.assume(conn, principal)
-            key = await register_agent(conn, principal, agent_id)
+            key = await register_agent(conn, principal, agent_id, pool_id)
     finally:
         await conn.close()
     return AgentCredentials(agent_id=agent_id, event_key=key, control_plane_key=cp.signer.public_key)

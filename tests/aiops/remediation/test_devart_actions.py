@@ -70,7 +70,7 @@ async def test_requeue_dead_retry_task_and_cancel_stuck_act_on_real_tasks(
     async with plane(POLICY) as cp, serve_api(cp) as url, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
         agent = Agent("ops", skills=["ops"], handlers=[_fragile, _strict, _hang], slots=8)
-        runtime = await start_agent(agent, credentials=await register_in_database(cp, database_url, agent.agent_id))
+        runtime = await start_agent(agent, credentials=await register_in_database(cp, database_url, agent.agent_id, agent.pool_id))
         pool = runtime.agent.pool_id
 
         nothing = await drive(cp, sam, (await propose(sam, "requeue_dead", "fragile", namespace=""))["id"], *TERMINAL)

@@ -76,7 +76,7 @@ async def test_a_failing_pool_is_drained_after_approval_and_its_failures_stop(
             client(url, await make_token(database_url, "admin", "ada")) as ada, \
             client(url, await make_token(database_url, "supervisor", "sam")) as sam:
         agent = Agent("flaky", skills=["work"], handlers=[_always_fails], slots=2)
-        flaky = await start_agent(agent, credentials=await register_in_database(cp, database_url, agent.agent_id))
+        flaky = await start_agent(agent, credentials=await register_in_database(cp, database_url, agent.agent_id, agent.pool_id))
         serving = asyncio.create_task(flaky.run_until_stopped())  # as run_agent does: a drain command ends it
         await wait_for(lambda: _agent_count(database_url), what="the flaky agent")
         step_ns = STEP_S * _NS
