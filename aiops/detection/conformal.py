@@ -1,9 +1,12 @@
 """A detector whose score is a calibrated tail probability: conformal p-values with an
 extreme-value tail, at two time scales, with suppression of repeated alerts.
 
-Period. The first ``period_probe_points`` values are kept and their autocorrelation computed once:
-the first local maximum above ``_SEASONAL_ACF`` at a lag of at least ``min_period_points`` is the
-series' period (a daily cycle at any sampling step, a weekly one, a job's cadence). With a period,
+Period. The first ``period_probe_points`` steps are kept and their autocorrelation computed once,
+each lag's mean product over the pairs of values it has (a step missed by a gap or a NaN keeps its
+place and pairs with nothing): the top of the first hump above ``_SEASONAL_ACF`` at a lag of at
+least ``min_period_points`` is the series' period (a daily cycle at any sampling step, a weekly one,
+a job's cadence). The sampling step is learnt from the times between points, so a gap or a NaN
+later still leaves every value at its phase. With a period,
 the detector judges the *seasonal residual*, the value minus the median of the same phase over the
 last ``_SEASONAL_CYCLES`` cycles; the state learnt until then is dropped, since it described raw
 values, and rebuilt at once by replaying the probe's residuals (so finding a period does not start
@@ -21,9 +24,14 @@ scale (a burst of variance: many moderately unusual points, on both sides, whose
 Calibration. Each statistic's p-value is its rank among the last ``history_points`` values of the
 same statistic on this series (a conformal p-value: under exchangeability of normal points it is
 uniform, whatever the series' distribution). Beyond the ``tail_share`` largest values seen the
-empirical rank runs out of resolution, so the tail is extrapolated with an exponential (the
-generalised Pareto law with zero shape, as in SPOT, Siffer et al. 2017) fitted to those largest
-values. The four p-values are combined by Bonferroni (four times the smaller).
+empirical rank runs out of resolution, so the tail is extrapolated with an exponential law (the
+generalised Pareto law with zero shape, as in SPOT, Siffer et al. 2017) over those largest values'
+excesses, through its predictive law: with k excesses summing to S a new excess passes x with
+probability (1 + x/S)^-k, which is exact whatever the law's scale, where plugging in the fitted scale
+(exp(-k x/S)) treated a fit to five or ten values as exact and crossed the alert boundary 2.5 to 27
+times as often as it said. The four p-values are combined by Simes' rule (valid for positively
+dependent statistics, as overlapping sums of the same z-scores are; Bonferroni's four times the
+smallest when one statistic stands out, less when several agree).
 
 Score. ``-log10(p)`` mapped to [0, 1] with 0.5 at ``alert_p`` (the detector's own alert boundary,
 as for every detector here), rising steeply around it. After a point reaches the boundary, the next
@@ -38,6 +46,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import deque
+from collections.abc import Iterable
 from itertools import islice
 from typing import Any
 
@@ -67,11 +76,13 @@ _CALENDAR_TOLERANCE = 0.05
 """Relative error of a period read off a probe of about two cycles (measured: 280-282 points for a
 288-point day); a seasonal expectation six points out of phase leaves a large share of the cycle in
 the residual, so a near-day peak snaps to the day given by the series' own sampling step."""
+_GAP_STEPS = 1.5
+"""A time between points longer than this many steps holds missed steps: it does not teach the step."""
+_STEP_RATE = 0.05
+"""Weight of each new time between points in the learnt step: a few dozen points settle it, jitter averages out."""
 _BURST_CLIP = 3.0
 """|z| above which a point adds no more to the burst statistic: single large points are the point
 statistic's; the burst counts how many moderately unusual points gather."""
-_STATISTICS = 4
-"""Point, shift, long shift, burst: the Bonferroni factor of the combined p-value."""
 
 
 class ConformalSettings(BaseSettings):
@@ -139,16 +150,32 @@ class _Ranked:
             del self.sorted[bisect.bisect_left(self.sorted, old)]
 
     def p_value(self, value: float, tail_share: float) -> float:
-        """Share of past values at or above ``value`` (plus one, conformal), exponential tail beyond
-        the largest ``tail_share``."""
+        """Share of past values at or above ``value`` (plus one, conformal); beyond the largest
+        ``tail_share`` the predictive tail of an exponential law fitted to their excesses."""
         s = self.sorted
         n = len(s)
         top = max(int(tail_share * n), _MIN_TAIL)
-        u = s[n - top]
+        u = s[n - top - 1]
         if value > u:
-            mean_excess = max(math.fsum(s[n - top :]) / top - u, 1e-12)
-            return top / (n + 1) * math.exp(-(value - u) / mean_excess)
+            # With k excesses of an exponential law summing to S, a new excess x has
+            # P(X > x) = (1 + x/S)^-k whatever the law's scale: the scale's own uncertainty is in it.
+            excess = max(math.fsum(s[n - top :]) - top * u, 1e-12)
+            return top / (n + 1) * (1.0 + (value - u) / excess) ** -top
         return (n - bisect.bisect_left(s, value) + 1) / (n + 1)
+
+
+def _simes(p_values: list[float]) -> float:
+    """Simes' combination: the smallest ``m * p_(i) / i`` over the sorted p-values, a valid p-value
+    for "all null" when the statistics are positively dependent (as overlapping sums of the same z
+    are), and smaller than Bonferroni's ``m * p_(1)`` when several statistics agree."""
+    ordered = sorted(p_values)
+    m = len(ordered)
+    return min(1.0, min(m * p / i for i, p in enumerate(ordered, start=1)))
+
+
+def _missed_as_none(values: Iterable[float]) -> list[float | None]:
+    """A missed step (NaN) as JSON null: states must survive ``json.dumps(allow_nan=False)``."""
+    return [None if math.isnan(v) else v for v in values]
 
 
 class ConformalDetector(StreamingDetector):
@@ -173,6 +200,9 @@ class ConformalDetector(StreamingDetector):
         self.bursts = _Ranked(cfg.history_points)
         self.probe: list[float] = []
         self.probe_t0 = 0.0
+        self.last_t = -math.inf
+        self.step = 0.0
+        """The series' sampling step in seconds, learnt from the times between points (gaps left out)."""
         self.unlearned = 0
         self.period = 0
         """0 until the probe is full, then the period in points, or -1 when there is none."""
@@ -204,11 +234,13 @@ class ConformalDetector(StreamingDetector):
             "shifts": list(self.shifts.fifo),
             "long_shifts": list(self.long_shifts.fifo),
             "bursts": list(self.bursts.fifo),
-            "probe": list(self.probe),
+            "probe": _missed_as_none(self.probe),
             "probe_t0": self.probe_t0,
+            "last_t": self.last_t if math.isfinite(self.last_t) else None,
+            "step": self.step,
             "unlearned": self.unlearned,
             "period": self.period,
-            "cycles": list(self.cycles),
+            "cycles": _missed_as_none(self.cycles),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -234,25 +266,38 @@ class ConformalDetector(StreamingDetector):
         self.shifts = _Ranked(cfg.history_points, [float(v) for v in state["shifts"]])
         self.long_shifts = _Ranked(cfg.history_points, [float(v) for v in state["long_shifts"]])
         self.bursts = _Ranked(cfg.history_points, [float(v) for v in state["bursts"]])
-        self.probe = [float(v) for v in state["probe"]]
+        self.probe = [math.nan if v is None else float(v) for v in state["probe"]]
         self.probe_t0 = float(state["probe_t0"])
+        # states saved before the step was learnt have neither: the step is then learnt from here on
+        last_t = state.get("last_t")
+        self.last_t = -math.inf if last_t is None else float(last_t)
+        self.step = float(state.get("step", 0.0))
         self.unlearned = int(state["unlearned"])
         self.period = int(state["period"])
-        self.cycles = deque(float(v) for v in state["cycles"])
+        self.cycles = deque(math.nan if v is None else float(v) for v in state["cycles"])
 
     def _find_period(self, step_s: float) -> None:
         """Set ``period`` from the probe's autocorrelation and, when there is one, start afresh on the
         seasonal residual: the probe's first cycle seeds the cycles and the rest is replayed through
         the detector (scores discarded), so it goes on from the probe's end without a new warm-up."""
         probe, self.probe = self.probe, []
-        x = np.asarray(probe) - float(np.mean(probe))
-        variance = float(np.dot(x, x))
+        x = np.asarray(probe)
+        seen = (~np.isnan(x)).astype(float)
+        x = np.nan_to_num(x - float(np.nanmean(x)))  # a missed step adds nothing to any lag
+        variance = float(np.dot(x, x)) / max(float(seen.sum()), 1.0)
         n = x.size
         if variance > 0:
-            acf = np.correlate(x, x, "full")[n - 1 :] / variance
+            # the mean product over the pairs a lag has (fewer at longer lags, fewer with missed
+            # steps), so a daily cycle reads as strongly at lag 288 of 600 points as at lag 10
+            pairs = np.correlate(seen, seen, "full")[n - 1 :]
+            acf = np.correlate(x, x, "full")[n - 1 :] / np.maximum(pairs, 1.0) / variance
             for lag in range(max(self.settings.min_period_points, 1), n // 2):
                 if acf[lag] > _SEASONAL_ACF and acf[lag] >= acf[lag - 1] and acf[lag] >= acf[lag + 1]:
-                    self.period = lag
+                    # the top of the whole hump above the threshold, not its first noisy local maximum
+                    end = lag
+                    while end + 1 < n // 2 and acf[end + 1] > _SEASONAL_ACF:
+                        end += 1
+                    self.period = lag + int(np.argmax(acf[lag : end + 1]))
                     break
         day = round(_DAY_S / step_s) if step_s > 0 else 0
         if self.period > 0 and abs(self.period - day) <= _CALENDAR_TOLERANCE * day and day < n:
@@ -264,17 +309,39 @@ class ConformalDetector(StreamingDetector):
         self.hold, self.alert_p = 0, 1.0
         self.cycles = deque(probe[: self.period])
         rest = probe[self.period :]
-        self._run([0.0] * len(rest), rest)
+        # the rest on the learnt time grid, so its missed steps keep their places in the cycles
+        end = self.last_t
+        self._run([end - (len(rest) - 1 - i) * step_s for i in range(len(rest))], rest)
 
-    def _seasonal(self, x: float) -> float:
-        """The value minus the median of the same phase over the past cycles (then remember it)."""
+    def _seasonal(self, x: float, missed: int) -> float:
+        """The value minus the median of the same phase over the past cycles (then remember it);
+        ``missed`` steps without a value since the last one keep their places in the cycles as NaN,
+        so a gap or a NaN does not shift the phase of every later point."""
         p = self.period
-        past = sorted(self.cycles[len(self.cycles) - k * p] for k in range(1, _SEASONAL_CYCLES + 1)
-                      if len(self.cycles) >= k * p)
+        for _ in range(min(missed, _SEASONAL_CYCLES * p)):
+            self.cycles.append(math.nan)
+        while len(self.cycles) > _SEASONAL_CYCLES * p:
+            self.cycles.popleft()
+        past = sorted(v for v in (self.cycles[len(self.cycles) - k * p] for k in range(1, _SEASONAL_CYCLES + 1)
+                                  if len(self.cycles) >= k * p) if not math.isnan(v))
         self.cycles.append(x)
         if len(self.cycles) > _SEASONAL_CYCLES * p:
             self.cycles.popleft()
         return x - past[len(past) // 2] if past else 0.0
+
+    def _learn_step(self, t: float) -> int:
+        """Learn the sampling step from the time since the last point and return how many steps
+        passed without a value (a NaN, a gap). A time longer than ``_GAP_STEPS`` steps, or a
+        repeated timestamp, teaches the step nothing."""
+        dt, self.last_t = t - self.last_t, t
+        if not (dt > 0 and math.isfinite(dt)):
+            return 0
+        if self.step <= 0:
+            self.step = dt
+            return 0
+        if dt <= _GAP_STEPS * self.step:
+            self.step += _STEP_RATE * (dt - self.step)
+        return max(round(dt / self.step) - 1, 0)
 
     def _run(self, timestamps: list[float], values: list[float]) -> list[float]:
         cfg = self.settings
@@ -286,13 +353,16 @@ class ConformalDetector(StreamingDetector):
             if not (math.isfinite(x) and math.isfinite(t)):
                 out.append(0.0)
                 continue
+            missed = self._learn_step(t)
             if self.period > 0:
-                x = self._seasonal(x)
+                x = self._seasonal(x, missed)
             elif self.period == 0 and cfg.period_probe_points:
                 if not self.probe:
                     self.probe_t0 = t
+                self.probe.extend([math.nan] * min(missed, cfg.period_probe_points - 1 - len(self.probe)))
                 self.probe.append(x)
                 if len(self.probe) == cfg.period_probe_points:
+                    # the probe's span over its steps (missed ones included): the step without the jitter
                     self._find_period((t - self.probe_t0) / max(len(self.probe) - 1, 1))
                     if self.period > 0:
                         out.append(0.0)
@@ -320,12 +390,12 @@ class ConformalDetector(StreamingDetector):
                 p = 1.0
                 if len(self.points.fifo) >= cfg.min_history_points:
                     tail_share = cfg.tail_share
-                    p = min(1.0, _STATISTICS * min(
+                    p = _simes([
                         self.points.p_value(point, tail_share),
                         self.shifts.p_value(shift, tail_share),
                         self.long_shifts.p_value(long_shift, tail_share),
                         self.bursts.p_value(burst, tail_share),
-                    ))
+                    ])
                 p_raw = p
                 if self.n > cfg.warmup_points and len(self.points.fifo) >= cfg.min_history_points:
                     if self.hold > 0:

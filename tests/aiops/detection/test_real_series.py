@@ -29,9 +29,9 @@ def test_alert_rate_without_anomalies_stays_at_the_calibrated_p_value(name: str)
     detector = ConformalDetector()
     scores = detector.score_series(series.timestamps, series.values)
     assert scores[: detector.settings.warmup_points].max() == 0.0
-    # Bonferroni over four statistics is conservative for independent ones, but the shift, long-shift
-    # and burst statistics overlap in time, and an escalation during a hold is a second crossing:
-    # measured 0.0025 and 0.0022 of points here against alert_p 0.002, so within a factor of 1.5.
+    # Simes over four statistics, each with a tail that carries its fit's uncertainty; an escalation
+    # during a hold is a second crossing: measured 0.0010 and 0.0012 of points here against alert_p
+    # 0.002 (0.0025 and 0.0022 when the tail took its fitted scale as exact), so within a factor of 1.5.
     assert 0 < float(np.mean(scores >= 0.5)) <= 1.5 * detector.settings.alert_p
 
 

@@ -1,0 +1,58 @@
+"""The conformal detector's own claims on synthetic series: its alert boundary is crossed about as
+often as the p-value it stands for, even on the short history of a live series, and a gap or a NaN
+in a seasonal series does not shift the phase of every later point."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+
+from aiops.detection import ConformalDetector, ConformalSettings
+from aiops.detection.conformal import _simes
+
+
+def test_alert_rate_on_a_short_history_stays_near_the_alert_p_value() -> None:
+    # The live path's regime: a detector with 120-250 points of history judging the p95 of 40
+    # requests per step. With an exponential tail fitted to its five largest statistics as if the
+    # fit were exact, the boundary was crossed 27 times as often as alert_p (7.9 times at 0.002);
+    # the tail that carries the fit's own uncertainty crosses it 1.15 times as often (1.35 at 0.002).
+    rng = np.random.default_rng(11)
+    settings = ConformalSettings(alert_p=0.0002, suppress_points=0)
+    crossings = judged = 0
+    for _ in range(200):
+        values = np.percentile(rng.lognormal(0.0, 0.5, (250, 40)), 95, axis=1)
+        scores = ConformalDetector(settings).score_series(2.0 * np.arange(250), values)
+        crossings += int(np.sum(scores[120:] >= 0.5))
+        judged += 130
+    assert crossings / judged <= 2.0 * settings.alert_p
+
+
+def test_simes_is_bonferroni_for_one_small_p_value_and_smaller_when_several_agree() -> None:
+    assert _simes([0.001, 0.5, 0.6, 0.9]) == 4 * 0.001
+    assert _simes([0.001, 0.001, 0.001, 0.001]) == 0.001
+    assert _simes([0.9, 0.95, 0.99, 1.0]) == 1.0
+
+
+def test_gaps_and_nans_keep_the_seasonal_phase() -> None:
+    rng = np.random.default_rng(3)
+    n = 6 * 288
+    ts = 1_767_225_600.0 + 300.0 * np.arange(n)
+    values = 100.0 + 30.0 * np.sin(2 * np.pi * ts / 86_400.0) + rng.normal(0.0, 1.0, n)
+    values[rng.random(n) < 0.02] = np.nan  # in the probe and after it
+    values[1300:1324] += 6.0  # a two-hour shift of 6 sigma on day 5
+    shifted = np.zeros(n, bool)
+    shifted[1300:1324] = True
+    keep = np.ones(n, bool)
+    keep[100:124] = False  # two hours missing inside the probe
+    keep[900:936] = False  # three hours missing after it
+    ts, values, shifted = ts[keep], values[keep], shifted[keep]
+    detector = ConformalDetector()
+    first = detector.score_series(ts[:950], values[:950])
+    assert detector.period == 288  # missed steps count: the probe's lags are lags in time (was 273)
+    resumed = ConformalDetector.from_state(json.loads(json.dumps(detector.state_dict(), allow_nan=False)))
+    scores = np.concatenate([first, resumed.score_series(ts[950:], values[950:])])
+    # with the phase slipped by the NaNs and the gaps, the cycle's own slope filled the residual
+    # and the shift scored 0.0; in phase it stands out of a clean cycle
+    assert scores[shifted].max() >= 0.5
+    assert int(np.sum(scores[~shifted] >= 0.5)) <= 2
