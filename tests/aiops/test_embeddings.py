@@ -4,9 +4,8 @@ the OpenAI embeddings wire format."""
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import numpy as np
 import pytest
@@ -18,13 +17,14 @@ from aiops.embeddings import (
     OpenAIEmbedder,
     make_embedder,
 )
+from tests.support.loopback import ThreadedServer
 
 
-class _FakeOpenAI(ThreadingHTTPServer):
+class _FakeOpenAI(ThreadedServer):
     """``POST /v1/embeddings`` answered like the OpenAI API; records each request."""
 
     def __init__(self, dim: int) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(_Handler)
         self.dim = dim
         self.requests: list[tuple[dict[str, str], dict]] = []
 
@@ -65,13 +65,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def fake_openai() -> Iterator[_FakeOpenAI]:
-    server = _FakeOpenAI(dim=384)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with _FakeOpenAI(dim=384) as server:
+        yield server
 
 
 async def test_hashing_embedder_is_deterministic_normalised_and_similarity_aware() -> None:

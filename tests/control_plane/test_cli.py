@@ -6,9 +6,8 @@ import asyncio
 import json
 import os
 import sys
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import httpx
@@ -19,6 +18,7 @@ from agents.sdk import Agent
 from agents.shell import build_shell_agent
 from control_plane.api.app import create_app
 from tests.agents.sdk.sample_agent import HANDLERS
+from tests.support.loopback import ThreadedServer
 from tests.support.system import StartAgent, client, free_port
 
 
@@ -183,12 +183,8 @@ class _Failing(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def failing_api() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with ThreadedServer(_Failing) as server:
+        yield server.url
 
 
 async def test_server_error(failing_api: str, home: Path) -> None:

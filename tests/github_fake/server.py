@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from control_plane.github.webhooks import sign
+from tests.support.loopback import LoopbackServer
 
 DOCS = "https://docs.github.com/rest"
 
@@ -329,31 +330,14 @@ def _error(exc: ApiError) -> web.Response:
     return web.json_response(body, status=exc.status, headers=exc.headers)
 
 
-class FakeGitHubServer:
+class FakeGitHubServer(LoopbackServer):
     """Runs a :class:`FakeGitHub` on a loopback port; ``url`` is what DEVART_GITHUB_API_URL gets."""
 
     def __init__(self, fake: FakeGitHub) -> None:
-        self.fake = fake
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
         app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.fake.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        app.router.add_route("*", "/{tail:.*}", fake.handle)
+        super().__init__(app)
+        self.fake = fake
 
 
 async def send_webhook(url: str, event: str, payload: dict[str, Any], secret: str, *,

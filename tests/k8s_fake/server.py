@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from tests.k8s_fake.store import KINDS, Gone, SelectorError
+from tests.support.loopback import ThreadedServer
 
 if TYPE_CHECKING:
     from tests.k8s_fake.cluster import FakeKubernetes
@@ -143,31 +143,11 @@ def _make_handler(cluster: FakeKubernetes) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Clients hanging up on a stream (a stopped watch) are normal, not errors worth a traceback."""
-
-
-class FakeApiServer:
+class FakeApiServer(ThreadedServer):
     """A threaded HTTP server on 127.0.0.1 and a free port, serving ``cluster``."""
 
     def __init__(self, cluster: FakeKubernetes) -> None:
-        self._httpd = _Server(("127.0.0.1", 0), _make_handler(cluster))
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever, args=(0.05,), name="k8s-fake", daemon=True
-        )
+        super().__init__(_make_handler(cluster))
 
-    @property
-    def url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hanging up on a stream (a stopped watch) are normal, not errors worth a traceback."""

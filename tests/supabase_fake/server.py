@@ -26,6 +26,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from tests.support.loopback import LoopbackServer
+
 API_VERSION = "2024-01-01"
 
 
@@ -268,34 +270,20 @@ async def _json(request: web.Request) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-class FakeSupabaseServer:
+class FakeSupabaseServer(LoopbackServer):
     """Runs a :class:`FakeSupabaseAuth` on a loopback port; ``url`` is the project URL."""
 
     def __init__(self, fake: FakeSupabaseAuth) -> None:
+        app = web.Application()
+        app.router.add_route("*", "/auth/v1/{path:.*}", fake.handle)
+        app.router.add_route("*", "/rest/v1/{path:.*}", fake.rest)
+        super().__init__(app)
         self.fake = fake
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
 
     @property
     def jwks_url(self) -> str:
         return f"{self.url}/auth/v1/.well-known/jwks.json"
 
     async def start(self) -> None:
-        app = web.Application()
-        app.router.add_route("*", "/auth/v1/{path:.*}", self.fake.handle)
-        app.router.add_route("*", "/rest/v1/{path:.*}", self.fake.rest)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        await super().start()
         self.fake.url = self.url
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None

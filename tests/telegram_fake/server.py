@@ -23,6 +23,8 @@ from typing import Any
 import httpx
 from aiohttp import web
 
+from tests.support.loopback import LoopbackServer
+
 BOT = {"id": 777000111, "is_bot": True, "first_name": "devart", "username": "devart_test_bot",
        "can_join_groups": True, "can_read_all_group_messages": False, "supports_inline_queries": False}
 _JSON_FIELDS = {"reply_markup", "allowed_updates", "link_preview_options", "reply_parameters", "entities"}
@@ -59,6 +61,7 @@ class FakeTelegram:
     _ids: itertools.count = field(default_factory=lambda: itertools.count(1))
     _update_ids: itertools.count = field(default_factory=lambda: itertools.count(5000))
     _new_update: asyncio.Event = field(default_factory=asyncio.Event)
+    _stopping: bool = False
 
     # --- what tests do
     def throttle(self, method: str, retry_after: int, times: int = 1) -> None:
@@ -102,6 +105,12 @@ class FakeTelegram:
             headers["X-Telegram-Bot-Api-Secret-Token"] = token
         async with httpx.AsyncClient() as client:
             return await client.post(self.webhook["url"], json=update, headers=headers)
+
+    async def end_long_polls(self, _: web.Application) -> None:
+        """The server is stopping: a pending ``getUpdates`` answers now, so the server's shutdown need
+        not wait for its timeout."""
+        self._stopping = True
+        self._new_update.set()
 
     # --- the Bot API
     async def handle(self, request: web.Request) -> web.Response:
@@ -171,7 +180,7 @@ class FakeTelegram:
         offset = p.get("offset") or 0
         self._updates = [u for u in self._updates if u["update_id"] >= offset]
         deadline = time.monotonic() + float(p.get("timeout") or 0)
-        while not self._updates and time.monotonic() < deadline:
+        while not self._updates and not self._stopping and time.monotonic() < deadline:
             self._new_update.clear()
             try:
                 await asyncio.wait_for(self._new_update.wait(), timeout=deadline - time.monotonic())
@@ -292,30 +301,13 @@ async def _params(request: web.Request) -> dict[str, Any]:
     return params
 
 
-class FakeTelegramServer:
-    """Runs a :class:`FakeTelegram` on a loopback port; ``url`` is what DEVART_TELEGRAM_API_URL gets."""
+class FakeTelegramServer(LoopbackServer):
+    """Runs a :class:`FakeTelegram` on a loopback port (``port`` 0: a free one); ``url`` is what
+    DEVART_TELEGRAM_API_URL gets."""
 
     def __init__(self, fake: FakeTelegram, port: int = 0) -> None:
-        self.fake = fake
-        self.port = port
-        self._runner: web.AppRunner | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
         app = web.Application()
-        app.router.add_route("*", "/bot{token}/{method}", self.fake.handle)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
-        await site.start()
-        if self.port == 0:
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            self.fake._new_update.set()
-            await self._runner.cleanup()
-            self._runner = None
+        app.router.add_route("*", "/bot{token}/{method}", fake.handle)
+        app.on_shutdown.append(fake.end_long_polls)
+        super().__init__(app, port)
+        self.fake = fake

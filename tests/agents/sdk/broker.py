@@ -17,6 +17,7 @@ from agents.sdk import ControlCommand, Event, TaskMessage
 from agents.sdk.messages import EVENT_ADAPTER, HEADER_TRACEPARENT
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges, declare_pool_queue
 from agents.sdk.trust import HEADER_SIGNATURE, REGISTER_PATH, MessageSigner
+from tests.support import loopback
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -201,12 +202,5 @@ async def registration_server(signer: MessageSigner) -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_post(REGISTER_PATH, register)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with loopback.serve(app) as origin:
+        yield origin

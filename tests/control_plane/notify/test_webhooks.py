@@ -16,6 +16,7 @@ from aiohttp import web
 from agents.sdk import BrokerSettings
 from control_plane.notify import NotifySettings
 from control_plane.service import ControlPlane
+from tests.support import loopback
 from tests.support.system import client, fast_settings, make_token, serve_api, wait_for
 from tests.telegram_fake.fixtures import open_incident, request_approval, store_rca
 
@@ -57,15 +58,10 @@ async def receivers() -> AsyncIterator[list[Receiver]]:
     app = web.Application()
     for n, receiver in enumerate(made):
         app.router.add_post(f"/hook/{n}", receiver.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    for n, receiver in enumerate(made):
-        receiver.url = f"http://127.0.0.1:{port}/hook/{n}"
-    yield made
-    await runner.cleanup()
+    async with loopback.serve(app) as origin:
+        for n, receiver in enumerate(made):
+            receiver.url = f"{origin}/hook/{n}"
+        yield made
 
 
 @pytest.fixture
