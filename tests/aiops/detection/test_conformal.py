@@ -56,3 +56,17 @@ def test_gaps_and_nans_keep_the_seasonal_phase() -> None:
     # and the shift scored 0.0; in phase it stands out of a clean cycle
     assert scores[shifted].max() >= 0.5
     assert int(np.sum(scores[~shifted] >= 0.5)) <= 2
+
+
+def test_a_state_saved_before_the_step_was_learnt_still_loads_and_learns_it() -> None:
+    # the incident pipeline keeps every series' state in Postgres across upgrades
+    rng = np.random.default_rng(4)
+    ts = 300.0 * np.arange(800)
+    values = rng.normal(0.0, 1.0, 800)
+    detector = ConformalDetector()
+    detector.score_series(ts[:700], values[:700])
+    state = detector.state_dict()
+    del state["state"]["step"], state["state"]["last_t"]
+    resumed = ConformalDetector.from_state(state)
+    resumed.score_series(ts[700:], values[700:])
+    assert resumed.step == 300.0
