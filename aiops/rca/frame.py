@@ -11,11 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import count, repeat
+from operator import is_not
+from typing import Any
 
 import numpy as np
 
 from aiops.rca.names import normalise_service
+from aiops.rca.stats import grouped_order
 from aiops.traces.model import Span
+from aiops.traces.table import SpanTable
 
 KIND_CODES = {"server": 0, "client": 1, "producer": 2, "consumer": 3, "internal": 4, "unspecified": 5}
 FACET_SELF, FACET_INBOUND, FACET_PEER = 0, 1, 2
@@ -84,65 +89,106 @@ class Frame:
         return self.end - self.start
 
 
-def _valid(span: object) -> bool:
-    return (
-        isinstance(span, Span)
-        and isinstance(span.start_ns, int)
-        and isinstance(span.end_ns, int)
-        and span.end_ns >= span.start_ns
-        and bool(span.trace_id)
-        and bool(span.span_id)
-    )
+def _codes(values: Sequence[Any], table: dict[Any, int]) -> np.ndarray:
+    """Codes of ``values`` in ``table``, new values numbered in order of first occurrence."""
+    new = dict.fromkeys(values)
+    if table:
+        new = dict.fromkeys(v for v in new if v not in table)
+    table.update(zip(new, count(len(table))))
+    return np.fromiter(map(table.__getitem__, values), np.int64, len(values))
 
 
-def _is_error(span: Span) -> bool:
-    if span.status == "error":
-        return True
-    for key in _ERROR_ATTRS:
-        code = span.attributes.get(key)
-        if isinstance(code, int) and code >= 500:
-            return True
-    return False
+def _present(values: list[Any]) -> list[int]:
+    """Positions of the values that are not None."""
+    if values.count(None) == len(values):
+        return []
+    return np.flatnonzero(np.fromiter(map(is_not, values, repeat(None)), bool, len(values))).tolist()
 
 
-def build_frame(spans: Sequence[Span], vocab: Vocabulary) -> Frame:
+def _parents(trace: np.ndarray, span_id: Sequence[str], parent_id: Sequence[str | None]) -> np.ndarray:
+    """Index of each span's parent (the last span of that id in the same trace), or -1."""
+    n = len(span_id)
+    last = dict(zip(span_id, range(n), strict=True))
+    theirs = np.fromiter(map(last.get, parent_id, repeat(-1)), np.int64, n)
+    if len(last) == n:  # span ids unique across the window (random 64-bit ids): one lookup suffices
+        found = theirs >= 0
+        found[found] = trace[theirs[found]] == trace[found]
+        return np.where(found, theirs, -1)
+    # Numeric (trace, id) keys rather than a dict of tuples: no object per span for the collector.
+    own = np.fromiter(map(last.__getitem__, span_id), np.int64, n)
+    key = trace * n + own
+    order = np.argsort(key, kind="stable")
+    ordered = key[order]
+    wanted = trace * n + theirs
+    at = np.maximum(np.searchsorted(ordered, wanted, side="right") - 1, 0)
+    return np.where((theirs >= 0) & (ordered[at] == wanted), order[at], -1)
+
+
+def _operations(
+    service: np.ndarray, name: Sequence[str], kind: np.ndarray, table: dict[tuple[int, str, int], int]
+) -> np.ndarray:
+    """Operation codes of (service, name, kind), new ones numbered in order of first occurrence."""
+    names: dict[str, int] = {}
+    name_code = _codes(name, names)
+    key = (service * len(names) + name_code) * len(KIND_CODES) + kind
+    unique, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    listed = list(names)
+    code = np.empty(unique.size, np.int64)
+    for u in np.argsort(first).tolist():
+        i = int(first[u])
+        code[u] = table.setdefault((int(service[i]), listed[name_code[i]], int(kind[i])), len(table))
+    return code[inverse]
+
+
+def _attribute(columns: SpanTable, key: str) -> list[Any]:
+    return list(map(dict.get, columns.attributes, repeat(key)))
+
+
+def _valid_rows(columns: SpanTable) -> tuple[SpanTable, int]:
+    """The rows with both ids and an end not before the start, and how many rows were left out."""
+    ok = columns.end_ns >= columns.start_ns
+    if not (all(columns.trace_id) and all(columns.span_id)):
+        n = len(columns)
+        ok &= np.fromiter(map(bool, columns.trace_id), bool, n) & np.fromiter(map(bool, columns.span_id), bool, n)
+    if ok.all():
+        return columns, 0
+    return columns.select(ok), int(ok.size - ok.sum())
+
+
+def build_frame(spans: Sequence[Span] | SpanTable, vocab: Vocabulary) -> Frame:
     """Columns for ``spans``; invalid spans (end before start, missing ids, not a Span) are counted
     in ``malformed`` and left out."""
-    good = [s for s in spans if _valid(s)]
-    malformed = len(spans) - len(good)
-    n = len(good)
+    columns = spans if isinstance(spans, SpanTable) else SpanTable.from_spans(spans)
+    columns, dropped = _valid_rows(columns)
+    malformed = columns.rejected + dropped
+    n = len(columns)
     trace_codes: dict[str, int] = {}
-    trace = np.fromiter((trace_codes.setdefault(s.trace_id, len(trace_codes)) for s in good), np.int64, n)
-    index = {(s.trace_id, s.span_id): i for i, s in enumerate(good)}
-    parent = np.fromiter(
-        (index.get((s.trace_id, s.parent_id), -1) if s.parent_id else -1 for s in good), np.int64, n
-    )
-    service = np.fromiter((vocab.service(s.service) for s in good), np.int64, n)
-    kind = np.fromiter((KIND_CODES.get(s.kind, 5) for s in good), np.int64, n)
-    ops = vocab.operations
-    operation = np.fromiter(
-        (
-            ops.setdefault((sv, s.name, k), len(ops))
-            for s, sv, k in zip(good, service.tolist(), kind.tolist(), strict=True)
-        ),
-        np.int64,
-        n,
-    )
-    start = np.fromiter((s.start_ns for s in good), np.int64, n)
-    end = np.fromiter((s.end_ns for s in good), np.int64, n)
-    has_status = any(s.status != "unset" for s in good)
-    error = np.fromiter((_is_error(s) for s in good), bool, n)
-    instances = vocab.instances
-    instance = np.fromiter(
-        (instances.setdefault(s.attributes.get("k8s.pod.name") or s.service, len(instances)) for s in good),
-        np.int64,
-        n,
-    )
+    trace = _codes(columns.trace_id, trace_codes)
+    parent = _parents(trace, columns.span_id, columns.parent_id)
+    raw_services = dict.fromkeys(columns.service)
+    for raw in raw_services:
+        raw_services[raw] = vocab.service(raw)
+    service = np.fromiter(map(raw_services.__getitem__, columns.service), np.int64, n)
+    kind = np.fromiter(map(KIND_CODES.get, columns.kind, repeat(5)), np.int64, n)
+    operation = _operations(service, columns.name, kind, vocab.operations)
+    start, end = columns.start_ns, columns.end_ns
+    statuses = set(columns.status)
+    has_status = bool(statuses - {"unset"})
+    error = np.fromiter(map("error".__eq__, columns.status), bool, n) if "error" in statuses else np.zeros(n, bool)
+    for key in _ERROR_ATTRS:
+        codes = _attribute(columns, key)
+        for i in _present(codes):
+            if isinstance(codes[i], int) and codes[i] >= 500:
+                error[i] = True
+    pods = _attribute(columns, "k8s.pod.name")
+    if not all(pods):
+        pods = [pod or raw for pod, raw in zip(pods, columns.service, strict=True)]
+    instance = _codes(pods, vocab.instances)
     versions: dict[int, set[str]] = {}
-    for sv, s in zip(service.tolist(), good, strict=True):
-        version = s.attributes.get("service.version")
-        if version is not None:
-            versions.setdefault(sv, set()).add(str(version))
+    given = _attribute(columns, "service.version")
+    service_list = service.tolist()
+    for i in _present(given):
+        versions.setdefault(service_list[i], set()).add(str(given[i]))
 
     linked = parent >= 0
     child_idx = np.flatnonzero(linked)
@@ -158,7 +204,7 @@ def build_frame(spans: Sequence[Span], vocab: Vocabulary) -> Frame:
     datastore: set[int] = set()
     leaf_calls = np.flatnonzero(is_call & (facet == FACET_SELF))
     for i in leaf_calls.tolist():
-        attrs = good[i].attributes
+        attrs = columns.attributes[i]
         peer = attrs.get("peer.service") or attrs.get("db.system")
         if peer:
             owner[i] = vocab.service(str(peer))
@@ -166,7 +212,7 @@ def build_frame(spans: Sequence[Span], vocab: Vocabulary) -> Frame:
         if "db.system" in attrs:
             datastore.add(int(owner[i]))
     for i in np.flatnonzero(is_call & (facet == FACET_INBOUND)).tolist():
-        if "db.system" in good[i].attributes:
+        if "db.system" in columns.attributes[i]:
             datastore.add(int(owner[i]))
 
     exclusive = _exclusive(start, end, service, parent, child_idx)
@@ -219,7 +265,7 @@ def _exclusive(
         # Times relative to the parent's start: clipped children live in [0, parent duration].
         lo = np.clip(start[local] - start[par], 0, duration[par])
         hi = np.clip(end[local] - start[par], lo, duration[par])
-        order = np.lexsort((lo, par))
+        order = grouped_order(par, lo.astype(np.int64))  # whole nanoseconds: exact
         par, lo, hi = par[order], lo[order], hi[order]
         first = np.concatenate(([True], par[1:] != par[:-1]))
         # A cumulative max that restarts per parent: lift each parent's group above all earlier groups.

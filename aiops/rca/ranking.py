@@ -33,7 +33,7 @@ from aiops.rca.model import Change, Evidence, OperationStats, RankedCause, RcaRe
 from aiops.rca.names import normalise_service
 from aiops.rca.recommend import categorise, recommend
 from aiops.rca.settings import RcaSettings
-from aiops.rca.stats import group_quantiles, group_sum
+from aiops.rca.stats import group_quantiles, group_sum, grouped_order
 from aiops.rca.truncation import truncation_blame
 from aiops.traces.model import Span
 
@@ -135,13 +135,13 @@ def analyze(
     vocab = Vocabulary()
     inc = build_frame(incident_spans, vocab)
     base = build_frame(baseline_spans, vocab)
-    for label, frame, given in (("incident", inc, incident_spans), ("baseline", base, baseline_spans)):
+    for label, frame in (("incident", inc), ("baseline", base)):
         if frame.size < settings.min_spans or frame.n_traces < settings.min_traces:
             return RcaResult(
                 "insufficient_data",
                 reason=(
                     f"{label} window has {frame.size} valid spans in {frame.n_traces} traces "
-                    f"({len(given) - frame.size} malformed); need at least {settings.min_spans} spans "
+                    f"({frame.malformed} malformed); need at least {settings.min_spans} spans "
                     f"and {settings.min_traces} traces"
                 ),
             )
@@ -215,7 +215,7 @@ def _units(inc: Frame, base: Frame, n_ops: int) -> tuple[np.ndarray, np.ndarray,
 
 def _trace_extent(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
     """Per trace: end-to-end extent (ns) and the operation of its earliest span."""
-    order = np.lexsort((frame.start, frame.trace))
+    order = grouped_order(frame.trace, frame.start)
     tr = frame.trace[order]
     starts = np.flatnonzero(np.concatenate(([True], tr[1:] != tr[:-1])))
     first = np.minimum.reduceat(frame.start[order], starts)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from aiops.rca.frame import Frame
+from aiops.rca.stats import grouped_order
 
 _Z = 3.0
 """Excess frequency (in binomial standard deviations) a signature needs to count: 3 sigma, as the
@@ -49,7 +50,7 @@ def _sequences(frame: Frame) -> _Sequences:
     child = np.flatnonzero(frame.parent >= 0)
     if child.size == 0:
         return _Sequences(signature, last_child, np.zeros(0, np.int64), np.zeros(0, np.uint64))
-    order = child[np.lexsort((frame.start[child], frame.parent[child]))]
+    order = child[grouped_order(frame.parent[child], frame.start[child])]
     par = frame.parent[order]
     first = np.concatenate(([True], par[1:] != par[:-1]))
     group_start = np.flatnonzero(first)
