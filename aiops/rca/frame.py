@@ -25,6 +25,8 @@ from aiops.traces.table import SpanTable
 KIND_CODES = {"server": 0, "client": 1, "producer": 2, "consumer": 3, "internal": 4, "unspecified": 5}
 FACET_SELF, FACET_INBOUND, FACET_PEER = 0, 1, 2
 _ERROR_ATTRS = ("http.status_code", "http.response.status_code")
+ATTRIBUTES = ("k8s.pod.name", "peer.service", "db.system", "service.version", *_ERROR_ATTRS)
+"""The only span attributes the frame reads: a reader may leave out all the others."""
 
 
 class Vocabulary:

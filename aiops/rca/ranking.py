@@ -36,6 +36,7 @@ from aiops.rca.settings import RcaSettings
 from aiops.rca.stats import group_quantiles, group_sum, grouped_order
 from aiops.rca.truncation import truncation_blame
 from aiops.traces.model import Span
+from aiops.traces.table import SpanTable
 
 VIEWS = ("latency", "spectrum", "structure", "errors", "truncation", "change")
 """The views combined per service, in the order evidence lists them."""
@@ -88,8 +89,8 @@ class _Scores:
 
 
 def rank_services(
-    incident_spans: Sequence[Span],
-    baseline_spans: Sequence[Span],
+    incident_spans: Sequence[Span] | SpanTable,
+    baseline_spans: Sequence[Span] | SpanTable,
     *,
     topology: Iterable[tuple[str, str]] | None = None,
     changes: Sequence[Change] | None = None,
@@ -110,15 +111,16 @@ def rank_services(
 
 
 def analyze(
-    incident_spans: Sequence[Span],
-    baseline_spans: Sequence[Span],
+    incident_spans: Sequence[Span] | SpanTable,
+    baseline_spans: Sequence[Span] | SpanTable,
     *,
     topology: Iterable[tuple[str, str]] | None = None,
     changes: Sequence[Change] | None = None,
     settings: RcaSettings | None = None,
     calibrator: Calibrator | None = None,
 ) -> RcaResult:
-    """Rank root causes of the incident window against the baseline window.
+    """Rank root causes of the incident window against the baseline window, each given as spans
+    or, faster, as a :class:`SpanTable` (what a bulk reader such as the span store returns).
 
     ``topology`` adds known (caller, callee) service edges to those seen in the traces; ``changes``
     are recent deployments/config edits. Never raises on bad data: too little or malformed input

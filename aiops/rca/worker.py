@@ -35,6 +35,7 @@ from aiops.embeddings import Embedder, make_embedder
 from aiops.incidents import get_incident
 from aiops.incidents.store import INCIDENTS_CHANNEL as CHANNEL
 from aiops.rca.changes import changes_between
+from aiops.rca.frame import ATTRIBUTES
 from aiops.rca.memory import SimilarIncident, incident_signature, similar
 from aiops.rca.model import RcaResult
 from aiops.rca.ranking import analyze
@@ -249,8 +250,8 @@ class RcaWorker:
         base_end = start - int(s.gap_s * _S)
         base_start = base_end - int(s.baseline_s * _S)
         incident_spans, baseline_spans = await asyncio.gather(
-            self._source.spans_between(start, max(end, start + 1)),
-            self._source.spans_between(base_start, base_end),
+            self._source.span_table_between(start, max(end, start + 1), ATTRIBUTES),
+            self._source.span_table_between(base_start, base_end, ATTRIBUTES),
         )
         async with self._pool.acquire() as conn:
             changes = await changes_between(conn, start - int(self._rca_settings.change_window_s * _S), end)

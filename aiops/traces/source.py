@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 import asyncpg
@@ -12,6 +13,7 @@ import asyncpg
 from aiops.traces import store
 from aiops.traces.filters import ANY_SPAN, SpanFilter
 from aiops.traces.model import Span
+from aiops.traces.table import SpanTable
 from aiops.traces.tempo import TempoClient
 
 if TYPE_CHECKING:
@@ -26,6 +28,10 @@ class SpanSource(ABC):
     @abstractmethod
     async def spans_between(self, start_ns: int, end_ns: int, filters: SpanFilter = ANY_SPAN) -> list[Span]:
         """Spans started in the window that pass ``filters``, ordered by start time."""
+
+    async def span_table_between(self, start_ns: int, end_ns: int, attributes: Sequence[str]) -> SpanTable:
+        """The spans of :meth:`spans_between` as columns; only the ``attributes`` named need be kept."""
+        return SpanTable.from_spans(await self.spans_between(start_ns, end_ns))
 
     @abstractmethod
     async def trace(self, trace_id: str) -> list[Span]:
@@ -45,6 +51,10 @@ class PostgresSpanSource(SpanSource):
     async def spans_between(self, start_ns: int, end_ns: int, filters: SpanFilter = ANY_SPAN) -> list[Span]:
         async with self._pool.acquire() as conn:
             return await store.spans_between(conn, start_ns=start_ns, end_ns=end_ns, filters=filters)
+
+    async def span_table_between(self, start_ns: int, end_ns: int, attributes: Sequence[str]) -> SpanTable:
+        async with self._pool.acquire() as conn:
+            return await store.span_table_between(conn, start_ns=start_ns, end_ns=end_ns, attributes=attributes)
 
     async def trace(self, trace_id: str) -> list[Span]:
         async with self._pool.acquire() as conn:

@@ -42,10 +42,11 @@ def test_dataset_location_explicit_env_and_missing(tmp_path: Path, monkeypatch: 
         datasets_root()
 
 
-def test_ranking_speed_prints_ours_beside_the_naive_ranker() -> None:
+def test_ranking_speed_prints_ours_from_columns_and_objects_beside_the_naive_ranker_and_the_load() -> None:
     from bench.rca import ranking_speed, speed_lines
 
     speed = ranking_speed(2_000, runs=1)
     lines = speed_lines(speed)
-    assert speed.spans >= 1_900 and speed.cpu_s > 0 and speed.naive_cpu_s > 0
-    assert "s CPU (best of 1)" in lines[0] and "analyze / naive CPU" in lines[1]
+    assert speed.spans >= 1_900 and speed.cpu_s > 0 and speed.objects_cpu_s > 0 and speed.naive_cpu_s > 0
+    assert "as columns" in lines[0] and "s CPU (best of 1)" in lines[0] and "Span objects" in lines[1]
+    assert "analyze / naive CPU" in lines[2] and "load average" in lines[3]

@@ -4,6 +4,7 @@ concurrent workers, retries against a failing Tempo, and results without causes.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -13,7 +14,7 @@ from uuid import UUID
 
 import asyncpg
 
-from aiops.rca import normalise_service
+from aiops.rca import analyze, normalise_service
 from aiops.rca.worker import CHANNEL, RcaWorker, RcaWorkerSettings
 from aiops.settings import AiopsSettings
 from aiops.simulation import Scenario, make_scenario
@@ -131,6 +132,25 @@ async def test_notified_incident_gets_a_stored_rca_blaming_the_faulty_service(db
     assert json.loads(row["similar_incidents"]) == []
     # an unconfirmed cause does not enter the similar-incident memory
     assert await db.fetchval("SELECT count(*) FROM rca_memory") == 0
+
+
+async def test_the_worker_reads_columns_and_stores_the_analysis_of_the_stored_spans(db: asyncpg.Pool) -> None:
+    """The worker reads the store as a table of columns with only the attributes RCA reads; its
+    result is the one the stored spans themselves give, field for field."""
+    scenario = await load_scenario(db, "web_shop", "exception", 1)
+    async with running_worker(db):
+        incident_id = await incident_for(db, scenario)
+        row = await finished(db, incident_id)
+    start = min(span.start_ns for span in scenario.incident)
+    async with db.acquire() as conn:
+        incident = await store.spans_between(conn, start_ns=start, end_ns=start + WINDOW_S * 1_000_000_000)
+        baseline = await store.spans_between(conn, start_ns=start - WINDOW_S * 1_000_000_000, end_ns=start)
+    expected = json.loads(json.dumps(dataclasses.asdict(analyze(incident, baseline)), default=lambda v: v.item()))
+    stored = json.loads(row["result"])
+    assert stored["status"] == "ok" and stored["stats"]["incident_spans"] == len(incident)
+    for result in (stored, expected):
+        del result["stats"]["seconds"]
+    assert stored == expected
 
 
 async def test_duplicate_notifications_and_two_workers_analyse_an_incident_once(db: asyncpg.Pool) -> None:

@@ -1,10 +1,12 @@
 from datetime import UTC, datetime
 
 import asyncpg
+import numpy as np
 import pytest
 
 from aiops.settings import AiopsSettings
 from aiops.traces import PostgresSpanSource, Span, SpanFilter, make_span_source, store
+from aiops.traces.table import FIELDS, SpanTable
 
 T0 = 1_700_000_000_000_000_000
 S = 1_000_000_000
@@ -94,6 +96,35 @@ async def test_spans_between_is_half_open_and_filters(db: asyncpg.Pool) -> None:
         assert await store.spans_between(conn, **window, filters=both) == []
 
 
+async def test_span_table_between_holds_the_window_with_only_the_attributes_asked_for(db: asyncpg.Pool) -> None:
+    spans = [
+        _span(0, start=T0 - 1),
+        _span(1, start=T0 + 5, attributes={"k8s.pod.name": "api-7d9f8b6c5d-x2k4q", "http.url": "/a?id=1"}),
+        _span(2, trace=2, start=T0, parent_id=f"{2:016x}", kind="client", status="error",
+              attributes={"db.system": None, "http.status_code": 503, "n": {"x": [1.5, "y"]}}),
+        _span(3, trace=2, start=T0, service="db", attributes={"k8s.pod.name": "api-7d9f8b6c5d-x2k4q"}),
+        _span(4, start=T0 + S),
+    ]
+    keys = ("k8s.pod.name", "db.system", "http.status_code", "absent")
+    async with db.acquire() as conn:
+        await store.insert_spans(conn, spans=spans)
+        table = await store.span_table_between(conn, start_ns=T0, end_ns=T0 + S, attributes=keys)
+        expected = SpanTable.from_spans(await store.spans_between(conn, start_ns=T0, end_ns=T0 + S))
+        empty = await store.span_table_between(conn, start_ns=0, end_ns=1, attributes=keys)
+    assert list(table.span_id) == [f"{i + 1:016x}" for i in (2, 3, 1)], "by start time, then trace and span id"
+    for field in FIELDS[:7]:
+        assert list(getattr(table, field)) == list(getattr(expected, field)), field
+    np.testing.assert_array_equal(table.start_ns, expected.start_ns)
+    np.testing.assert_array_equal(table.end_ns, expected.end_ns)
+    # a key present with a null value stays present; keys not asked for are left in the database
+    assert list(table.attributes) == [
+        {"db.system": None, "http.status_code": 503},
+        {"k8s.pod.name": "api-7d9f8b6c5d-x2k4q"},
+        {"k8s.pod.name": "api-7d9f8b6c5d-x2k4q"},
+    ]
+    assert len(empty) == 0 and empty.rejected == 0
+
+
 async def test_delete_older_than_deletes_in_batches_and_keeps_the_rest(db: asyncpg.Pool) -> None:
     cutoff = datetime.fromtimestamp(T0 / S, tz=UTC)
     old = [_span(i, start=T0 - (i + 1) * S) for i in range(25)]
@@ -140,5 +171,7 @@ async def test_store_works_on_a_pool_with_json_codecs(database_url: str) -> None
             span = Span("ab" * 16, "cd" * 8, None, "svc", "op", "server", 1_000, 2_000, "ok", {"k": [1, "v"]})
             assert await store.insert_spans(conn, spans=[span]) == 1
             assert await store.trace(conn, trace_id="ab" * 16) == [span]
+            table = await store.span_table_between(conn, start_ns=0, end_ns=5_000, attributes=("k",))
+            assert list(table.attributes) == [{"k": [1, "v"]}]
     finally:
         await pool.close()
