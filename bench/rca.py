@@ -1,6 +1,7 @@
 """RCA benchmark: AC@1, AC@3, Avg@5 per fault kind, calibration on held-out seeds, ranking speed.
 
-Run ``python -m bench.rca`` (about a minute); ``--full`` uses more seeds; ``--fit`` refits the
+Run ``python -m bench.rca`` (about a minute); ``--full`` uses more seeds; ``--store`` also times
+the RCA worker's read of the span store; ``--fit`` refits the
 confidence calibrator on the training seeds and rewrites ``aiops/rca/calibration_params.py``.
 Training seeds are 0..N-1, held-out evaluation seeds start at 10000, so the numbers printed for
 calibration are never measured on the data it was fitted on.
@@ -23,6 +24,7 @@ from aiops.rca.ranking import analyze
 from aiops.simulation import FAULT_KINDS, TOPOLOGIES, make_scenario
 from aiops.traces.table import SpanTable
 from bench.rca_baselines import self_time_ranking
+from bench.rca_store import store_speed_lines
 
 _PARAMS = Path(__file__).resolve().parent.parent / "aiops" / "rca" / "calibration_params.py"
 _HELD_OUT = 10_000
@@ -111,6 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--full", action="store_true", help="more seeds (several minutes)")
     parser.add_argument("--fit", action="store_true", help="refit the calibrator and rewrite its parameters")
     parser.add_argument("--spans", type=int, default=100_000, help="incident spans for the speed measurement")
+    parser.add_argument("--store", action="store_true",
+                        help="also time the RCA worker's read of the span store (embedded Postgres, ~1 min)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     n_eval = 24 if args.full else 5
@@ -148,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     per_scenario = np.mean([o.seconds for o in held_out])
     print("\n## Speed\n")
     print("\n".join(speed_lines(ranking_speed(args.spans))))
+    if args.store:
+        print("\n".join(store_speed_lines(args.spans)))
     print(f"- mean analysis time per scenario: {per_scenario * 1000:.1f} ms")
     print(f"\n(total {time.perf_counter() - started:.1f} s)")
 

@@ -1,6 +1,6 @@
 """Benchmark on real labelled data: NAB-scored detection (nab-dev) and RCA accuracy (nezha-ob).
 
-    python -m bench.real [--datasets DIR] [--split dev|held_out|all] [--quick] [--only detection|rca]
+    python -m bench.real [--datasets DIR] [--split dev|held_out|all] [--quick] [--only detection|rca] [--store]
 
 Detection: the default detector scores every row of each nab-dev series (fed in order, no
 look-ahead); the NAB scorer in ``bench/nab.py`` turns the scores into the normalised score of each
@@ -44,6 +44,7 @@ from bench.datasets import (
 from bench.nab import Profile, score_corpus, series_stats
 from bench.rca import ranking_speed, speed_lines, write_params
 from bench.rca_baselines import random_accuracy, self_time_ranking
+from bench.rca_store import store_speed_lines
 
 QUICK_SERIES = 6
 QUICK_FAULTS = 5
@@ -256,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="which part of each data set (held_out: look once, at the end)")
     parser.add_argument("--quick", action="store_true", help="a few series and faults (CI)")
     parser.add_argument("--only", choices=["detection", "rca"], default=None, help="one half only")
+    parser.add_argument("--store", action="store_true",
+                        help="also time the RCA worker's read of 100k spans from the span store (embedded Postgres)")
     parser.add_argument("--fit", action="store_true",
                         help="refit the RCA confidence calibrator on dev faults plus simulated ones first")
     args = parser.parse_args(argv)
@@ -272,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
         if not args.quick:
             print("\nRanking speed (simulated spans, same run):")
             print("\n".join(speed_lines(ranking_speed(100_000))), flush=True)
+            if args.store:
+                print("\n".join(store_speed_lines(100_000)), flush=True)
     print(f"\n(total {time.perf_counter() - started:.1f} s)")
 
 

@@ -50,3 +50,16 @@ def test_ranking_speed_prints_ours_from_columns_and_objects_beside_the_naive_ran
     assert speed.spans >= 1_900 and speed.cpu_s > 0 and speed.objects_cpu_s > 0 and speed.naive_cpu_s > 0
     assert "as columns" in lines[0] and "s CPU (best of 1)" in lines[0] and "Span objects" in lines[1]
     assert "analyze / naive CPU" in lines[2] and "load average" in lines[3]
+
+
+def test_store_read_is_timed_as_objects_and_as_columns_then_ranked() -> None:
+    from bench.rca_store import store_speed_lines
+
+    lines = store_speed_lines(1_000, runs=1)
+    assert "read at once as devart_service" in lines[0]
+    labels = [line.split(":")[0].strip("- ") for line in lines[1:5]]
+    assert labels == [
+        "read as Span objects", "read as columns", "read as Span objects, then rank",
+        "read as columns, then rank (the worker)",
+    ]
+    assert all(" s wall, " in line for line in lines[1:5]) and "load average" in lines[5]
