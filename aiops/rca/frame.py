@@ -1,4 +1,6 @@
-"""Spans as columns: one Python pass per window, then numpy for everything else.
+"""A window of spans as aligned numpy columns, from a :class:`SpanTable` (or spans transposed into
+one): strings become codes through dicts and C-level ``map`` (no Python loop over the spans, no
+object per span), everything after is numpy.
 
 Each span's self (exclusive) time is charged to an *owner* service: its own service, except for a
 call span (client/producer, or a span of unspecified kind with a child in another service: sources
@@ -158,8 +160,8 @@ def _valid_rows(columns: SpanTable) -> tuple[SpanTable, int]:
 
 
 def build_frame(spans: Sequence[Span] | SpanTable, vocab: Vocabulary) -> Frame:
-    """Columns for ``spans``; invalid spans (end before start, missing ids, not a Span) are counted
-    in ``malformed`` and left out."""
+    """Columns for ``spans``; invalid spans (end before start, missing ids, times that are not
+    integers, not a Span) are counted in ``malformed`` and left out."""
     columns = spans if isinstance(spans, SpanTable) else SpanTable.from_spans(spans)
     columns, dropped = _valid_rows(columns)
     malformed = columns.rejected + dropped
