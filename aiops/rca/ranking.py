@@ -246,7 +246,8 @@ def _score(
     q_hi = settings.abnormal_quantile
 
     # --- latency: significant self-time shifts, weighted by the time they add per trace ----------
-    base_q = group_quantiles(unit_b, base.exclusive, n_units, (0.5, q_hi))
+    # Median, high and low quantiles of baseline self time in one sort (the low one is the structure view's).
+    base_q = group_quantiles(unit_b, base.exclusive, n_units, (0.5, q_hi, 1 - q_hi))
     inc_q = group_quantiles(unit_i, inc.exclusive, n_units, (0.5, q_hi))
     base_dur_q = group_quantiles(unit_b, base.duration.astype(np.float64), n_units, (0.5, 0.95))
     inc_dur_q = group_quantiles(unit_i, inc.duration.astype(np.float64), n_units, (0.5, 0.95))
@@ -332,7 +333,7 @@ def _score(
     spectrum = np.where((spectrum_z > _Z) & (ef >= 3), spectrum, 0.0)
 
     # --- structure: calls per invocation on call edges, and invocations ending abnormally fast ----
-    low = np.nan_to_num(group_quantiles(unit_b, base.exclusive, n_units, (1 - q_hi,))[0], nan=-np.inf)
+    low = np.nan_to_num(base_q[2], nan=-np.inf)
     low = np.where(known, low, -np.inf)
     fast_b = group_sum(unit_b, (base.exclusive < low[unit_b]).astype(np.float64), n_units)
     fast_i = group_sum(unit_i, (inc.exclusive < low[unit_i]).astype(np.float64), n_units)
