@@ -81,9 +81,16 @@ class _Streams:
             raise RuntimeError(opened)
         return self
 
-    async def counts(self) -> list[int]:
-        self._conn.send("report")
-        return await asyncio.to_thread(self._conn.recv)
+    async def counts(self, expected: int, within_s: float) -> list[int]:
+        """Each stream's event count, once every stream has ``expected`` events, or after ``within_s``
+        (the counts then show which streams fell short)."""
+        deadline = asyncio.get_running_loop().time() + within_s
+        while True:
+            self._conn.send("report")
+            counts: list[int] = await asyncio.to_thread(self._conn.recv)
+            if min(counts) >= expected or asyncio.get_running_loop().time() > deadline:
+                return counts
+            await asyncio.sleep(0.05)
 
     async def __aexit__(self, *_: object) -> None:
         self._conn.send("stop")
@@ -191,8 +198,7 @@ async def run(settings: StreamsBenchSettings) -> str:
                         started = time.perf_counter()
                         async with http.get("/readyz") as response:
                             readyz = (response.status, (time.perf_counter() - started) * 1000)
-                        await asyncio.sleep(1.0)  # the last events reach the streams
-                        received = sorted(await streams.counts())
+                        received = sorted(await streams.counts(settings.submits, within_s=10.0))
                     serve.check_alive()
             finally:
                 await http.close()
