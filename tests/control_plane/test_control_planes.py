@@ -23,7 +23,7 @@ from agents.noop import build_agent as noop_agent
 from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.leadership import LEADER_LOCK
-from tests.support.system import free_port, make_token, wait_for
+from tests.support.system import api_ready, free_port, make_token, wait_for
 
 HISTORY = ["pending", "queued", "running", "succeeded"]
 
@@ -49,7 +49,7 @@ class _ControlPlanes:
         self.processes.append(self._spawn(port))
         url = f"http://127.0.0.1:{port}"
         self.urls.append(url)
-        await wait_for(lambda: _ready(url), timeout_s=90, interval_s=0.2, what=f"the control plane on {url}")
+        await wait_for(lambda: api_ready(url), timeout_s=90, interval_s=0.2, what=f"the control plane on {url}")
         return url
 
     async def kill(self, index: int) -> None:
@@ -60,14 +60,6 @@ class _ControlPlanes:
         for process in self.processes:
             process.kill()
             process.wait()
-
-
-async def _ready(base_url: str) -> bool:
-    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as api:
-        try:
-            return (await api.get("/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 async def _leaders(db: asyncpg.Pool) -> int:

@@ -28,7 +28,7 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from agents.sdk import BrokerSettings
-from tests.support.system import free_port, make_token, wait_for
+from tests.support.system import api_ready, free_port, make_token, wait_for
 
 SLOTS = 2
 DECOMPRESSED_LIMIT = 16 * 1024 * 1024
@@ -59,14 +59,6 @@ def _peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     raise AssertionError("no VmHWM in /proc status")
-
-
-async def _ready(base_url: str) -> bool:
-    async with httpx.AsyncClient(base_url=base_url, timeout=5.0) as api:
-        try:
-            return (await api.get("/readyz")).status_code == 200
-        except httpx.HTTPError:
-            return False
 
 
 def _message(response: httpx.Response) -> str:
@@ -104,7 +96,7 @@ async def test_a_gzip_bomb_is_refused_at_the_decompressed_limit_without_inflatin
     assert len(bomb) < 2 * MiB
     token = await make_token(database_url, "agent")
     with _serve(database_url, broker_settings, tmp_path) as (base_url, pid):
-        await wait_for(lambda: _ready(base_url), timeout_s=90, what="devart serve")
+        await wait_for(lambda: api_ready(base_url), timeout_s=90, what="devart serve")
         before = _peak_rss_mib(pid)
         async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
                                      timeout=60.0) as api:
@@ -127,7 +119,7 @@ async def test_concurrent_large_exports_get_503_beyond_the_slots_while_readyz_an
     body = _heavy_export(60_000)
     ingest_token, ci_token = await make_token(database_url, "agent"), await make_token(database_url, "ci")
     with _serve(database_url, broker_settings, tmp_path) as (base_url, pid):
-        await wait_for(lambda: _ready(base_url), timeout_s=90, what="devart serve")
+        await wait_for(lambda: api_ready(base_url), timeout_s=90, what="devart serve")
         limits = httpx.Limits(max_connections=64)
         async with (httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {ingest_token}"},
                                       timeout=120.0, limits=limits) as exporter,

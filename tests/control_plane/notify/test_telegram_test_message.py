@@ -2,32 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 from control_plane.service import ControlPlane
+from tests.support.cli import devart
 from tests.support.system import client, make_token, serve_api
 from tests.telegram_fake.fixtures import GROUP, PRIVATE
 from tests.telegram_fake.server import FakeTelegramServer
 
 
-async def _devart(*args: str, env: dict[str, str], home: Path) -> tuple[int, str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DEVART_") and k != "DATABASE_URL"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control_plane.cli", *args, env=dict(base, DEVART_HOME=str(home), **env),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=90)
-    return process.returncode or 0, out.decode(), err.decode()
-
-
 async def test_cli_sends_to_every_chat_and_prints_the_answers(telegram: FakeTelegramServer, tmp_path: Path) -> None:
     env = {"DEVART_TELEGRAM_BOT_TOKEN": telegram.fake.token, "DEVART_TELEGRAM_API_URL": telegram.url,
            "DEVART_TELEGRAM_CHATS": json.dumps([{"chat_id": GROUP, "message_thread_id": 3}, {"chat_id": 999}])}
-    code, out, err = await _devart("telegram", "test", "--output", "json", env=env, home=tmp_path)
+    code, out, err = await devart("telegram", "test", "--output", "json", env=env, home=tmp_path)
     assert code == 3, err  # one chat failed
     results = json.loads(out)
     assert results[0]["ok"] and results[0]["answer"]["chat"]["id"] == GROUP
@@ -36,13 +24,13 @@ async def test_cli_sends_to_every_chat_and_prints_the_answers(telegram: FakeTele
     (sent,) = [c for c in telegram.fake.calls_of("sendMessage") if c.params["chat_id"] == GROUP]
     assert sent.params["message_thread_id"] == 3
 
-    code, out, _ = await _devart("telegram", "test", env={**env, "DEVART_TELEGRAM_CHATS": json.dumps(
+    code, out, _ = await devart("telegram", "test", env={**env, "DEVART_TELEGRAM_CHATS": json.dumps(
         [{"chat_id": PRIVATE}])}, home=tmp_path)
     assert code == 0 and out.startswith(f"chat {PRIVATE}: sent, message_id")
 
 
 async def test_cli_without_settings_says_what_to_set(tmp_path: Path) -> None:
-    code, out, err = await _devart("telegram", "test", env={}, home=tmp_path)
+    code, out, err = await devart("telegram", "test", env={}, home=tmp_path)
     assert code == 2 and out == "" and "DEVART_TELEGRAM_BOT_TOKEN" in err
 
 

@@ -3,10 +3,7 @@ tokens they lead to on the real API; why the admin client is never the signed-in
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 
 import httpx
@@ -14,17 +11,12 @@ from supabase import AsyncClientOptions, acreate_client
 
 from tests.control_plane.supabase.conftest import ApiFor, accepting
 from tests.supabase_fake.server import FakeSupabaseServer
+from tests.support.cli import devart
 from tests.support.system import client
 
 
 async def _devart(*args: str, env: dict[str, str], home: Path, stdin: str = "") -> tuple[int, str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("DEVART_") and k != "DATABASE_URL"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "control_plane.cli", "supabase", *args, env=dict(base, DEVART_HOME=str(home), **env),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(process.communicate(stdin.encode()), timeout=90)
-    return process.returncode or 0, out.decode(), err.decode()
+    return await devart("supabase", *args, env=env, home=home, stdin=stdin)
 
 
 def _env(server: FakeSupabaseServer, **overrides: str) -> dict[str, str]:
