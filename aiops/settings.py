@@ -129,6 +129,24 @@ class AiopsSettings(BaseSettings):
         le=60,
         description="consecutive anomalous steps of a series before its alert opens or joins an incident (debounce)",
     )
+    incident_recovery_steps: int = Field(
+        default=5,
+        ge=1,
+        le=1000,
+        description="consecutive steps back within the lead-in baseline's band before an anomaly recovers",
+    )
+    incident_recovery_sigmas: float = Field(
+        default=3.0,
+        gt=0,
+        le=100,
+        description="half-width of the recovery band in robust sigmas (1.4826 MAD) of the anomaly's lead-in",
+    )
+    incident_recovery_share: float = Field(
+        default=0.2,
+        ge=0,
+        lt=1,
+        description="the band is at least this share of the anomaly's largest deviation from its baseline",
+    )
     incident_max_catchup_steps: int = Field(
         default=60,
         ge=1,

@@ -4,13 +4,14 @@ Runs inside the caller's transaction. Per step: active anomalies follow their se
 anomalous step, peak, excerpt, calm steps); a fired alert with a known fingerprint reactivates its
 anomaly (deduplication); a new fingerprint joins a correlated incident (:mod:`grouping`) or opens
 one unless a silence or maintenance window covers it; an incident whose anomalies are all inactive
-resolves on its own. Listeners hear ``opened``, ``updated`` (a new or re-fired anomaly) and ``resolved``.
+resolves on its own. An anomaly becomes inactive when its series' episode recovers, i.e. its value
+is back near the baseline it had before the alert (:mod:`aiops.incidents.episode`), not when the
+detector goes quiet. Listeners hear ``opened``, ``updated`` (a new or re-fired anomaly) and ``resolved``.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,9 @@ class Observation:
     fired: Direction | None
     recovered: bool
     calm_steps: int
+    baseline: float | None
+    """The median of the lead-in the series' ongoing episode is judged against (None outside one)."""
+    in_episode: bool
     recent: Excerpt
 
     @property
@@ -71,6 +75,8 @@ class StepReport:
 
     events: dict[UUID, IncidentEvent] = field(default_factory=dict)
     suppressed: list[Fingerprint] = field(default_factory=list)
+    orphaned: list[tuple[str, str, str]] = field(default_factory=list)
+    """Series in an episode with no active anomaly (silenced, or resolved by hand): their episode ends."""
 
     def ids(self, event: IncidentEvent) -> list[UUID]:
         """Incidents that had ``event`` in this step."""
@@ -151,6 +157,11 @@ async def apply_step(
         await store.save_incident(conn, incident)
         if incident.id in report.events:
             await store.notify(conn, incident, report.events[incident.id])
+    active = {
+        (a.service, a.operation, a.signal)
+        for i in incidents if i.status != "resolved" for a in i.anomalies if a.active
+    }
+    report.orphaned = [o.series for o in observations if o.in_episode and o.series not in active]
     return report
 
 
@@ -169,8 +180,6 @@ def _follow(anomaly: Anomaly, obs: Observation, step_start_ns: int, step_end_ns:
 
 
 def _new_anomaly(obs: Observation, fingerprint: Fingerprint, step_start_ns: int, step_end_ns: int) -> Anomaly:
-    lead_in = [v for t, v in zip(obs.recent.timestamps_ns, obs.recent.values, strict=True) if t < step_start_ns]
-    finite = [v for v in lead_in if v is not None]
     anomaly = Anomaly(
         fingerprint=fingerprint.text,
         service=obs.service,
@@ -180,7 +189,7 @@ def _new_anomaly(obs: Observation, fingerprint: Fingerprint, step_start_ns: int,
         first_ns=step_start_ns,
         last_ns=step_end_ns,
         peak_score=obs.score,
-        baseline=statistics.median(finite) if finite else None,
+        baseline=obs.baseline,
         peak_value=None,
         relative_change=None,
         active=True,

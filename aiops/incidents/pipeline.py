@@ -20,6 +20,7 @@ import asyncpg
 
 from aiops.detection import Alerter, AlerterSettings, ConformalSettings, make_detector
 from aiops.incidents import series as series_store
+from aiops.incidents.episode import RecoveryRules
 from aiops.incidents.grouping import CallGraph
 from aiops.incidents.lifecycle import LifecyclePolicy, Observation, StepReport, apply_step
 from aiops.incidents.series import SeriesKey, TrackedSeries
@@ -35,25 +36,58 @@ _LOCK_KEY = 0x61696F70  # 'aiop': one processor of steps at a time across proces
 
 
 def live_detector_settings(given: ConformalSettings | None) -> ConformalSettings:
-    """The detector settings of the live path: as given (or from the environment), with the
-    detector's own hold after an alert switched off. Here the alerting rules are the suppression
-    (one alert until the series has been calm for ``recovery_points``), and they must see the
-    scores as they are: a detector that scored 0 during its hold would make a lasting fault look
-    calm, resolve its incident after a few steps and open a new one when the hold ended. For the
-    same reason the points of an ongoing anomaly stay out of the statistics' history for up to half a
-    window (by then the window's median has moved and the new level is normal): otherwise a lasting
-    fault's own values fill the tail its p-values are ranked against within a few steps of a short
-    history, and the fault looks normal while it lasts."""
+    """The detector settings of the live path: as given (or from the environment), the ones the
+    batch benchmark measures, with the detector's own hold after an alert switched off. The hold
+    only masks the scores that follow an alert (the detector learns the same with and without it);
+    here the debounce must see consecutive scores, and the series' episode is the suppression (one
+    anomaly until the value is back near its baseline, :mod:`aiops.incidents.episode`)."""
     settings = given if given is not None else ConformalSettings()
-    return settings.model_copy(update={"suppress_points": 0, "unlearned_points": settings.window_points // 2})
+    return settings.model_copy(update={"suppress_points": 0})
 
 
-def live_alerter_settings(settings: AiopsSettings, given: AlerterSettings | None) -> AlerterSettings:
-    """The alerting rules of the live path: as given (or from the environment), with at least
-    ``incident_min_anomalous_steps`` consecutive anomalous steps before an alert can open or join
-    an incident (the debounce: one unusual step among thousands of series is expected noise)."""
+def live_alerter_settings(given: AlerterSettings | None) -> AlerterSettings:
+    """The alerting rules of the live path: as given (or from the environment), firing on the first
+    anomalous point; the debounce is the episode's (see :func:`live_rules`)."""
     rules = given if given is not None else AlerterSettings()
-    return rules.model_copy(update={"min_points": max(rules.min_points, settings.incident_min_anomalous_steps)})
+    return rules.model_copy(update={"min_points": 1})
+
+
+@dataclass(frozen=True, slots=True)
+class LiveRules:
+    """Everything a tracked series of the live path runs: detector, alerting rules, recovery."""
+
+    detector: ConformalSettings
+    alerter: AlerterSettings
+    recovery: RecoveryRules
+    recent_points: int
+
+    def new_series(self, key: SeriesKey) -> TrackedSeries:
+        """A fresh series with a default detector."""
+        return TrackedSeries(
+            key, Alerter(make_detector(self.detector), self.alerter), recent_points=self.recent_points,
+            rules=self.recovery,
+        )
+
+
+def live_rules(
+    settings: AiopsSettings,
+    detector_settings: ConformalSettings | None = None,
+    alerter_settings: AlerterSettings | None = None,
+) -> LiveRules:
+    """The live path's rules from the AIOps settings and the detector's and alerting settings
+    (each from the environment when not given)."""
+    detector = live_detector_settings(detector_settings)
+    given = alerter_settings if alerter_settings is not None else AlerterSettings()
+    recovery = RecoveryRules(
+        # the debounce: one unusual step among thousands of series is expected noise
+        confirm_steps=max(given.min_points, settings.incident_min_anomalous_steps),
+        recovery_steps=settings.incident_recovery_steps,
+        band_sigmas=settings.incident_recovery_sigmas,
+        return_share=settings.incident_recovery_share,
+        memory_steps=detector.window_points,
+    )
+    alerter = live_alerter_settings(given)
+    return LiveRules(detector, alerter, recovery, settings.incident_excerpt_points)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,8 +113,7 @@ class IncidentPipeline:
         self.settings = settings
         self._pool = pool
         self._source = source
-        self._detector_settings = live_detector_settings(detector_settings)
-        self._alerter_settings = live_alerter_settings(settings, alerter_settings)
+        self._rules = live_rules(settings, detector_settings, alerter_settings)
         self.step_ns = settings.signal_step_s * _NS_PER_S
         self._policy = LifecyclePolicy(
             step_ns=self.step_ns,
@@ -141,8 +174,9 @@ class IncidentPipeline:
         return StepResult(step, report)
 
     async def _load(self, conn: asyncpg.Connection, progress: int | None, step: int) -> None:
-        points = self.settings.incident_excerpt_points
-        stored = await series_store.load_series(conn, recent_points=points)
+        stored = await series_store.load_series(
+            conn, recent_points=self._rules.recent_points, rules=self._rules.recovery
+        )
         for tracked in stored:
             self._upgrade(tracked)
         self._series = OrderedDict((s.key, s) for s in stored)
@@ -154,10 +188,10 @@ class IncidentPipeline:
         saved before the default changed) is replaced by a fresh default, which warms up again; the
         alerting rules, which are settings and not state, are always the current ones (so a changed
         debounce applies to series stored before it)."""
-        fresh = make_detector(self._detector_settings)
+        fresh = make_detector(self._rules.detector)
         if tracked.alerter.detector.kind != fresh.kind:
-            tracked.alerter = Alerter(fresh, self._alerter_settings)
-        tracked.alerter.settings = self._alerter_settings
+            tracked.alerter = Alerter(fresh, self._rules.alerter)
+        tracked.alerter.settings = self._rules.alerter
 
     async def _warm_up(self, step: int) -> None:
         start = step - self.settings.incident_warmup_steps * self.step_ns
@@ -174,7 +208,7 @@ class IncidentPipeline:
         # history only teaches the detectors: an alert still active there fires again on live data
         assert self._series is not None
         for tracked in self._series.values():
-            tracked.alerter = Alerter(tracked.alerter.detector, self._alerter_settings)
+            tracked.forget_alerts(self._rules.alerter)
 
     def _observe_step(self, spans: list[Span], step: int, evicted: list[SeriesKey]) -> list[Observation]:
         """Signals of one step and every detector's verdict on them (blocking: a worker thread)."""
@@ -190,6 +224,8 @@ class IncidentPipeline:
             conn, step_start_ns=step, observations=observations, graph=self.graph, policy=self._policy
         )
         assert self._series is not None
+        for key in report.orphaned:
+            self._series[key].end_episode()
         await series_store.save_series(conn, [self._series[o.series] for o in observations])
         if evicted:
             await series_store.delete_series(conn, evicted)
@@ -230,11 +266,7 @@ class IncidentPipeline:
                     continue
                 del self._series[oldest]
                 evicted.append(oldest)
-            self._series[key] = TrackedSeries(
-                key,
-                Alerter(make_detector(self._detector_settings), self._alerter_settings),
-                recent_points=self.settings.incident_excerpt_points,
-            )
+            self._series[key] = self._rules.new_series(key)
         if untracked:
             log.warning(
                 "%d live series not tracked: all %d tracked series are live (raise DEVART_AIOPS_INCIDENT_MAX_SERIES)",

@@ -25,7 +25,7 @@ def _obs(
     return Observation(
         service=service, operation="GET /", signal=signal, value=value, score=0.9 if anomalous else 0.0,
         anomalous=anomalous, fired=fired, recovered=recovered, calm_steps=0 if anomalous else 1,
-        recent=Excerpt(timestamps_ns=ts, values=[1.0, 1.0, 1.0, value]),
+        baseline=1.0, in_episode=not recovered, recent=Excerpt(timestamps_ns=ts, values=[1.0, 1.0, 1.0, value]),
     )
 
 

@@ -8,6 +8,7 @@ import numpy as np
 
 from aiops.detection import Alerter, ConformalSettings, make_detector
 from aiops.incidents import Anomaly, Excerpt
+from aiops.incidents.episode import RecoveryRules
 from aiops.incidents.grouping import CallGraph
 from aiops.incidents.series import TrackedSeries
 from aiops.incidents.severity import severity
@@ -50,15 +51,24 @@ def test_call_graph_links_transitive_callers_not_siblings_and_forgets_old_edges(
     assert graph.edges == {("api", "cache")}
 
 
-def test_tracked_series_state_round_trips_through_json() -> None:
+def test_tracked_series_state_round_trips_through_json_in_the_middle_of_an_episode() -> None:
     rng = np.random.default_rng(3)
-    settings = ConformalSettings(warmup_points=10)
-    original = TrackedSeries(("s", "op", "p95"), Alerter(make_detector(settings)), recent_points=4)
-    for t, v in enumerate(rng.normal(10, 1, 130).tolist() + [float("nan")]):
-        original.observe(t * 1_000_000_000, v)
-    restored = TrackedSeries.from_state(original.key, json.loads(json.dumps(original.state_dict())), recent_points=4)
+    settings = ConformalSettings(warmup_points=10, suppress_points=0)
+    rules = RecoveryRules(confirm_steps=2, recovery_steps=3, band_sigmas=3.0, return_share=0.2, memory_steps=50)
+    original = TrackedSeries(("s", "op", "p95"), Alerter(make_detector(settings)), recent_points=4, rules=rules)
+    fired = [original.observe(t * 1_000_000_000, v).fired
+             for t, v in enumerate(rng.normal(10, 1, 130).tolist() + [float("nan"), 30.0, 31.0])]
+    assert fired[-2:] == [None, "up"] and original.episode is not None  # confirmed on the second step
+    restored = TrackedSeries.from_state(
+        original.key, json.loads(json.dumps(original.state_dict())), recent_points=4, rules=rules
+    )
     assert restored.recent == original.recent and len(restored.recent) == 4
-    for t, v in enumerate([10.0, 30.0, 11.0], start=131):
+    seen = []
+    for t, v in enumerate([30.0, 10.0, 10.5, 9.8, 10.1], start=133):
         a, b = original.observe(t * 1_000_000_000, v), restored.observe(t * 1_000_000_000, v)
-        assert (a.score, a.fired, a.calm_steps) == (b.score, b.fired, b.calm_steps)
+        assert (a.score, a.fired, a.recovered, a.calm_steps, a.in_episode) == (
+            b.score, b.fired, b.recovered, b.calm_steps, b.in_episode
+        )
+        seen.append(a.recovered)
+    assert seen == [False, False, False, True, False]  # three steps back near 10 end the episode
     assert json.dumps(original.state_dict(), allow_nan=False)
