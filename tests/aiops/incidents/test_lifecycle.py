@@ -101,6 +101,8 @@ async def test_silences_and_maintenance_windows_suppress_opening(db: asyncpg.Poo
     quiet = await _step(db, 0, graph, _obs("db", 0, fired="up"), _obs("web", 0, fired="up"),
                         _obs("db", 0, fired="up", signal="rate"))
     assert [f.service for f in quiet.suppressed] == ["db", "web"]
+    # a silenced anomaly is never raised: its series' episode ends, so its next alert starts afresh
+    assert quiet.orphaned == [("db", "GET /", "p95"), ("web", "GET /", "p95")]
     [rate_incident] = quiet.ids("opened")  # the silence names p95 only
     assert (await get_incident(db, rate_incident)).anomalies[0].signal == "rate"
     expired = await _step(db, 3, _graph(), _obs("web", 3, fired="up"))  # both have ended by step 3
@@ -111,3 +113,12 @@ async def test_an_anomaly_of_a_series_no_longer_observed_is_inactive(db: asyncpg
     graph = _graph()
     [incident_id] = (await _step(db, 0, graph, _obs("db", 0, fired="up"))).ids("opened")
     assert (await _step(db, 1, graph)).ids("resolved") == [incident_id]
+
+
+async def test_a_series_whose_incident_was_resolved_by_hand_ends_its_episode(db: asyncpg.Pool) -> None:
+    graph = _graph()
+    [incident_id] = (await _step(db, 0, graph, _obs("db", 0, fired="up"))).ids("opened")
+    assert (await _step(db, 1, graph, _obs("db", 1))).orphaned == []
+    async with db.acquire() as conn:
+        await store.resolve(conn, incident_id=incident_id, by="sam")
+    assert (await _step(db, 2, graph, _obs("db", 2))).orphaned == [("db", "GET /", "p95")]
