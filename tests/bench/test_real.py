@@ -15,7 +15,8 @@ def test_quick_mode_prints_every_table(capsys: pytest.CaptureFixture[str]) -> No
     main(["--quick"])
     out = capsys.readouterr().out
     assert "## Detection: NAB score on nab-dev, split dev (6 series" in out
-    for detector in ("devart (default)", "numenta", "relativeEntropy", "windowedGaussian", "random"):
+    for detector in ("devart (default)", "devart live path (incidents)", "numenta", "relativeEntropy", "windowedGaussian",
+                     "random"):
         assert f"| {detector} |" in out
     assert "points/s" in out and "s/incident" in out
     assert "## RCA on nezha-ob, split dev (5 faults)" in out
