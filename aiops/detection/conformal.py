@@ -108,10 +108,6 @@ class ConformalSettings(BaseSettings):
     alert_p: float = Field(
         default=0.002, gt=0, lt=0.5, description="p-value that scores 0.5 (and starts suppression)"
     )
-    unlearned_points: int = Field(
-        default=0, ge=0, le=20_000,
-        description="most points in a row at or past the alert boundary kept out of the statistics' history (0: none)",
-    )
     suppress_points: int = Field(
         default=100, ge=0, description="points after an alert that score 0 unless far less likely"
     )
@@ -203,7 +199,6 @@ class ConformalDetector(StreamingDetector):
         self.last_t = -math.inf
         self.step = 0.0
         """The series' sampling step in seconds, learnt from the times between points (gaps left out)."""
-        self.unlearned = 0
         self.period = 0
         """0 until the probe is full, then the period in points, or -1 when there is none."""
         self.cycles: deque[float] = deque()
@@ -238,7 +233,6 @@ class ConformalDetector(StreamingDetector):
             "probe_t0": self.probe_t0,
             "last_t": self.last_t if math.isfinite(self.last_t) else None,
             "step": self.step,
-            "unlearned": self.unlearned,
             "period": self.period,
             "cycles": _missed_as_none(self.cycles),
         }
@@ -272,7 +266,6 @@ class ConformalDetector(StreamingDetector):
         last_t = state.get("last_t")
         self.last_t = -math.inf if last_t is None else float(last_t)
         self.step = float(state.get("step", 0.0))
-        self.unlearned = int(state["unlearned"])
         self.period = int(state["period"])
         self.cycles = deque(math.nan if v is None else float(v) for v in state["cycles"])
 
@@ -396,7 +389,6 @@ class ConformalDetector(StreamingDetector):
                         self.long_shifts.p_value(long_shift, tail_share),
                         self.bursts.p_value(burst, tail_share),
                     ])
-                p_raw = p
                 if self.n > cfg.warmup_points and len(self.points.fifo) >= cfg.min_history_points:
                     if self.hold > 0:
                         self.hold -= 1
@@ -409,15 +401,10 @@ class ConformalDetector(StreamingDetector):
                     q = (-math.log10(max(p, _P_FLOOR)) / alert_level) ** _HILL_ORDER
                     score = q / (1.0 + q)
                     sign = 1 if z >= 0.0 else -1
-                if p_raw > cfg.alert_p:
-                    self.unlearned = 0
-                if p_raw <= cfg.alert_p and self.unlearned < cfg.unlearned_points:
-                    self.unlearned += 1  # an ongoing anomaly does not calibrate itself away, for a while
-                else:
-                    self.points.push(point)
-                    self.shifts.push(shift)
-                    self.long_shifts.push(long_shift)
-                    self.bursts.push(burst)
+                self.points.push(point)
+                self.shifts.push(shift)
+                self.long_shifts.push(long_shift)
+                self.bursts.push(burst)
             self.last_sign = sign
             out.append(score * sign)
             a = 1.0 / self.n if self.n < 100 else 0.01
