@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 
 import asyncpg
 import pytest
@@ -21,6 +18,7 @@ from tests.support.services import (
     EmbeddedTestPostgres,
     delete_test_queues,
     ensure_rabbitmq,
+    postgres_root,
 )
 from tests.support.supabase_shape import SupabaseShapedPostgres
 from tests.support.system import StartAgent
@@ -101,15 +99,11 @@ async def start_agent(
 
 @pytest.fixture(scope="session")
 async def postgres() -> AsyncIterator[EmbeddedTestPostgres]:
-    # Not under pytest's tmp dir: as root, pgserver runs Postgres as its own user, which must be
-    # able to reach the data directory to stop the server cleanly.
-    root = Path(tempfile.mkdtemp(prefix="devart-test-pg-"))
-    root.chmod(0o755)
-    server = EmbeddedTestPostgres(root / "data")
-    await server.prepare_template()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    with postgres_root("devart-test-pg-") as root:
+        server = EmbeddedTestPostgres(root / "data")
+        await server.prepare_template()
+        yield server
+        server.stop()
 
 
 @pytest.fixture
@@ -130,10 +124,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 @pytest.fixture(scope="session")
 async def supabase_postgres() -> AsyncIterator[SupabaseShapedPostgres]:
     """A cluster of its own with Supabase's roles (tests/support/supabase_shape.py)."""
-    root = Path(tempfile.mkdtemp(prefix="devart-test-supabase-pg-"))
-    root.chmod(0o755)
-    server = SupabaseShapedPostgres(root / "data")
-    await server.prepare()
-    yield server
-    server.stop()
-    shutil.rmtree(root, ignore_errors=True)
+    with postgres_root("devart-test-supabase-pg-") as root:
+        server = SupabaseShapedPostgres(root / "data")
+        await server.prepare()
+        yield server
+        server.stop()

@@ -6,8 +6,11 @@ import asyncio
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -60,12 +63,7 @@ class EmbeddedTestPostgres:
     async def prepare_template(self) -> None:
         from schema.runner import migrate
 
-        conn = await asyncpg.connect(self.base_uri)
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {self.template}")
-            await conn.execute(f"CREATE DATABASE {self.template}")
-        finally:
-            await conn.close()
+        await run_sql(self.base_uri, f"DROP DATABASE IF EXISTS {self.template}", f"CREATE DATABASE {self.template}")
         conn = await asyncpg.connect(self.uri(self.template))
         try:
             await migrate(conn)
@@ -74,19 +72,34 @@ class EmbeddedTestPostgres:
 
     async def create_database(self) -> str:
         name = "t_" + uuid.uuid4().hex[:12]
-        conn = await asyncpg.connect(self.base_uri)
-        try:
-            await conn.execute(f"CREATE DATABASE {name} TEMPLATE {self.template}")
-        finally:
-            await conn.close()
+        await run_sql(self.base_uri, f"CREATE DATABASE {name} TEMPLATE {self.template}")
         return name
 
     async def drop_database(self, name: str) -> None:
-        conn = await asyncpg.connect(self.base_uri)
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await conn.close()
+        await run_sql(self.base_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@contextmanager
+def postgres_root(prefix: str) -> Iterator[Path]:
+    """A scratch directory for an embedded cluster, removed afterwards. Not under pytest's tmp dir:
+    as root, pgserver runs Postgres as its own user, which must be able to reach the data directory
+    to stop the server cleanly."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+async def run_sql(uri: str, *statements: str) -> None:
+    """``statements``, one after the other, on a connection of their own to ``uri``."""
+    conn = await asyncpg.connect(uri)
+    try:
+        for statement in statements:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
 
 
 async def queue_exists(amqp_url: str, name: str) -> bool:

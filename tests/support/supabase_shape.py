@@ -26,6 +26,8 @@ from pathlib import Path
 
 import asyncpg
 
+from tests.support.services import run_sql
+
 MIGRATOR = "supabase_postgres"
 """Supabase's ``postgres`` role: the one its SQL editor and migrations run as."""
 
@@ -111,29 +113,15 @@ class SupabaseShapedPostgres:
         return self._server.get_postmaster_info().get_uri(user=user, database=database)
 
     async def prepare(self) -> None:
-        conn = await asyncpg.connect(self.superuser_uri)
-        try:
-            await conn.execute(_CLUSTER)
-        finally:
-            await conn.close()
+        await run_sql(self.superuser_uri, _CLUSTER)
 
     async def create_database(self, *, realtime: bool = True) -> str:
         """A database shaped as a new Supabase project's, with or without ``supabase_realtime``."""
         name = "sb_" + uuid.uuid4().hex[:12]
-        conn = await asyncpg.connect(self.superuser_uri)
-        try:
-            await conn.execute(f"CREATE DATABASE {name} OWNER {MIGRATOR}")
-            await conn.execute(f'ALTER DATABASE {name} SET search_path TO "$user", public, extensions')
-        finally:
-            await conn.close()
-        conn = await asyncpg.connect(self._server.get_uri(name))
-        try:
-            await conn.execute(_DATABASE)
-            if realtime:
-                await conn.execute(f"CREATE PUBLICATION supabase_realtime; "
-                                   f"ALTER PUBLICATION supabase_realtime OWNER TO {MIGRATOR}")
-        finally:
-            await conn.close()
+        await run_sql(self.superuser_uri, f"CREATE DATABASE {name} OWNER {MIGRATOR}",
+                      f'ALTER DATABASE {name} SET search_path TO "$user", public, extensions')
+        publication = (f"CREATE PUBLICATION supabase_realtime; ALTER PUBLICATION supabase_realtime OWNER TO {MIGRATOR}",)
+        await run_sql(self._server.get_uri(name), _DATABASE, *(publication if realtime else ()))
         return name
 
     async def create_migrated_database(self, *, realtime: bool = True) -> str:
@@ -149,8 +137,4 @@ class SupabaseShapedPostgres:
         return name
 
     async def drop_database(self, name: str) -> None:
-        conn = await asyncpg.connect(self.superuser_uri)
-        try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        finally:
-            await conn.close()
+        await run_sql(self.superuser_uri, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
