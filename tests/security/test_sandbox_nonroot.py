@@ -10,6 +10,7 @@ as that user (it refuses to start otherwise)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 import shutil
@@ -136,3 +137,31 @@ async def test_a_non_root_agents_cgroup_limits_a_memory_hog_over_many_processes(
     assert "all-held" not in hog.lines
     assert hog.lines.count("held") < 6
     assert "OOMKilled" in (hog.task["status_reason"] or "")
+
+
+async def test_an_agent_without_a_writable_cgroup_refuses_to_start_and_says_why() -> None:
+    """The same user without delegated cgroups: this host's v2 hierarchy offers none of memory,
+    pids and cpu (they are bound to the v1 hierarchies), and the v1 ones belong to root. Neither is
+    writable, so ``python -m agents.shell`` refuses to start, exit 2, naming both; only an explicit
+    ``DEVART_SANDBOX_INSECURE=1`` makes it start without a cgroup, saying so."""
+    launcher = AsUnprivileged([])
+    env = {"PATH": os.environ["PATH"], **launcher.env}
+    argv = launcher.argv([sys.executable, "-m", "agents.shell", "--slots", "1"])
+    refused = await asyncio.create_subprocess_exec(*argv, env=env, stdout=asyncio.subprocess.PIPE,
+                                                   stderr=asyncio.subprocess.PIPE, cwd="/")
+    _, err = await asyncio.wait_for(refused.communicate(), 60)
+    said = err.decode()
+    assert refused.returncode == 2, said
+    assert "refusing to start: the local sandbox cannot isolate attempts on this host:" in said
+    assert "cgroup v2 at /sys/fs/cgroup/unified does not offer cpu, memory, pids" in said, said
+    assert "cannot create cgroups under /sys/fs/cgroup/" in said and "Permission denied" in said, said
+    assert "DEVART_SANDBOX_INSECURE=1" in said
+
+    # with the explicit opt-out it starts (and, with no broker prefix set, stops right after saying so)
+    insecure = await asyncio.create_subprocess_exec(
+        *argv, env=env | {"DEVART_SANDBOX_INSECURE": "1"}, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE, cwd="/")
+    _, err = await asyncio.wait_for(insecure.communicate(), 60)
+    said = err.decode()
+    assert "WARNING: DEVART_SANDBOX_INSECURE is set, local sandbox: attempts run with namespaces (bubblewrap), " \
+           f"as the agent's uid {UID}; NO cgroup: per-process rlimits only" in said, said
