@@ -1,15 +1,16 @@
 """Submit latency with and without 1,000 open event streams.
 
-    python -m bench.streams [--streams 1000] [--submits 200] [--rate 10]
+    python -m bench.streams [--streams 1000] [--submits 200] [--rate 10] [--rounds 4] [--profile-dir DIR]
 
 ``devart serve`` runs as a subprocess on an embedded pgserver (or ``--database-url``) with its
 production defaults; no agent runs, so every task stays ``pending`` and each submit fans one
 ``task`` event out to every open stream. The driver (aiohttp) submits ``--submits`` tasks one at a
-time (at most ``--rate`` per second) and times each ``POST /api/v1/tasks``: first with no stream
-open, then with ``--streams`` ``GET /api/v1/events`` streams open (spread over tokens so no
-per-token cap is reached, and held by a process of their own so the driver's loop only times
-submits), and prints p50/p99 of both and the ratio of the p99s (target: at most
-2x). It also reports how many events the streams received, and /readyz with the streams open.
+time (at most ``--rate`` per second) and times each ``POST /api/v1/tasks``, with no stream open
+and with ``--streams`` ``GET /api/v1/events`` streams open (spread over tokens so no per-token cap
+is reached, and held by a process of their own so the driver's loop only times submits), the two
+alternating in ``--rounds`` rounds so that both meet the same load from the machine's other
+processes. It prints p50/p99 of both and the ratio of the p99s (target: at most 2x), how many
+events the streams received, /readyz with the streams open and the load average of each round.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.dispatch import _free_port, _postgres, _process, _wait_until
 from bench.options import settings_parser
+from bench.pyspy import profile_processes
 
 
 class StreamsBenchSettings(BaseSettings):
@@ -45,6 +47,11 @@ class StreamsBenchSettings(BaseSettings):
     submits: int = Field(default=200, ge=10, description="tasks submitted one at a time in each phase")
     rate: float = Field(default=10.0, gt=0, description="most submits per second")
     phase_timeout_s: float = Field(default=300.0, gt=0, description="give up on a phase after this long")
+    rounds: int = Field(default=4, ge=1, description="the two phases alternate in this many rounds (the streams "
+                        "open afresh in each), so both see the same background load")
+    profile_dir: Path | None = Field(default=None, description="sample the API with py-spy during the last round "
+                                     "with streams, write here and print where its time goes")
+    profile_rate: int = Field(default=250, ge=1, le=2000, description="py-spy samples per second")
 
 
 async def _submits(http: aiohttp.ClientSession, count: int, rate: float) -> list[float]:
@@ -192,26 +199,44 @@ async def run(settings: StreamsBenchSettings) -> str:
 
                     await _wait_until(ready, timeout_s=60, what="devart serve to be ready", interval_s=0.1)
                     await _submits(http, 20, settings.rate * 4)  # warm-up
-                    quiet = await _submits(http, settings.submits, settings.rate)
-                    async with _Streams(port, viewers, settings.streams, settings.streams_per_token) as streams:
-                        loaded = await _submits(http, settings.submits, settings.rate)
-                        started = time.perf_counter()
-                        async with http.get("/readyz") as response:
-                            readyz = (response.status, (time.perf_counter() - started) * 1000)
-                        received = sorted(await streams.counts(settings.submits, within_s=10.0))
+                    chunk = settings.submits // settings.rounds
+                    quiet: list[float] = []
+                    loaded: list[float] = []
+                    load: list[float] = []
+                    received: list[int] = []
+                    profile = None
+                    for last in [False] * (settings.rounds - 1) + [True]:
+                        load.append(os.getloadavg()[0])
+                        quiet += await _submits(http, chunk, settings.rate)
+                        async with _Streams(port, viewers, settings.streams, settings.streams_per_token) as streams:
+                            async with profile_processes({"api": serve.pid}, settings.profile_dir if last else None,
+                                                         rate=settings.profile_rate, tasks=chunk) as profiled:
+                                loaded += await _submits(http, chunk, settings.rate)
+                            profile = profiled or profile
+                            started = time.perf_counter()
+                            async with http.get("/readyz") as response:
+                                readyz = (response.status, (time.perf_counter() - started) * 1000)
+                            received += await streams.counts(chunk, within_s=10.0)
+                    load.append(os.getloadavg()[0])
                     serve.check_alive()
             finally:
                 await http.close()
     q50, q99 = _p50_p99(quiet)
     l50, l99 = _p50_p99(loaded)
     ratio = l99 / q99
+    received.sort()
     return "\n".join([
-        f"POST /api/v1/tasks, {settings.submits} submits one at a time (at most {settings.rate:g}/s), no agent:",
+        f"POST /api/v1/tasks, {len(quiet)} submits one at a time (at most {settings.rate:g}/s) without and with "
+        f"streams, alternating in {settings.rounds} rounds of {chunk}, no agent:",
         f"  no streams open:        p50 {q50:6.1f} ms   p99 {q99:6.1f} ms",
         f"  {settings.streams:>5} streams open:     p50 {l50:6.1f} ms   p99 {l99:6.1f} ms",
         f"  p99 with / without streams: {ratio:.2f}x (target at most 2x: {'met' if ratio <= 2 else 'NOT met'})",
-        f"  events received per stream (of {settings.submits}): min {received[0]}, median {received[len(received) // 2]}",
+        f"  events received per stream and round (of {chunk}): min {received[0]}, "
+        f"median {received[len(received) // 2]}",
         f"  /readyz with the streams open: {readyz[0]} in {readyz[1]:.1f} ms",
+        f"  1-min load average ({os.cpu_count()} CPUs) at each round's start, then at the end: "
+        + " ".join(f"{x:.2f}" for x in load),
+        *([profile.report()] if profile is not None else []),
     ])
 
 

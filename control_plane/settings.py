@@ -62,6 +62,16 @@ class Settings(BaseSettings):
     sse_flush_s: float = Field(
         default=0.2, gt=0, description="notifications reach streams in batches at most this often (fan-out cost)"
     )
+    sse_max_writes_per_s: float = Field(
+        default=2000.0, gt=0,
+        description="stream writes per second the fan-out keeps under: with many streams open, batches go out "
+        "less often than sse_flush_s (every open streams / this seconds; 1,000 streams: 0.5 s)",
+    )
+    sse_yield_max_s: float = Field(
+        default=0.25, ge=0,
+        description="a batch's fan-out waits while API requests hold database connections, at most this long in "
+        "all: requests go first, streams get the batch this much later at worst",
+    )
     sse_fanout_slice: int = Field(
         default=16, ge=1,
         description="streams handed a batch per turn of the event loop; other requests run between slices",

@@ -193,7 +193,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
 async def _per_process(app: FastAPI, cp: ControlPlane) -> AsyncIterator[None]:
     """The API process's own shared parts: the event hub and the OTLP decode slots."""
     app.state.otlp_slots = traces.DecodeSlots(cp.aiops.otlp_max_concurrent_decodes)
-    hub = EventHub(cp.loops_pool, cp.settings)
+    hub = EventHub(cp.loops_pool, cp.settings, requests_pool=cp.pool)
     await hub.listen()
     hub.start()
     app.state.hub = hub

@@ -2,8 +2,11 @@
 
 A stream holds no database connection: it is a bounded list of batches fed by the hub.
 Notifications are handed out in batches, at most one per ``sse_flush_s``, with the event frames
-built once for all streams; an event stream gets every batch with events, a log follower only those
-about its task. A batch reaches ``sse_fanout_slice`` streams per turn of the event loop, so requests
+built once for all streams; with many streams open, batches go out less often, so that the streams
+get at most ``sse_max_writes_per_s`` writes a second in all (each is a socket write per stream, the
+fan-out's main cost), and a fan-out waits while API requests hold database connections (at most
+``sse_yield_max_s`` per batch), so a request waits behind one slice of it at most; an event
+stream gets every batch with events, a log follower only those about its task. A batch reaches ``sse_fanout_slice`` streams per turn of the event loop, so requests
 go on between slices; a stream wakes once for all it has pending. A stream more than 1,000 batches
 behind is closed with ``: closed (too slow)`` (the client reconnects). Streams are counted per
 process and per token; beyond ``sse_max_streams`` or ``sse_max_streams_per_token`` a new one gets
@@ -34,6 +37,7 @@ from control_plane.settings import Settings
 log = logging.getLogger("devart.hub")
 
 CHANNELS = ("devart_events", "devart_logs")
+_YIELD_POLL_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -56,6 +60,16 @@ class Batch:
         if len(batches) == 1:
             return batches[0]
         return Batch(tuple(n for b in batches for n in b.notifications), b"".join(b.event_frames for b in batches))
+
+
+@dataclass(eq=False)
+class _Delivery:
+    """A batch (``None``: a keepalive) on its way to ``recipients``, handed out a slice at a time."""
+
+    item: Batch | None
+    recipients: list[Stream]
+    waited_s: float = 0.0
+    """How long it has waited for requests so far."""
 
 
 @dataclass(eq=False)
@@ -120,9 +134,12 @@ class EventHub(LoopService):
 
     name = "sse-hub"
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, *, queue_size: int = 1000) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, *, queue_size: int = 1000,
+                 requests_pool: asyncpg.Pool | None = None) -> None:
         super().__init__(settings.sse_revocation_check_s)
         self._pool = pool
+        self._requests_pool = requests_pool
+        """The API's pool: while a request holds one of its connections, a fan-out waits (requests first)."""
         self._settings = settings
         self._queue_size = queue_size
         self._streams: set[Stream] = set()
@@ -132,7 +149,7 @@ class EventHub(LoopService):
         self._conn: asyncpg.Connection | None = None
         self._pending: list[Notification] = []
         self._flush_at: asyncio.TimerHandle | None = None
-        self._deliveries: deque[tuple[Batch | None, list[Stream]]] = deque()
+        self._deliveries: deque[_Delivery] = deque()
         self._delivering: asyncio.Handle | None = None
         self._beat_at: asyncio.TimerHandle | None = None
 
@@ -165,7 +182,12 @@ class EventHub(LoopService):
     def _on_notify(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
         self._pending.append(Notification(channel, payload))
         if self._flush_at is None:
-            self._flush_at = asyncio.get_running_loop().call_later(self._settings.sse_flush_s, self._flush)
+            self._flush_at = asyncio.get_running_loop().call_later(self.flush_interval_s, self._flush)
+
+    @property
+    def flush_interval_s(self) -> float:
+        """How long notifications gather before a batch: ``sse_flush_s``, longer with many streams."""
+        return max(self._settings.sse_flush_s, len(self._streams) / self._settings.sse_max_writes_per_s)
 
     def _flush(self) -> None:
         self._flush_at = None
@@ -189,19 +211,29 @@ class EventHub(LoopService):
 
     def _deliver(self, item: Batch | None, recipients: list[Stream]) -> None:
         if recipients:
-            self._deliveries.append((item, recipients))
+            self._deliveries.append(_Delivery(item, recipients))
         if self._delivering is None and self._deliveries:
             self._delivering = asyncio.get_running_loop().call_soon(self._deliver_slice)
 
+    def _requests_running(self) -> bool:
+        pool = self._requests_pool
+        return pool is not None and pool.get_size() > pool.get_idle_size()
+
     def _deliver_slice(self) -> None:
-        """One slice of the oldest delivery; the rest at the loop's next turn, after its I/O."""
+        """One slice of the oldest delivery; the rest at the loop's next turn, after its I/O. While
+        requests run, it waits for them (each slice is a socket write per stream, which a request
+        would wait behind), at most ``sse_yield_max_s`` in all per delivery."""
         self._delivering = None
-        item, recipients = self._deliveries[0]
-        now = asyncio.get_running_loop().time()
-        size = self._settings.sse_fanout_slice
+        delivery = self._deliveries[0]
+        loop = asyncio.get_running_loop()
+        if self._requests_running() and delivery.waited_s < self._settings.sse_yield_max_s:
+            delivery.waited_s += _YIELD_POLL_S
+            self._delivering = loop.call_later(_YIELD_POLL_S, self._deliver_slice)
+            return
+        now, size, recipients = loop.time(), self._settings.sse_fanout_slice, delivery.recipients
         for stream in recipients[-size:]:
             if not stream.closed:
-                stream._put(item, now)
+                stream._put(delivery.item, now)
         del recipients[-size:]
         if not recipients:
             self._deliveries.popleft()
