@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 from uuid import UUID
 
 import aio_pika
@@ -24,8 +25,12 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from agents.sdk.messages import (
+    BATCH_TYPE,
     EVENT_ADAPTER,
+    EVENTS_ADAPTER,
     HEADER_DEAD_REASON,
+    HEADER_TRACEPARENT,
+    HEADER_TRACEPARENTS,
     AgentBye,
     AgentHeartbeat,
     AgentHello,
@@ -370,6 +375,32 @@ SELECT id, attempt, from_status, to_status, agent_id, reason FROM (
 """
 
 
+class _Received(NamedTuple):
+    """An authentic event, the message it came in, and its own trace context."""
+
+    message: AbstractIncomingMessage
+    event: Event
+    trace_headers: Mapping[str, object] | None
+
+
+def _body(received: _Received) -> bytes:
+    """What to keep of a refused or failing event: its message, or only its part of a batch (the
+    batch's other events are applied)."""
+    if received.message.type == BATCH_TYPE:
+        return received.event.model_dump_json().encode()
+    return received.message.body
+
+
+def _trace_headers(message: AbstractIncomingMessage, i: int) -> Mapping[str, object] | None:
+    """The trace context of the ``i``-th event of ``message``: an event batch lists one per event."""
+    if message.type != BATCH_TYPE:
+        return message.headers
+    parents = (message.headers or {}).get(HEADER_TRACEPARENTS)
+    if not isinstance(parents, list) or i >= len(parents):
+        return None
+    return {HEADER_TRACEPARENT: parents[i]}
+
+
 def _dead_copy(topology: Topology, task: asyncpg.Record, ev: TaskFailed, reason: str) -> OutboxMessage:
     body = json.dumps({"task_id": str(task["id"]), "attempt": ev.attempt, "type": task["type"]}).encode()
     return OutboxMessage(topology.dead, "", body, {HEADER_DEAD_REASON: reason})
@@ -448,14 +479,20 @@ class EventsConsumer:
                     await asyncio.sleep(1.0)
 
     async def _apply_batch(self, messages: list[AbstractIncomingMessage]) -> None:
-        decoded: list[tuple[AbstractIncomingMessage, Event]] = []
-        set_aside: list[tuple[AbstractIncomingMessage, str]] = []
+        received: list[tuple[AbstractIncomingMessage, list[Event]]] = []
+        set_aside: list[tuple[bytes, str]] = []
         for message in messages:
             try:
-                decoded.append((message, EVENT_ADAPTER.validate_json(message.body)))
+                if message.type == BATCH_TYPE:
+                    events = EVENTS_ADAPTER.validate_json(message.body)
+                    if not events:
+                        raise ValueError("an empty event batch")
+                else:
+                    events = [EVENT_ADAPTER.validate_json(message.body)]
+                received.append((message, events))
             except (ValidationError, ValueError, RecursionError) as exc:
-                set_aside.append((message, f"undecodable: {exc}"))
-        decoded = await self._authentic(decoded, set_aside)
+                set_aside.append((message.body, f"undecodable: {exc}"))
+        decoded = await self._authentic(received, set_aside)
         while True:
             try:
                 effects = await self._apply_all(decoded)
@@ -475,45 +512,54 @@ class EventsConsumer:
         await self._after_commit(effects)
 
     async def _authentic(
-        self, decoded: list[tuple[AbstractIncomingMessage, Event]], set_aside: list[tuple[AbstractIncomingMessage, str]]
-    ) -> list[tuple[AbstractIncomingMessage, Event]]:
-        """The events signed by the agent they name about its own pool; the others are set aside with the reason."""
-        if not decoded:
-            return decoded
-        signed = []
+        self, received: list[tuple[AbstractIncomingMessage, list[Event]]],
+        set_aside: list[tuple[bytes, str]],
+    ) -> list[_Received]:
+        """The events signed by the agent they name about its own pool, each with its message; the
+        others are set aside with the reason. A batch is signed as a whole by the one agent all its
+        events name, and carries results only (what an agent batches)."""
+        if not received:
+            return []
+        signed: list[_Received] = []
         async with self._pool.acquire() as conn:
-            for message, event in decoded:
+            for message, events in received:
+                agents = {event.agent_id for event in events}
                 signature = (message.headers or {}).get(HEADER_SIGNATURE)
-                refused = await self._verifier.refusal(conn, event, message.body, signature)
+                if len(agents) > 1:
+                    refused = f"an event batch naming {len(agents)} agents"
+                elif message.type == BATCH_TYPE and not all(isinstance(e, TaskSucceeded | TaskFailed) for e in events):
+                    refused = "an event batch with other events than results"
+                else:  # results name no pool: the first event stands for the batch's signature
+                    refused = await self._verifier.refusal(conn, events[0], message.body, signature)
                 if refused is None:
-                    signed.append((message, event))
+                    signed.extend(_Received(message, event, _trace_headers(message, i)) for i, event in enumerate(events))
                 else:
-                    log.warning("refused a %s event: %s", event.kind, refused)
-                    set_aside.append((message, refused))
-            foreign = await self._verifier.foreign_attempts(conn, [event for _, event in signed])
+                    log.warning("refused a %s message: %s", message.type or events[0].kind, refused)
+                    set_aside.append((message.body, refused))
+            foreign = await self._verifier.foreign_attempts(conn, [r.event for r in signed])
         for i, reason in foreign.items():
-            log.warning("refused a %s event: %s", signed[i][1].kind, reason)
-            set_aside.append((signed[i][0], reason))
-        return [pair for i, pair in enumerate(signed) if i not in foreign]
+            log.warning("refused a %s event: %s", signed[i].event.kind, reason)
+            set_aside.append((_body(signed[i]), reason))
+        return [r for i, r in enumerate(signed) if i not in foreign]
 
-    async def _apply_all(self, decoded: list[tuple[AbstractIncomingMessage, Event]]) -> _Effects:
+    async def _apply_all(self, decoded: list[_Received]) -> _Effects:
         effects = _Effects()
         # A CONSUMER span per task event in the task's trace, child of the agent's publish span; the
         # batch's set-based statements and its commit are shared, so each span covers all of them.
         spans = [
             _tracer.start_span(
-                f"apply {event.kind}", context=extract_context(message.headers), kind=trace.SpanKind.CONSUMER,
+                f"apply {event.kind}", context=extract_context(trace_headers), kind=trace.SpanKind.CONSUMER,
                 attributes={"messaging.system": "rabbitmq", "messaging.operation.type": "process",
                             "messaging.destination.name": self._config.topology.events_queue,
                             "messaging.batch.message_count": len(decoded),
                             "devart.task_id": str(task_id), "devart.attempt": getattr(event, "attempt", 0)},
             )
-            for message, event in decoded
+            for _, event, trace_headers in decoded
             if (task_id := getattr(event, "task_id", None)) is not None  # agent lifecycle events: no trace
         ]
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                await self._applier.apply_batch(conn, [event for _, event in decoded], effects)
+                await self._applier.apply_batch(conn, [r.event for r in decoded], effects)
                 for task_id in effects.log_tasks:
                     await conn.execute("SELECT pg_notify('devart_logs', $1)", str(task_id))
                 if effects.ended_tasks and self._config.on_tasks_ended is not None:
@@ -528,28 +574,29 @@ class EventsConsumer:
         return effects
 
     async def _apply_one_by_one(
-        self, decoded: list[tuple[AbstractIncomingMessage, Event]], set_aside: list[tuple[AbstractIncomingMessage, str]]
+        self, decoded: list[_Received], set_aside: list[tuple[bytes, str]]
     ) -> _Effects:
         effects = _Effects()
-        for message, event in decoded:
+        for received in decoded:
+            event = received.event
             try:
-                one = await self._apply_all([(message, event)])
+                one = await self._apply_all([received])
             except _TRANSIENT:
                 raise
             except Exception as exc:  # set aside with the reason; the consumer goes on
-                set_aside.append((message, f"{event.kind} event could not be applied: {type(exc).__name__}: {exc}"))
+                set_aside.append((_body(received), f"{event.kind} event could not be applied: {type(exc).__name__}: {exc}"))
                 continue
             effects.agents_joined |= one.agents_joined
             effects.log_tasks |= one.log_tasks
         return effects
 
-    async def _store_bad_events(self, bad: list[tuple[AbstractIncomingMessage, str]]) -> None:
+    async def _store_bad_events(self, bad: list[tuple[bytes, str]]) -> None:
         for _, reason in bad:
             log.error("agent event set aside in dead_letters: %s", reason[:300])
         async with self._pool.acquire() as conn:
             await conn.executemany(
                 "INSERT INTO dead_letters (reason, body, headers) VALUES ($1, $2, '{}')",
-                [(safe_text(f"agent event: {reason}"[:1000]), message.body) for message, reason in bad],
+                [(safe_text(f"agent event: {reason}"[:1000]), body) for body, reason in bad],
             )
 
     async def _after_commit(self, effects: _Effects) -> None:

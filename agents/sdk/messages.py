@@ -12,7 +12,11 @@ Flows:
   idempotent per that pair.
 * ``Event``: agent -> ``devart.events`` (topic), routing key ``task.<task_id>.<kind>`` or
   ``agent.<agent_id>.<kind>``. ``seq`` increases per ``(task_id, attempt)`` for task events and per
-  agent instance for agent events, so the control plane can drop duplicates.
+  agent instance for agent events, so the control plane can drop duplicates. Terminal events of
+  several tasks that are ready together travel as one *event batch* message: AMQP type ``batch``,
+  routing key ``agent.<agent_id>.batch``, the body a JSON array of the events (all of that agent),
+  signed as a whole, and header ``x-devart-traceparents`` listing each event's ``traceparent`` in
+  order.
 * ``ControlCommand``: control plane -> ``devart.control`` (topic), routing key ``agent.<agent_id>``.
 """
 
@@ -204,7 +208,17 @@ Event = Annotated[
 ]
 EVENT_ADAPTER: TypeAdapter[Event] = TypeAdapter(Event)
 
+EVENTS_ADAPTER: TypeAdapter[list[Event]] = TypeAdapter(list[Event])
+
 TERMINAL_EVENT_KINDS = frozenset({"succeeded", "failed"})
+
+BATCH_TYPE = "batch"
+"""The AMQP ``type`` of an event batch message."""
+HEADER_TRACEPARENTS = "x-devart-traceparents"
+
+
+def batch_routing_key(agent_id: str) -> str:
+    return f"agent.{agent_id}.{BATCH_TYPE}"
 
 
 def event_routing_key(event: Event) -> str:

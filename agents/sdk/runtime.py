@@ -38,6 +38,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk import eventloop
 from agents.sdk.agent import Agent
+from agents.sdk.batcher import EventBatcher, Outgoing
 from agents.sdk.context import TaskContext
 from agents.sdk.errors import NonRetryableError, RetryableError
 from agents.sdk.eventloop import EventLoop
@@ -121,6 +122,12 @@ class AgentRuntimeSettings(BaseSettings):
         "start instead of a started event and a terminal one; longer ones send started once it has passed, "
         "or at its first log line or progress report (0 = always send started before running the handler)",
     )
+    event_batch_s: float = Field(
+        default=0.002, ge=0,
+        description="longest time a terminal event waits for others to share one broker message (while "
+        "a batch awaits its confirm the next one gathers anyway); 0 = only those ready at once",
+    )
+    event_batch_max: int = Field(default=64, ge=1, description="terminal events per broker message at most")
     finished_memory: int = Field(
         default=10_000,
         ge=1,
@@ -389,6 +396,7 @@ class AgentRuntime:
         self._stop_requested = asyncio.Event()
         self._consuming_lock = asyncio.Lock()
         self._closed = False
+        self._batcher: EventBatcher | None = None
 
     # lifecycle
 
@@ -447,6 +455,8 @@ class AgentRuntime:
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
         exchanges = await declare_exchanges(publish, self.topology)
         self._events, self._dead = exchanges["events"], exchanges["dead"]
+        self._batcher = EventBatcher(self._events, self.agent.agent_id, self.credentials.sign_event,
+                                     window_s=self.settings.event_batch_s, max_events=self.settings.event_batch_max)
         await declare_events_queue(publish, self.topology)
         await declare_dead_queue(publish, self.topology)
 
@@ -961,15 +971,18 @@ class AgentRuntime:
             inject_headers(carrier)
             body = event.model_dump_json().encode()
             carrier[HEADER_SIGNATURE] = self.credentials.sign_event(body)
-            message = aio_pika.Message(
-                body,
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                headers=carrier,
-                type=event.kind,
-            )
             try:
-                await self._events.publish(message, routing_key=routing_key, mandatory=True)
+                if isinstance(event, TaskSucceeded | TaskFailed) and self._batcher is not None:
+                    await self._batcher.send(Outgoing(body, routing_key, event.kind, carrier))
+                else:
+                    message = aio_pika.Message(
+                        body,
+                        content_type="application/json",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        headers=carrier,
+                        type=event.kind,
+                    )
+                    await self._events.publish(message, routing_key=routing_key, mandatory=True)
             except (
                 aio_pika.exceptions.AMQPError,
                 aio_pika.exceptions.DeliveryError,
