@@ -151,8 +151,9 @@ async def create_tasks(
 async def _create(
     conn: asyncpg.Connection, task: NewTask, by: Submitter, idempotency_key: str | None
 ) -> tuple[asyncpg.Record, bool]:
-    digest = request_hash(task)
+    digest = None  # only a replay compares it
     if idempotency_key is not None:
+        digest = request_hash(task)
         existing = await _by_idempotency_key(conn, by.created_by, idempotency_key, digest)
         if existing is not None:
             return existing, True

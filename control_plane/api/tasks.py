@@ -87,23 +87,22 @@ def _new_task(body: TaskCreate, settings: Settings) -> task_store.NewTask:
 )
 async def create_task(
     body: TaskCreate,
-    response: Response,
     conn: DbConn,
     cp: ControlPlaneDep,
     who: Creator,
     remote: Remote,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same task")] = None,
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> TaskPublic:
+) -> Response:
     new = _new_task(body, cp.settings)
     await cp.input_schemas.validate(conn, type=new.type, requires=new.requires, data=new.input)
     row, replayed = await task_store.create_task(
         conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
     )
+    headers = {"Location": f"/api/v1/tasks/{row['id']}"}
     if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    response.headers["Location"] = f"/api/v1/tasks/{row['id']}"
-    return _public(row)
+        headers["Idempotent-Replayed"] = "true"
+    return _created(_public(row), headers)
 
 
 @router.post(
@@ -112,14 +111,13 @@ async def create_task(
 )
 async def create_tasks(
     body: TaskBatchCreate,
-    response: Response,
     conn: DbConn,
     cp: ControlPlaneDep,
     who: Creator,
     remote: Remote,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same tasks")] = None,
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> TaskBatch:
+) -> Response:
     settings = cp.settings
     if len(body.tasks) > settings.max_batch_tasks:
         raise InvalidInput(f"a batch holds at most {settings.max_batch_tasks} tasks, not {len(body.tasks)}",
@@ -135,9 +133,14 @@ async def create_tasks(
     rows, replayed = await task_store.create_tasks(
         conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
     )
-    if replayed:
-        response.headers["Idempotent-Replayed"] = "true"
-    return TaskBatch(tasks=[_public(row) for row in rows])
+    return _created(TaskBatch(tasks=[_public(row) for row in rows]), {"Idempotent-Replayed": "true"} if replayed else {})
+
+
+def _created(model: TaskPublic | TaskBatch, headers: dict[str, str]) -> Response:
+    # The submit path's answer serialised once by pydantic, instead of FastAPI validating the model
+    # again against response_model and encoding it in Python (response_model still documents it).
+    return Response(model.model_dump_json(), status_code=status.HTTP_201_CREATED, headers=headers,
+                    media_type="application/json")
 
 
 def _submitter(cp: ControlPlane, who: Principal, remote: str, traceparent: str | None) -> task_store.Submitter:
