@@ -26,11 +26,7 @@ from pydantic import ValidationError
 
 from agents.sdk.messages import (
     BATCH_TYPE,
-    EVENT_ADAPTER,
-    EVENTS_ADAPTER,
     HEADER_DEAD_REASON,
-    HEADER_TRACEPARENT,
-    HEADER_TRACEPARENTS,
     AgentBye,
     AgentHeartbeat,
     AgentHello,
@@ -40,6 +36,8 @@ from agents.sdk.messages import (
     TaskProgress,
     TaskStarted,
     TaskSucceeded,
+    decode_events,
+    event_headers,
     safe_text,
 )
 from agents.sdk.telemetry import extract_context
@@ -391,16 +389,6 @@ def _body(received: _Received) -> bytes:
     return received.message.body
 
 
-def _trace_headers(message: AbstractIncomingMessage, i: int) -> Mapping[str, object] | None:
-    """The trace context of the ``i``-th event of ``message``: an event batch lists one per event."""
-    if message.type != BATCH_TYPE:
-        return message.headers
-    parents = (message.headers or {}).get(HEADER_TRACEPARENTS)
-    if not isinstance(parents, list) or i >= len(parents):
-        return None
-    return {HEADER_TRACEPARENT: parents[i]}
-
-
 def _dead_copy(topology: Topology, task: asyncpg.Record, ev: TaskFailed, reason: str) -> OutboxMessage:
     body = json.dumps({"task_id": str(task["id"]), "attempt": ev.attempt, "type": task["type"]}).encode()
     return OutboxMessage(topology.dead, "", body, {HEADER_DEAD_REASON: reason})
@@ -483,13 +471,7 @@ class EventsConsumer:
         set_aside: list[tuple[bytes, str]] = []
         for message in messages:
             try:
-                if message.type == BATCH_TYPE:
-                    events = EVENTS_ADAPTER.validate_json(message.body)
-                    if not events:
-                        raise ValueError("an empty event batch")
-                else:
-                    events = [EVENT_ADAPTER.validate_json(message.body)]
-                received.append((message, events))
+                received.append((message, decode_events(message.type, message.body)))
             except (ValidationError, ValueError, RecursionError) as exc:
                 set_aside.append((message.body, f"undecodable: {exc}"))
         decoded = await self._authentic(received, set_aside)
@@ -532,7 +514,7 @@ class EventsConsumer:
                 else:  # results name no pool: the first event stands for the batch's signature
                     refused = await self._verifier.refusal(conn, events[0], message.body, signature)
                 if refused is None:
-                    signed.extend(_Received(message, event, _trace_headers(message, i)) for i, event in enumerate(events))
+                    signed.extend(_Received(message, event, event_headers(message.type, message.headers, i)) for i, event in enumerate(events))
                 else:
                     log.warning("refused a %s message: %s", message.type or events[0].kind, refused)
                     set_aside.append((message.body, refused))

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -219,6 +220,28 @@ HEADER_TRACEPARENTS = "x-devart-traceparents"
 
 def batch_routing_key(agent_id: str) -> str:
     return f"agent.{agent_id}.{BATCH_TYPE}"
+
+
+def decode_events(message_type: str | None, body: bytes) -> list[Event]:
+    """The events of one message: its one event, or an event batch's (never empty). Raises
+    ``ValidationError`` or ``ValueError`` for a body that is neither."""
+    if message_type != BATCH_TYPE:
+        return [EVENT_ADAPTER.validate_json(body)]
+    events = EVENTS_ADAPTER.validate_json(body)
+    if not events:
+        raise ValueError("an empty event batch")
+    return events
+
+
+def event_headers(message_type: str | None, headers: Mapping[str, Any] | None, i: int) -> Mapping[str, Any] | None:
+    """The headers that stand for the ``i``-th event of a message: the message's own for a single
+    event; for an event batch, the event's entry of ``x-devart-traceparents``."""
+    if message_type != BATCH_TYPE:
+        return headers
+    parents = (headers or {}).get(HEADER_TRACEPARENTS)
+    if not isinstance(parents, list) or i >= len(parents):
+        return None
+    return {HEADER_TRACEPARENT: parents[i]}
 
 
 def event_routing_key(event: Event) -> str:

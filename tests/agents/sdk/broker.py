@@ -14,7 +14,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from agents.sdk import ControlCommand, Event, TaskMessage
-from agents.sdk.messages import EVENT_ADAPTER, HEADER_TRACEPARENT
+from agents.sdk.messages import HEADER_TRACEPARENT, decode_events, event_headers
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges, declare_pool_queue
 from agents.sdk.trust import HEADER_SIGNATURE, REGISTER_PATH, MessageSigner
 from tests.support import loopback
@@ -31,9 +31,10 @@ class Received:
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         async with message.process():
-            event = EVENT_ADAPTER.validate_json(message.body)
+            events = decode_events(message.type, message.body)
             async with self._changed:
-                self.events.append((event, dict(message.headers or {})))
+                self.events.extend((event, dict(event_headers(message.type, message.headers, i) or {}))
+                                   for i, event in enumerate(events))
                 self._changed.notify_all()
 
     async def wait_for(self, predicate: Callable[[Event], bool], within: float = 15.0) -> Event:
