@@ -34,6 +34,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk.settings import BrokerSettings
 from bench.options import settings_parser
+from bench.percentiles import p50_p99
 from control_plane.api.app import create_app
 from control_plane.auth import create_token
 from control_plane.service import ControlPlane
@@ -139,7 +140,7 @@ async def _measure(settings: ConsoleBenchSettings, database_url: str, home: Path
     print(f"\n{settings.tasks} tasks, {settings.requests} requests each, one at a time, in-process (ASGI)")
     print(f"{'request':<50} {'p50 ms':>8} {'p99 ms':>8} {'p50 / API':>10}")
     for label, took in results.items():
-        p50, p99 = float(np.percentile(took, 50)), float(np.percentile(took, 99))
+        p50, p99 = p50_p99(took)
         print(f"{label:<50} {p50:>8.2f} {p99:>8.2f} {p50 / peer:>9.2f}x")
 
 

@@ -53,11 +53,11 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import aiohttp
 import asyncpg
-import numpy as np
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.cpu import CpuMeter, children, pids_by_command
+from bench.percentiles import p50_p99
 from bench.pyspy import Profile, profile_processes
 
 SYSTEMS = ("raw", "celery", "celery-durable", "devart")
@@ -708,7 +708,7 @@ async def bench_devart(
 def _p50_p99(values: list[float]) -> str:
     if not values:
         return "-"
-    p50, p99 = np.percentile(np.asarray(values), [50, 99])
+    p50, p99 = p50_p99(values)
     return f"{p50:.1f} / {p99:.1f} ms"
 
 
@@ -743,7 +743,7 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
                 ratio = devart.tasks_per_s / by_name[peer].tasks_per_s
                 lines.append(f"target devart >= {target:g}x {peer} tasks/s: "
                              f"{'met' if ratio >= target else 'NOT met'} ({ratio:.2f}x)")
-        p50, p99 = np.percentile(np.asarray(devart.start_ms), [50, 99])
+        p50, p99 = p50_p99(devart.start_ms)
         lines.append(f"target submit->start p50 <= 5 ms: {'met' if p50 <= 5 else 'NOT met'} ({p50:.1f} ms)")
         lines.append(f"target submit->start p99 <= 25 ms: {'met' if p99 <= 25 else 'NOT met'} ({p99:.1f} ms)")
         for name, result in by_name.items():

@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import aiohttp
-import numpy as np
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AliasChoices, Field
@@ -32,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.dispatch import _free_port, _postgres
 from bench.options import settings_parser
+from bench.percentiles import p50_p99
 from control_plane.api import deps
 
 
@@ -99,9 +99,6 @@ def _without_identity_switch(cp: Any, owner_pool: Any) -> Any:
     return app
 
 
-def _p50_p99(values: list[float]) -> tuple[float, float]:
-    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
-
 
 async def run(settings: IdentityBenchSettings) -> str:
     from agents.sdk.settings import BrokerSettings
@@ -144,8 +141,8 @@ async def run(settings: IdentityBenchSettings) -> str:
                                     took[name] += await _submits(client, per_round)
                 finally:
                     await owner_pool.close()
-    s50, s99 = _p50_p99(took["switch"])
-    n50, n99 = _p50_p99(took["none"])
+    s50, s99 = p50_p99(took["switch"])
+    n50, n99 = p50_p99(took["none"])
     return "\n".join([
         f"POST /api/v1/tasks as a ci token, {len(took['switch'])} submits per app one at a time, "
         f"{settings.rounds} alternating rounds, no agent:",

@@ -26,12 +26,12 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 
 import aiohttp
-import numpy as np
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.dispatch import _free_port, _postgres, _process, _wait_until
 from bench.options import settings_parser
+from bench.percentiles import p50_p99
 from bench.pyspy import profile_processes
 
 
@@ -155,9 +155,6 @@ async def _held(port: int, tokens: list[str], count: int, per_token: int, conn: 
     await asyncio.gather(*tasks, return_exceptions=True)
 
 
-def _p50_p99(values: list[float]) -> tuple[float, float]:
-    return float(np.percentile(values, 50)), float(np.percentile(values, 99))
-
 
 async def run(settings: StreamsBenchSettings) -> str:
     from control_plane.auth import create_token
@@ -221,8 +218,8 @@ async def run(settings: StreamsBenchSettings) -> str:
                     serve.check_alive()
             finally:
                 await http.close()
-    q50, q99 = _p50_p99(quiet)
-    l50, l99 = _p50_p99(loaded)
+    q50, q99 = p50_p99(quiet)
+    l50, l99 = p50_p99(loaded)
     ratio = l99 / q99
     received.sort()
     return "\n".join([

@@ -41,12 +41,12 @@ from typing import Any
 
 import aiohttp
 import asyncpg
-import numpy as np
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.dispatch import _delete_names, _free_port, _postgres, _process, _wait_until
 from bench.options import settings_parser
+from bench.percentiles import p50_p99
 
 MODES = ("engine", "client")
 WORKFLOW = "bench-fan"
@@ -257,20 +257,16 @@ async def run(settings: WorkflowBenchSettings, workdir: Path, *, prefix: str | N
     return results
 
 
-def _p50_p99(values: list[float]) -> tuple[float, float]:
-    p50, p99 = np.percentile(np.asarray(values), [50, 99])
-    return float(p50), float(p99)
-
 
 def report(results: Results) -> str:
     s = results.settings
     rows: list[tuple[str, dict[str, tuple[float, float]]]] = [
         ("run start -> each step's start, beyond the tasks' own time (all steps)",
-         {m: _p50_p99([ms for r in results.rounds[m] for ms in r.overheads_ms().values()]) for m in MODES}),
+         {m: p50_p99([ms for r in results.rounds[m] for ms in r.overheads_ms().values()]) for m in MODES}),
         ("run start -> the last step's start, beyond the tasks' own time (per run)",
-         {m: _p50_p99([r.overheads_ms()["join"] for r in results.rounds[m]]) for m in MODES}),
+         {m: p50_p99([r.overheads_ms()["join"] for r in results.rounds[m]]) for m in MODES}),
         ("a step ready -> its start (all steps)",
-         {m: _p50_p99([ms for r in results.rounds[m] for ms in r.step_latencies_ms()]) for m in MODES}),
+         {m: p50_p99([ms for r in results.rounds[m] for ms in r.step_latencies_ms()]) for m in MODES}),
     ]
     lines = [f"{s.fan + 2}-step fan-out/fan-in (root -> {s.fan} parallel -> join) of no-op tasks, {s.rounds} round(s) "
              f"of each after a warm-up, agent with {s.slots} slots; p50 / p99 in ms:",

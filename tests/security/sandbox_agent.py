@@ -158,6 +158,22 @@ async def run_task(admin: httpx.AsyncClient, shell_input: dict[str, Any], *, tim
     return await finished(admin, await submit(admin, shell_input, timeout_s=timeout_s), timeout_s=timeout_s + 30)
 
 
+_HOG = "import time\nb = b'x' * (60 * 2**20)\nprint('held', flush=True)\ntime.sleep(4)\n"
+"""One process holding 60 MiB for a few seconds."""
+
+
+async def run_memory_hog(admin: httpx.AsyncClient) -> Finished:
+    """Six 60 MiB processes at once in a task limited to 128 MiB: they do not fit together."""
+    script = (
+        'pids=""\n'
+        'for i in 1 2 3 4 5 6; do python3 -c "$HOG" & pids="$pids $!"; done\n'
+        "for p in $pids; do wait $p; done\n"
+        "echo all-held\n"
+    )
+    return await run_task(admin, {"script": script, "env": {"HOG": _HOG},
+                                  "sandbox": {"resources": {"cpu": "1", "memory": "128Mi"}}})
+
+
 async def wait_for_line(admin: httpx.AsyncClient, task_id: str, line: str, *, timeout_s: float = 30) -> None:
     async def seen() -> bool:
         lines = (await admin.get(f"/api/v1/tasks/{task_id}/logs")).json()["lines"]

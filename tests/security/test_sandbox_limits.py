@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import httpx
 
-from tests.security.sandbox_agent import StartShellAgent, run_task, start_shell_agent
+from tests.security.sandbox_agent import StartShellAgent, run_memory_hog, run_task, start_shell_agent
 from tests.support.processes import marker, wait_until_none_running
 
 __all__ = ["start_shell_agent"]
-
-HOG = "import time\nb = b'x' * (60 * 2**20)\nprint('held', flush=True)\ntime.sleep(4)\n"
 
 
 async def test_a_fork_bomb_is_stopped_by_the_pids_limit(
@@ -33,14 +31,7 @@ async def test_a_memory_hog_over_many_processes_is_stopped_by_the_memory_limit(
     admin: httpx.AsyncClient, start_shell_agent: StartShellAgent
 ) -> None:
     await start_shell_agent()
-    script = (
-        'pids=""\n'
-        'for i in 1 2 3 4 5 6; do python3 -c "$HOG" & pids="$pids $!"; done\n'
-        "for p in $pids; do wait $p; done\n"
-        "echo all-held\n"
-    )
-    hog = await run_task(admin, {"script": script, "env": {"HOG": HOG},
-                                 "sandbox": {"resources": {"cpu": "1", "memory": "128Mi"}}})
+    hog = await run_memory_hog(admin)
     assert hog.task["status"] == "failed"
     assert "all-held" not in hog.lines
     assert hog.lines.count("held") < 6  # 6 x 60 MiB do not fit in 128 MiB together

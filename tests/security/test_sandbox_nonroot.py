@@ -26,10 +26,9 @@ import pytest
 
 from agents.sandbox.cgroups import CgroupHost
 from agents.sdk import BrokerSettings
-from tests.security.sandbox_agent import AgentProcess, run_task, shell_agent_process
+from tests.security.sandbox_agent import AgentProcess, run_memory_hog, run_task, shell_agent_process
 
 UID = 65534  # nobody: no home, no groups, nothing of the test's
-HOG = "import time\nb = b'x' * (60 * 2**20)\nprint('held', flush=True)\ntime.sleep(4)\n"
 _REPO = Path(__file__).resolve().parents[2]
 
 
@@ -125,14 +124,7 @@ async def test_a_non_root_agents_task_runs_in_a_user_namespace_without_privilege
 async def test_a_non_root_agents_cgroup_limits_a_memory_hog_over_many_processes(
     admin: httpx.AsyncClient, unprivileged_agent: AgentProcess
 ) -> None:
-    script = (
-        'pids=""\n'
-        'for i in 1 2 3 4 5 6; do python3 -c "$HOG" & pids="$pids $!"; done\n'
-        "for p in $pids; do wait $p; done\n"
-        "echo all-held\n"
-    )
-    hog = await run_task(admin, {"script": script, "env": {"HOG": HOG},
-                                 "sandbox": {"resources": {"cpu": "1", "memory": "128Mi"}}})
+    hog = await run_memory_hog(admin)
     assert hog.task["status"] == "failed"
     assert "all-held" not in hog.lines
     assert hog.lines.count("held") < 6

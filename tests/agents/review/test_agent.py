@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from agents.review import ReviewSettings, build_review_agent
 from agents.sandbox import SandboxSettings
-from agents.sdk import Agent, AgentRuntime, AgentRuntimeSettings, BrokerSettings, TaskSucceeded
+from agents.sdk import TaskSucceeded
 from agents.sdk.topology import Topology
-from agents.sdk.trust import AgentCredentials, MessageSigner
+from agents.sdk.trust import MessageSigner
 from tests.agents.review.conftest import BUG_LINE, OpenAI
 from tests.agents.sdk.broker import ControlPlane, control_plane
+from tests.support.system import StartAgent
 
 
 def test_build_review_agent() -> None:
@@ -30,24 +31,13 @@ async def plane(amqp_url: str, topology: Topology, signer: MessageSigner) -> Asy
 
 
 async def test_review_task_through_the_broker(
-    plane: ControlPlane, broker_settings: BrokerSettings, sandbox: SandboxSettings, repo: Path,
-    openai: OpenAI,
-    agent_credentials: Callable[[Agent], Awaitable[AgentCredentials]],
+    plane: ControlPlane, start_agent: StartAgent, sandbox: SandboxSettings, repo: Path, openai: OpenAI
 ) -> None:
     openai.fake.reply("approve", [{"path": "bug.py", "line": BUG_LINE, "message": "unreachable"}])
     settings = ReviewSettings(openai_api_key=openai.fake.key, openai_base_url=openai.base_url)
-    agent = build_review_agent(settings=settings, sandbox=sandbox)
-    runtime = AgentRuntime(
-        agent,
-        AgentRuntimeSettings(log_flush_interval_s=0.05, heartbeat_interval_s=0.5, broker=broker_settings),
-        credentials=await agent_credentials(agent),
-    )
-    await runtime.start()
-    try:
-        task = await plane.submit(agent.pool_id, "code-review", {"repo": str(repo), "ref": "feature"})
-        done = await plane.received.wait_for(lambda e: isinstance(e, TaskSucceeded) and e.task_id == task.task_id)
-    finally:
-        await runtime.drain()
+    agent = (await start_agent(build_review_agent(settings=settings, sandbox=sandbox))).agent
+    task = await plane.submit(agent.pool_id, "code-review", {"repo": str(repo), "ref": "feature"})
+    done = await plane.received.wait_for(lambda e: isinstance(e, TaskSucceeded) and e.task_id == task.task_id)
     assert done.result["conclusion"] == "failure"
     rules = {(f["path"], f["rule"], f["level"]) for f in done.result["findings"]}
     assert {("bug.py", "F821", "failure"), ("settings.py", "DS001", "failure"), ("bug.py", "model", "notice")} <= rules
