@@ -7,6 +7,7 @@ from uuid import UUID
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import field_validator
 
 from control_plane.api import tokens as api_tokens
 from control_plane.api.models import TokenCreate
@@ -19,6 +20,15 @@ Creator = action("create_token")
 Revoker = action("revoke_token")
 
 
+class TokenForm(TokenCreate):
+    """The create form: ``pools`` is one text field of pool ids separated by spaces or commas."""
+
+    @field_validator("pools", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        return value.replace(",", " ").split() if isinstance(value, str) else value
+
+
 @router.get("/tokens")
 async def token_list(request: Request, conn: Conn, who: Lister) -> Response:
     return render(request, who, "tokens.html", nav="tokens", tokens=await api_tokens.list_tokens(conn, who.principal),
@@ -27,7 +37,7 @@ async def token_list(request: Request, conn: Conn, who: Lister) -> Response:
 
 @router.post("/tokens")
 async def create(request: Request, conn: Conn, who: Creator) -> Response:
-    body = await form_model(request, TokenCreate)
+    body = await form_model(request, TokenForm)
     created = await api_tokens.create(body, conn, who.principal, remote(request))
     # the secret is shown in this answer only (no redirect: a reload must not show it again)
     return render(request, who, "tokens.html", status_code=201, nav="tokens", roles=ROLES, created=created,

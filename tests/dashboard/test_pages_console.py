@@ -109,6 +109,46 @@ async def test_an_admin_creates_and_revokes_a_token(sign_in, base_url: str, role
         await wait_for(refused, what="the revoked token to be refused")
 
 
+async def test_an_admin_creates_an_agent_token_scoped_to_pools(
+    sign_in, admin: httpx.AsyncClient, base_url: str
+) -> None:
+    page, _ = await sign_in("admin")
+    await page.goto(f"{base_url}/tokens")
+    await page.get_by_label("Name").fill("builders")
+    await page.get_by_label("Role").select_option("agent")
+    await page.get_by_label("Pools").fill("pool-a, pool-b")
+    await page.get_by_role("button", name="Create token").click()
+    secret = await page.get_by_label("Secret").input_value()
+    listed = next(t for t in (await admin.get("/api/v1/tokens")).json() if t["name"] == "builders")
+    assert listed["pools"] == ["pool-a", "pool-b"]
+    await expect(page.locator(f"#token-{listed['id']}")).to_contain_text("pool-a, pool-b")
+    async with client(base_url, secret) as agent:
+        inside = await agent.post("/api/v1/agents/register", json={"agent_id": "builder-1", "pool_id": "pool-a"})
+        assert inside.status_code == 200
+        outside = await agent.post("/api/v1/agents/register", json={"agent_id": "builder-2", "pool_id": "pool-c"})
+        assert outside.status_code == 403 and "pool-c" in outside.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(("role", "pools", "says"), [
+    ("viewer", "pool-a", "only an agent token is scoped to pools"),
+    ("agent", "pool-a no/such/pool", "'no/such/pool' is not a pool id"),
+])
+async def test_a_bad_pools_field_is_named_on_the_page(
+    sign_in, admin: httpx.AsyncClient, base_url: str, role: str, pools: str, says: str
+) -> None:
+    page, _ = await sign_in("admin")
+    await page.goto(f"{base_url}/tokens")
+    await page.get_by_label("Name").fill("refused")
+    await page.get_by_label("Role").select_option(role)
+    await page.get_by_label("Pools").fill(pools)
+    async with page.expect_response(f"{base_url}/tokens") as answer:
+        await page.get_by_role("button", name="Create token").click()
+    assert (await answer.value).status == 422
+    await expect(page.get_by_role("alert")).to_contain_text(says)
+    await expect(page.get_by_role("alert")).to_contain_text("field: pools")
+    assert "refused" not in [t["name"] for t in (await admin.get("/api/v1/tokens")).json()]
+
+
 async def test_a_viewer_cannot_open_the_tokens_page(sign_in, base_url: str) -> None:
     page, _ = await sign_in("viewer")
     await expect(page.get_by_role("link", name="Tokens")).to_have_count(0)
