@@ -4,12 +4,18 @@ from __future__ import annotations
 
 
 class DomainError(Exception):
-    """Base of errors a client caused; ``field`` names the offending input when there is one."""
+    """Base of errors a client caused; ``field`` names the offending input when there is one.
+
+    An API request's transaction rolls back when its route raises one, unless ``recorded`` is set:
+    the route undid the refused change itself (a savepoint) and wrote why it refused (an audit
+    row), which must outlive the refusal, so the request's transaction commits before the answer.
+    """
 
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
+        self.recorded = False
 
 
 class NotFound(DomainError):

@@ -16,7 +16,7 @@ from control_plane.api.deps import ControlPlaneDep, DbConn, Remote, require
 from control_plane.api.models import AgentPublic, CommandAccepted, PoolPublic
 from control_plane.audit import audit
 from control_plane.auth import OPERATE_AGENTS, POOL_ID, READ, REGISTER_AGENT, Principal
-from control_plane.errors import Forbidden, NotFound
+from control_plane.errors import Conflict, Forbidden, NotFound, http_status
 from control_plane.outbox import OutboxMessage, enqueue
 
 log = logging.getLogger("devart.api")
@@ -44,13 +44,17 @@ class AgentKeys(BaseModel):
 async def register(body: AgentRegistration, conn: DbConn, cp: ControlPlaneDep, who: Registrant,
                    remote: Remote) -> AgentKeys:
     try:
-        async with conn.transaction():
+        async with conn.transaction():  # a savepoint: a refusal undoes the registration, not its audit row
             key = await register_agent(conn, who, body.agent_id, body.pool_id,
                                        unscoped_tokens=cp.settings.environment != "production")
             await audit(conn, actor=who.name, action="agent.register", target=body.agent_id,
                         detail={"pool_id": body.pool_id}, remote=remote)
-    except Forbidden as refused:  # the request's transaction rolls back, an audit row with it: log it
+    except (Forbidden, Conflict) as refused:
         log.warning("refused an agent registration from %s: %s", remote, refused.message)
+        await audit(conn, actor=who.name, action="agent.register_refused", target=body.agent_id,
+                    detail={"pool_id": body.pool_id, "status": http_status(refused), "reason": refused.message},
+                    remote=remote)
+        refused.recorded = True
         raise
     return AgentKeys(agent_id=body.agent_id, event_key=base64.b64encode(key).decode(),
                      control_plane_key=base64.b64encode(cp.signer.public_key).decode())

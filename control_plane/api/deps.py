@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from control_plane import identity
 from control_plane.api.hub import EventHub
 from control_plane.auth import Principal, TokenCache
-from control_plane.errors import Forbidden, Unauthorized
+from control_plane.errors import DomainError, Forbidden, Unauthorized
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
 from control_plane.supabase.tokens import SupabaseTokens, looks_like_jwt
@@ -35,11 +35,22 @@ async def _hub(request: Request) -> EventHub:
 
 
 async def _connection(cp: Annotated[ControlPlane, Depends(_control_plane)]) -> AsyncIterator[asyncpg.Connection]:
-    # The request's transaction, committed before the response is sent (scope="function" in DbConn).
+    # The request's transaction, committed before the response is sent (scope="function" in DbConn),
+    # rolled back by an error unless the route recorded its refusal (DomainError.recorded).
     # The caller's principal switches it to their identity (identity.assume); until then it is
     # devart_app, which may do nothing but authenticate.
-    async with cp.pool.acquire() as conn, conn.transaction():
-        yield conn
+    async with cp.pool.acquire() as conn:
+        transaction = conn.transaction()
+        await transaction.start()
+        try:
+            yield conn
+        except BaseException as exc:
+            if isinstance(exc, DomainError) and exc.recorded:
+                await transaction.commit()
+            else:
+                await transaction.rollback()
+            raise
+        await transaction.commit()
 
 
 async def _authenticate(

@@ -147,3 +147,34 @@ async def _status(admin: httpx.AsyncClient, task_id: str, status: str) -> dict |
 async def _heartbeat_after(database_url: str, agent_id: str, moment: datetime) -> bool:
     rows = await _rows(database_url, "SELECT 1 FROM agents WHERE id = $1 AND last_heartbeat > $2", agent_id, moment)
     return bool(rows)
+
+
+async def test_a_refused_registration_is_audited_while_the_registration_itself_rolls_back(
+    admin: httpx.AsyncClient, base_url: str, database_url: str,
+) -> None:
+    """A refusal (403 for a pool the token does not name, 409 for an agent id another token holds)
+    leaves an ``agent.register_refused`` audit row saying who, which pool and why, and nothing else."""
+    token = await _token(admin, "refused-agents", [INTRUDER_POOL])
+    holder = await _token(admin, "id-holders", ["pool-held"])
+    await register(base_url, holder, "taken-id", "pool-held")
+    async with client(base_url, token) as agent:
+        other_pool = await agent.post(REGISTER_PATH, json={"agent_id": "agent-elsewhere", "pool_id": "pool-other"})
+        taken = await agent.post(REGISTER_PATH, json={"agent_id": "taken-id", "pool_id": INTRUDER_POOL})
+    assert (other_pool.status_code, taken.status_code) == (403, 409), (other_pool.text, taken.text)
+
+    rows = await _rows(database_url, "SELECT actor, target, detail->>'pool_id' AS pool, detail->>'status' AS status, "
+                                     "detail->>'reason' AS reason, remote FROM audit_log "
+                                     "WHERE action = 'agent.register_refused' ORDER BY id")
+    assert [(r["actor"], r["target"], r["pool"], r["status"], r["remote"]) for r in rows] == [
+        ("refused-agents", "agent-elsewhere", "pool-other", "403", "127.0.0.1"),
+        ("refused-agents", "taken-id", INTRUDER_POOL, "409", "127.0.0.1"),
+    ]
+    assert rows[0]["reason"] == other_pool.json()["error"]["message"]
+    assert "may not register agents in pool 'pool-other'" in rows[0]["reason"], rows[0]["reason"]
+    assert rows[1]["reason"] == "agent id 'taken-id' is registered by another token"
+    # the refused registrations themselves left nothing
+    keys = await _rows(database_url, "SELECT agent_id, pool_id FROM agent_keys WHERE agent_id IN "
+                                     "('agent-elsewhere', 'taken-id')")
+    assert [tuple(k) for k in keys] == [("taken-id", "pool-held")]
+    assert not await _rows(database_url, "SELECT 1 FROM audit_log WHERE action = 'agent.register' "
+                                         "AND target = 'agent-elsewhere'")
