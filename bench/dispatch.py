@@ -56,6 +56,7 @@ import asyncpg
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.sdk.connection import connect_robust
 from bench.cpu import CpuMeter, children, pids_by_command
 from bench.percentiles import p50_p99
 from bench.pyspy import Profile, profile_processes
@@ -263,7 +264,7 @@ async def _delete_names(amqp_url: str, queues: list[str], exchanges: list[str]) 
 async def bench_raw(settings: DispatchBenchSettings, prefix: str, workdir: Path) -> Result:
     """Round trips through a quorum queue and an echo process, with confirms both ways."""
     requests_name, replies_name = f"{prefix}raw.requests", f"{prefix}raw.replies"
-    connection = await aio_pika.connect_robust(settings.amqp_url)
+    connection = await connect_robust(settings.amqp_url)
     try:
         async with connection:
             channel = await connection.channel(publisher_confirms=True)

@@ -16,10 +16,12 @@ import sys
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
+from agents.sdk.connection import connect_robust
+
 
 async def serve(amqp_url: str, request_queue: str, prefetch: int) -> None:
     """Echo until SIGTERM/SIGINT."""
-    connection = await aio_pika.connect_robust(amqp_url)
+    connection = await connect_robust(amqp_url)
     async with connection:
         publish = await connection.channel(publisher_confirms=True)
         consume = await connection.channel()

@@ -15,6 +15,7 @@ import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 from opentelemetry.sdk.trace import SpanProcessor
 
+from agents.sdk.connection import connect_robust
 from agents.sdk.settings import BrokerSettings
 from agents.sdk.telemetry import API_SERVICE, Telemetry, TelemetrySettings, batch_processor, start_telemetry
 from agents.sdk.topology import Topology, declare_dead_queue, declare_events_queue, declare_exchanges
@@ -249,7 +250,7 @@ class ControlPlane:
             )
             self.broker = self.broker.model_copy(update={"amqp_url": self.amqp_url})
             try:
-                self._connection = await aio_pika.connect_robust(self.amqp_url)
+                self._connection = await connect_robust(self.amqp_url)
             except (OSError, aio_pika.exceptions.AMQPConnectionError) as exc:
                 raise BrokerUnavailable(f"cannot connect to RabbitMQ at {redact(self.amqp_url)}: {exc}") from exc
             channel = await self._connection.channel()

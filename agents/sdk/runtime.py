@@ -39,6 +39,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agents.sdk import eventloop
 from agents.sdk.agent import Agent
 from agents.sdk.batcher import EventBatcher, Outgoing
+from agents.sdk.connection import connect_robust
 from agents.sdk.context import TaskContext
 from agents.sdk.errors import NonRetryableError, RetryableError
 from agents.sdk.eventloop import EventLoop
@@ -415,7 +416,7 @@ class AgentRuntime:
             raise RuntimeError("AgentRuntime already started")
         if self._credentials is None:
             self._credentials = await self._register()
-        connection = await aio_pika.connect_robust(
+        connection = await connect_robust(
             self.settings.broker.amqp_url,
             reconnect_interval=self.settings.reconnect_interval_s,
             client_properties={"connection_name": self.agent.agent_id},

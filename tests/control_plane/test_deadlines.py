@@ -10,6 +10,7 @@ import pytest
 from aio_pika.abc import AbstractIncomingMessage
 
 from agents.sdk import Agent, BrokerSettings
+from agents.sdk.connection import connect_robust
 from control_plane.settings import Settings
 from tests.agents.sdk.sample_agent import HANDLERS
 from tests.support.system import StartAgent, fast_settings, wait_for
@@ -82,7 +83,7 @@ class _ForeignConsumer:
 
 @pytest.fixture
 async def foreign(broker_settings: BrokerSettings) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, _ForeignConsumer]]:
-    connection = await aio_pika.connect_robust(broker_settings.amqp_url)
+    connection = await connect_robust(broker_settings.amqp_url)
     channel = await connection.channel()
     yield channel, _ForeignConsumer()
     await connection.close()

@@ -20,8 +20,11 @@ from agents.sdk import AgentRuntimeSettings, TaskMessage
 from agents.sdk.topology import declare_pool_queue
 from agents.sdk.trust import HEADER_SIGNATURE, MessageSigner
 from agents.shell import build_shell_agent
+from control_plane.broker import BrokerUnavailable
 from control_plane.service import ControlPlane
+from control_plane.settings import Settings
 from tests.control_plane.test_end_to_end import _finished
+from tests.support.connections import assert_failed_connect_leaves_nothing, wrong_password
 from tests.support.processes import marker, running
 from tests.support.system import StartAgent, make_token, wait_for
 
@@ -188,3 +191,9 @@ async def test_tasks_of_a_vanished_pool_move_to_another(
     assert task["status"] == "succeeded"
     assert task["agent_id"] == other.agent.agent_id
     assert any("re-dispatched" in t["reason"] for t in task["transitions"])
+
+
+async def test_a_control_plane_refused_by_the_broker_leaves_nothing_open(settings: Settings) -> None:
+    broker = settings.broker.model_copy(update={"amqp_url": wrong_password(settings.broker.amqp_url)})
+    plane = ControlPlane(settings.model_copy(update={"broker": broker}))
+    await assert_failed_connect_leaves_nothing(plane.__aenter__, BrokerUnavailable)

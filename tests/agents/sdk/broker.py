@@ -14,6 +14,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from agents.sdk import ControlCommand, Event, TaskMessage
+from agents.sdk.connection import connect_robust
 from agents.sdk.messages import HEADER_TRACEPARENT, decode_events, event_headers
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges, declare_pool_queue
 from agents.sdk.trust import HEADER_SIGNATURE, REGISTER_PATH, MessageSigner
@@ -118,7 +119,7 @@ class ControlPlane:
 
 @asynccontextmanager
 async def control_plane(amqp_url: str, topology: Topology, signer: MessageSigner) -> AsyncIterator[ControlPlane]:
-    connection = await aio_pika.connect_robust(amqp_url)
+    connection = await connect_robust(amqp_url)
     async with connection:
         channel = await connection.channel(on_return_raises=True)
         await declare_exchanges(channel, topology)
