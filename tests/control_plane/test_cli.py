@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
@@ -99,11 +100,16 @@ async def cli_env(base_url: str, admin: httpx.AsyncClient, start_agent: StartAge
     return {"DEVART_URL": base_url, "DEVART_TOKEN": token}
 
 
-async def test_each_task_outcome_has_its_exit_code(cli_env: dict[str, str], home: Path) -> None:
-    # the task runs for a second, so its running state is seen: a task that ends at once may go from
-    # queued to succeeded between two status events, and the CLI shows only the latest state
+async def test_each_task_outcome_has_its_exit_code(cli_env: dict[str, str], home: Path, tmp_path: Path) -> None:
+    # the task waits for a file in its workspace, made once the CLI has said it runs: a task that ends
+    # at once may go from queued to succeeded between two status events, and the CLI shows only the latest
+    async def release_when_running(line: str) -> None:
+        if running := re.match(r"task (\S+) running on ", line):
+            (tmp_path / "sandboxes" / f"{running[1]}.1" / "go").touch()
+
     code, out, err = await devart("submit", "--requires", "shell", "--", "sh", "-c",
-                                   "echo hello; sleep 1; echo oops >&2", env=cli_env, home=home)
+                                   'echo hello; until [ -e "$HOME/go" ]; do sleep 0.05; done; echo oops >&2',
+                                   env=cli_env, home=home, on_stderr=release_when_running)
     assert code == 0, err
     assert "hello" in out and "oops" in err
     assert "running on" in err  # it says what it waits for and where it runs
