@@ -4,7 +4,7 @@
 
 Quick mode shrinks each load so the whole suite finishes in a few minutes on a laptop; ``--full``
 runs each benchmark with its own defaults. Names pick a subset (dispatch, detection, signals, rca, real, sandbox,
-workflows, console, identity).
+workflows, console, identity, proofs).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "workflows": ["--rounds", "2"],
     "console": ["--tasks", "10000", "--requests", "100"],
     "identity": ["--submits", "100", "--rounds", "4"],
+    "proofs": ["--rounds", "10"],
 }
 
 

@@ -1,8 +1,11 @@
-"""The control plane's half of ``agents.sdk.trust``: its signing key, agents' event keys, and the
-check that an event comes from the agent it names.
+"""The control plane's half of ``agents.sdk.trust``: its signing key, agents' event keys, attempts'
+delivery secrets, and the check that an event comes from the agent it names and, for a task event,
+from an agent its attempt's message was delivered to.
 
-The signing key is made once per installation (the first control plane to start inserts it; every
-replica reads the same row). An agent registers with an ``agent`` token and gets a fresh event key
+The signing key and the delivery key are made once per installation (the first control plane to
+start inserts them; every replica reads the same row). An attempt's delivery secret is derived from
+the delivery key (keyed BLAKE2b of the task id and attempt) when its message is published, and again
+when one of its events is checked: it is never stored. An agent registers with an ``agent`` token and gets a fresh event key
 bound to its agent id, its pool and that token; an id registered by one token cannot be taken by
 another, a token scoped to pools registers in those only, and a revoked token's agents' events are
 refused from then on. An agent speaks only for its registered pool: events announcing another pool,
@@ -11,29 +14,63 @@ or about an attempt queued for another pool, are refused.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import json
 import secrets
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from uuid import UUID
 
 import asyncpg
 
 from agents.sdk.messages import Event, TaskFailed, TaskLog, TaskProgress, TaskStarted, TaskSucceeded
-from agents.sdk.trust import MessageSigner, event_signature_valid
+from agents.sdk.trust import MessageSigner, delivery_proof, event_signature_valid
 from control_plane.auth import Principal
 from control_plane.errors import Conflict, Forbidden
 
 _KEY_TTL_S = 5.0
 _TASK_EVENTS = (TaskStarted, TaskProgress, TaskLog, TaskSucceeded, TaskFailed)
+TaskEvent = TaskStarted | TaskProgress | TaskLog | TaskSucceeded | TaskFailed
 
 
-async def load_signer(conn: asyncpg.Connection) -> MessageSigner:
-    """The installation's signer, created by whichever control plane starts first."""
+class DeliverySecrets:
+    """Attempts' delivery secrets, and the check of a task event's proof of delivery."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def secret(self, task_id: UUID, attempt: int) -> bytes:
+        return hashlib.blake2b(task_id.bytes + attempt.to_bytes(8, "big"), key=self._key, digest_size=32).digest()
+
+    def header(self, task_message: bytes) -> str:
+        """The ``x-devart-delivery-secret`` header of a task message (as the outbox holds it)."""
+        message = json.loads(task_message)
+        return base64.urlsafe_b64encode(self.secret(UUID(message["task_id"]), int(message["attempt"]))).decode()
+
+    def proven(self, event: TaskEvent) -> bool:
+        """Whether ``event`` carries the proof that its attempt's message was delivered to its agent."""
+        return event.proof is not None and hmac.compare_digest(
+            delivery_proof(self.secret(event.task_id, event.attempt), event.agent_id), event.proof)
+
+
+@dataclass(frozen=True)
+class InstallationKeys:
+    signer: MessageSigner
+    deliveries: DeliverySecrets
+
+
+async def load_keys(conn: asyncpg.Connection) -> InstallationKeys:
+    """The installation's signer and delivery key, created by whichever control plane starts first."""
     await conn.execute(
-        "INSERT INTO signing_keys (id, private_key, public_key) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
-        *_new_pair(),
+        """INSERT INTO signing_keys (id, private_key, public_key, delivery_key) VALUES (1, $1, $2, $3)
+           ON CONFLICT (id) DO NOTHING""",
+        *_new_pair(), secrets.token_bytes(32),
     )
-    return MessageSigner(await conn.fetchval("SELECT private_key FROM signing_keys WHERE id = 1"))
+    row = await conn.fetchrow("SELECT private_key, delivery_key FROM signing_keys WHERE id = 1")
+    return InstallationKeys(MessageSigner(row["private_key"]), DeliverySecrets(row["delivery_key"]))
 
 
 def _new_pair() -> tuple[bytes, bytes]:
@@ -72,10 +109,12 @@ class _Registration:
 
 
 class EventVerifier:
-    """Checks each event's signature against its agent's key, and that the agent speaks only for its
-    registered pool (registrations looked up, then cached a few seconds)."""
+    """Checks each event's signature against its agent's key, that the agent speaks only for its
+    registered pool (registrations looked up, then cached a few seconds), and that each task event
+    proves its attempt was delivered to its agent."""
 
-    def __init__(self) -> None:
+    def __init__(self, deliveries: DeliverySecrets) -> None:
+        self._deliveries = deliveries
         self._registrations: dict[str, tuple[float, _Registration]] = {}
 
     async def refusal(self, conn: asyncpg.Connection, event: Event, body: bytes, signature: object) -> str | None:
@@ -114,6 +153,18 @@ class EventVerifier:
             if agent_pool is not None and attempt_pool is not None and attempt_pool != agent_pool:
                 refused[i] = (f"{event.kind} event for task {event.task_id} attempt {event.attempt}, queued for pool "
                               f"{attempt_pool!r}, from agent {event.agent_id!r} of pool {agent_pool!r}")
+        return refused
+
+    def undelivered(self, events: Sequence[Event]) -> dict[int, str]:
+        """Why each task event (by index in ``events``) is refused because it does not prove that its
+        attempt's task message was delivered to its agent: no agent can speak for an attempt the
+        broker gave another agent, or gave nobody yet."""
+        refused = {}
+        for i, event in enumerate(events):
+            if isinstance(event, _TASK_EVENTS) and not self._deliveries.proven(event):
+                what = "without a proof of delivery" if event.proof is None else "with a proof of delivery that does not match"
+                refused[i] = (f"{event.kind} event for task {event.task_id} attempt {event.attempt} from agent "
+                              f"{event.agent_id!r} {what}: the attempt's task message was not delivered to that agent")
         return refused
 
     async def _registration(self, conn: asyncpg.Connection, agent_id: str) -> _Registration:

@@ -20,6 +20,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustC
 
 from agents.sdk.messages import HEADER_DEAD_REASON, safe_text
 from agents.sdk.topology import Topology, declare_dead_queue, declare_exchanges
+from agents.sdk.trust import HEADER_DELIVERY_SECRET
 from control_plane.dispatch import record_transition
 from control_plane.tasks import TaskEndHook
 
@@ -98,7 +99,8 @@ async def record_dead_letter(
                     await on_tasks_ended(conn, [task["id"]])
         await conn.execute(
             "INSERT INTO dead_letters (task_id, reason, body, headers) VALUES ($1, $2, $3, $4)",
-            task_id, reason[:1000], body, _plain(headers),
+            task_id, reason[:1000], body,
+            _plain({k: v for k, v in headers.items() if k != HEADER_DELIVERY_SECRET}),  # a secret, and shown
         )
     return task_id
 

@@ -43,7 +43,7 @@ from agents.sdk.messages import (
 from agents.sdk.telemetry import extract_context
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
 from agents.sdk.trust import HEADER_SIGNATURE
-from control_plane.agent_keys import EventVerifier
+from control_plane.agent_keys import DeliverySecrets, EventVerifier
 from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt
 from control_plane.outbox import OutboxMessage, enqueue
 from control_plane.tasks import TERMINAL, TaskEndHook, cancel_command
@@ -61,6 +61,7 @@ class EventsConfig:
     lease_s: float
     agent_ttl_s: float
     topology: Topology
+    deliveries: DeliverySecrets
     on_tasks_ended: TaskEndHook | None = None
 
 
@@ -142,9 +143,9 @@ class EventApplier:
         await conn.execute(
             """UPDATE attempts a SET progress = r.progress, progress_msg = r.message
                FROM unnest($1::uuid[], $2::int[], $3::float8[], $4::text[]) AS r(task_id, attempt, progress, message)
-               WHERE a.task_id = r.task_id AND a.attempt = r.attempt AND r.progress IS NOT NULL""",
+               WHERE a.task_id = r.task_id AND a.attempt = r.attempt AND r.progress IS NOT NULL AND a.agent_id = $5""",
             [r.task_id for r in ev.running], [r.attempt for r in ev.running],
-            [r.progress for r in ev.running], [r.message for r in ev.running],
+            [r.progress for r in ev.running], [r.message for r in ev.running], ev.agent_id,
         )
 
     async def apply_batch(self, conn: asyncpg.Connection, events: list[Event], effects: _Effects) -> None:
@@ -411,7 +412,7 @@ class EventsConsumer:
         self._connection = connection
         self._config = config
         self._applier = EventApplier(config)
-        self._verifier = EventVerifier()
+        self._verifier = EventVerifier(config.deliveries)
         self._batch = batch
         self._prefetch = prefetch
         self._on_agents_joined = on_agents_joined
@@ -497,9 +498,10 @@ class EventsConsumer:
         self, received: list[tuple[AbstractIncomingMessage, list[Event]]],
         set_aside: list[tuple[bytes, str]],
     ) -> list[_Received]:
-        """The events signed by the agent they name about its own pool, each with its message; the
-        others are set aside with the reason. A batch is signed as a whole by the one agent all its
-        events name, and carries results only (what an agent batches)."""
+        """The events signed by the agent they name about its own pool, task events with their proof
+        of delivery, each with its message; the others are set aside with the reason. A batch is
+        signed as a whole by the one agent all its events name, and carries results only (what an
+        agent batches), each with its own proof."""
         if not received:
             return []
         signed: list[_Received] = []
@@ -519,10 +521,11 @@ class EventsConsumer:
                     log.warning("refused a %s message: %s", message.type or events[0].kind, refused)
                     set_aside.append((message.body, refused))
             foreign = await self._verifier.foreign_attempts(conn, [r.event for r in signed])
-        for i, reason in foreign.items():
+        refused = self._verifier.undelivered([r.event for r in signed]) | foreign
+        for i, reason in refused.items():
             log.warning("refused a %s event: %s", signed[i].event.kind, reason)
             set_aside.append((_body(signed[i]), reason))
-        return [r for i, r in enumerate(signed) if i not in foreign]
+        return [r for i, r in enumerate(signed) if i not in refused]
 
     async def _apply_all(self, decoded: list[_Received]) -> _Effects:
         effects = _Effects()

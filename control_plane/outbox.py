@@ -23,7 +23,8 @@ from opentelemetry import trace
 
 from agents.sdk.telemetry import extract_context, inject_headers
 from agents.sdk.topology import Topology, declare_retry_queue
-from agents.sdk.trust import HEADER_SIGNATURE, MessageSigner
+from agents.sdk.trust import HEADER_DELIVERY_SECRET, HEADER_SIGNATURE, MessageSigner
+from control_plane.agent_keys import DeliverySecrets
 from control_plane.loops import ListeningLoop
 
 log = logging.getLogger("devart.outbox")
@@ -77,6 +78,7 @@ class OutboxRelay(ListeningLoop):
         connection: AbstractRobustConnection,
         topology: Topology,
         signer: MessageSigner,
+        deliveries: DeliverySecrets,
         *,
         batch: int = 500,
         sweep_s: float = 1.0,
@@ -86,8 +88,11 @@ class OutboxRelay(ListeningLoop):
         self._connection = connection
         self._topology = topology
         self._signer = signer
+        self._deliveries = deliveries
         self._signed = frozenset({topology.tasks, topology.retry, topology.control})
         """Exchanges whose messages agents act on: signed, so agents can tell them from forgeries."""
+        self._task_messages = frozenset({topology.tasks, topology.retry})
+        """Exchanges of task messages: each gets its attempt's delivery secret here, never in a row."""
         self._batch = batch
         self._retry_s = retry_s
         self._channel: AbstractChannel | None = None
@@ -157,6 +162,8 @@ class OutboxRelay(ListeningLoop):
             inject_headers(headers)
             if row["exchange"] in self._signed:
                 headers[HEADER_SIGNATURE] = self._signer.sign(bytes(row["body"]))
+            if row["exchange"] in self._task_messages:
+                headers[HEADER_DELIVERY_SECRET] = self._deliveries.header(row["body"])
             if row["exchange"] == self._topology.retry:
                 await self._ensure_retry_queue(channel, headers)
             message = aio_pika.Message(

@@ -25,7 +25,7 @@ from aiops.remediation.settings import RemediationSettings
 from aiops.settings import AiopsSettings
 from aiops.traces.source import SpanSource, make_span_source
 from control_plane import approvals
-from control_plane.agent_keys import load_signer
+from control_plane.agent_keys import DeliverySecrets, load_keys
 from control_plane.approvals import ApprovalExpiry
 from control_plane.broker import BrokerUnavailable, PrivateRabbitMQ, redact, resolve_broker
 from control_plane.db import (
@@ -140,6 +140,7 @@ class ControlPlane:
         self._pool: asyncpg.Pool | None = None
         self._loops_pool: asyncpg.Pool | None = None
         self._signer: MessageSigner | None = None
+        self._deliveries: DeliverySecrets | None = None
         self._connection: AbstractRobustConnection | None = None
         self._private_broker: PrivateRabbitMQ | None = None
         self.workers: Workers | None = None
@@ -172,6 +173,13 @@ class ControlPlane:
         if self._signer is None:
             raise RuntimeError("ControlPlane used outside `async with`")
         return self._signer
+
+    @property
+    def deliveries(self) -> DeliverySecrets:
+        """Attempts' delivery secrets: the relay puts them in task messages, the events consumer checks proofs."""
+        if self._deliveries is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._deliveries
 
     @property
     def loops_pool(self) -> asyncpg.Pool:
@@ -229,7 +237,8 @@ class ControlPlane:
         self._loops_pool = await create_pool(db.app_url, role=SERVICE_ROLE, min_size=1, max_size=s.db_loops_pool_max)
         async with self._loops_pool.acquire() as conn:
             self.installation = await load_installation(conn)
-            self._signer = await load_signer(conn)
+            keys = await load_keys(conn)
+            self._signer, self._deliveries = keys.signer, keys.deliveries
         if s.broker.prefix is None:
             self.broker = s.broker.model_copy(update={"prefix": self.installation.broker_prefix})
         self._topology = self.broker.topology()
@@ -276,11 +285,12 @@ class ControlPlane:
 
         self.workers = Workers(
             relay=OutboxRelay(
-                pool, connection, self.topology, self.signer, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s
+                pool, connection, self.topology, self.signer, self.deliveries, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s
             ),
             events=EventsConsumer(
                 pool, connection,
                 EventsConfig(lease_s=s.lease_s, agent_ttl_s=s.heartbeat_ttl_s, topology=self.topology,
+                             deliveries=self.deliveries,
                              on_tasks_ended=self.workflows.tasks_ended),
                 batch=s.events_batch, prefetch=s.events_prefetch, on_agents_joined=agents_joined,
             ),

@@ -9,7 +9,8 @@ Flows:
 * ``TaskMessage``: control plane -> ``devart.tasks`` exchange, routing key = pool id.
   An agent acks it only after its terminal event (succeeded / failed / cancelled) was confirmed by
   the broker. The same ``(task_id, attempt)`` may be delivered more than once; handlers are
-  idempotent per that pair.
+  idempotent per that pair. Header ``x-devart-delivery-secret`` carries the attempt's delivery
+  secret, from which every task event about the attempt gets its ``proof`` (``agents.sdk.trust``).
 * ``Event``: agent -> ``devart.events`` (topic), routing key ``task.<task_id>.<kind>`` or
   ``agent.<agent_id>.<kind>``. ``seq`` increases per ``(task_id, attempt)`` for task events and per
   agent instance for agent events, so the control plane can drop duplicates. Terminal events of
@@ -153,6 +154,11 @@ class AgentBye(_EventBase):
 class _TaskEventBase(_EventBase):
     task_id: UUID
     attempt: int = Field(ge=1)
+    proof: str | None = Field(
+        default=None, repr=False,
+        description="proof of delivery: agents.sdk.trust.delivery_proof of the attempt's delivery secret; the "
+        "control plane refuses a task event without a valid one",
+    )
 
 
 class TaskStarted(_TaskEventBase):

@@ -82,7 +82,14 @@ from agents.sdk.topology import (
     declare_exchanges,
     declare_pool_queue,
 )
-from agents.sdk.trust import HEADER_SIGNATURE, AgentCredentials, register
+from agents.sdk.trust import (
+    HEADER_DELIVERY_SECRET,
+    HEADER_SIGNATURE,
+    AgentCredentials,
+    delivery_proof,
+    delivery_secret,
+    register,
+)
 
 log = logging.getLogger("devart.agent")
 _tracer = trace.get_tracer("devart.agent")
@@ -341,6 +348,8 @@ class _Attempt:
     headers: dict[str, str]
     log: _AttemptLog
     deliveries: list[AbstractIncomingMessage]
+    proof: str | None
+    """The proof of delivery every event about this attempt carries (None: the message had no secret)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     seq: int = 0
     progress: float | None = None
@@ -586,6 +595,7 @@ class AgentRuntime:
         if self.state != "active":
             await _settle(delivery, requeue=True)
             return
+        secret = delivery_secret((delivery.headers or {}).get(HEADER_DELIVERY_SECRET))
         attempt = _Attempt(
             message=message,
             handler=handler,
@@ -606,6 +616,7 @@ class AgentRuntime:
             headers=headers,
             log=_AttemptLog(max_bytes=self.settings.max_log_bytes),
             deliveries=[delivery],
+            proof=delivery_proof(secret, self.agent.agent_id) if secret is not None else None,
         )
         self._running[key] = attempt
         attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt-{key[0]}-{key[1]}")
@@ -636,9 +647,11 @@ class AgentRuntime:
         message = attempt.message
         started = attempt.unannounced = TaskStarted(
             agent_id=self.agent.agent_id, seq=0, task_id=message.task_id, attempt=message.attempt,
-            pool_id=self.agent.pool_id)
+            pool_id=self.agent.pool_id, proof=attempt.proof)
         try:
-            window = self.settings.coalesce_start_s
+            # A redelivered attempt may still be bound to the agent that had it (and died): the
+            # control plane takes its result only once a started event has moved it here.
+            window = 0.0 if attempt.deliveries[0].redelivered else self.settings.coalesce_start_s
             if window <= 0 and not await self._announce_start(attempt):
                 return
             flusher = asyncio.create_task(self._flush_periodically(attempt), name="attempt-log-flush")
@@ -698,6 +711,7 @@ class AgentRuntime:
             "seq": attempt.take_seq(),
             "task_id": attempt.message.task_id,
             "attempt": attempt.message.attempt,
+            "proof": attempt.proof,
             "result": outcome.result,
             "duration_s": outcome.duration_s,
         }
@@ -743,6 +757,7 @@ class AgentRuntime:
         log.warning("poison message on %s: %s", self.agent.pool_id, reason)
         assert self._dead is not None
         headers = dict(delivery.headers or {})
+        headers.pop(HEADER_DELIVERY_SECRET, None)  # the dead letter is kept and shown; the secret is not
         headers[HEADER_DEAD_REASON] = reason
         try:
             await self._dead.publish(
@@ -783,6 +798,7 @@ class AgentRuntime:
                             seq=attempt.take_seq(),
                             task_id=attempt.message.task_id,
                             attempt=attempt.message.attempt,
+                            proof=attempt.proof,
                             lines=lines,
                         ),
                         attempt.headers,
@@ -805,6 +821,7 @@ class AgentRuntime:
                     seq=seq,
                     task_id=attempt.message.task_id,
                     attempt=attempt.message.attempt,
+                    proof=attempt.proof,
                     progress=fraction,
                     message=text,
                 ),

@@ -11,6 +11,12 @@ a task message for any pool. So:
   (32 random bytes, bound to its agent id, its pool and the token). It signs every event with HMAC-SHA256 in the
   same header; the control plane verifies it against the key of the agent the event names, so an
   event claiming to be agent A's is accepted only from the holder of A's key.
+* Each task message carries its attempt's *delivery secret* in the ``x-devart-delivery-secret``
+  header, and every event an agent sends about that attempt carries a *proof of delivery*: the
+  MAC (keyed BLAKE2b) of its own agent id under that secret. Only an agent the broker delivered the message
+  to can make it, so an agent cannot speak for an attempt delivered to another agent of its pool,
+  or for one still queued; and a proof read off the events queue is worth nothing under another
+  agent's key.
 
 This module is the wire half of that contract; it imports nothing of the control plane.
 """
@@ -28,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from pydantic import BaseModel, ConfigDict, Field
 
 HEADER_SIGNATURE = "x-devart-signature"
+HEADER_DELIVERY_SECRET = "x-devart-delivery-secret"
 REGISTER_PATH = "/api/v1/agents/register"
 
 
@@ -55,6 +62,26 @@ def event_signature_valid(key: bytes, body: bytes, signature: object) -> bool:
     if isinstance(signature, bytes):
         signature = signature.decode("ascii", "replace")
     return isinstance(signature, str) and hmac.compare_digest(sign_event(key, body), signature)
+
+
+def delivery_proof(secret: bytes, agent_id: str) -> str:
+    """The proof of delivery ``agent_id`` puts in its events about the attempt whose task message
+    carried ``secret``: keyed BLAKE2b, a MAC by design, in one call (half an HMAC-SHA256's cost)."""
+    return hashlib.blake2b(agent_id.encode(), key=secret, digest_size=32).hexdigest()
+
+
+def delivery_secret(header: object) -> bytes | None:
+    """The delivery secret a task message's ``x-devart-delivery-secret`` header carries (urlsafe
+    base64 of 32 bytes), or None when it carries none."""
+    if isinstance(header, str):
+        header = header.encode("ascii", "replace")
+    if not isinstance(header, bytes):
+        return None
+    try:
+        secret = base64.urlsafe_b64decode(header)
+    except ValueError:
+        return None
+    return secret if len(secret) == 32 else None
 
 
 class MessageSigner:

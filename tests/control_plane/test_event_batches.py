@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import UTC, datetime
+from uuid import UUID
 
 import aio_pika
 import asyncpg
@@ -15,7 +16,7 @@ from pydantic import BaseModel
 
 from agents.sdk import Agent, BrokerSettings, TaskContext, TaskSucceeded, task_handler
 from agents.sdk.messages import BATCH_TYPE, HEADER_TRACEPARENTS, AgentHello, batch_routing_key
-from agents.sdk.trust import HEADER_SIGNATURE, event_signature_valid
+from agents.sdk.trust import HEADER_SIGNATURE, delivery_proof, event_signature_valid
 from control_plane.service import ControlPlane
 from tests.support.system import StartAgent, register_in_database, wait_for
 
@@ -37,7 +38,8 @@ async def _statuses(admin: httpx.AsyncClient, ids: list[str]) -> list[str]:
 
 
 async def test_results_ready_together_travel_in_one_signed_batch_and_all_apply(
-    admin: httpx.AsyncClient, start_agent: StartAgent, broker_settings: BrokerSettings, db: asyncpg.Pool
+    admin: httpx.AsyncClient, start_agent: StartAgent, broker_settings: BrokerSettings, db: asyncpg.Pool,
+    cp: ControlPlane,
 ) -> None:
     release.clear()
     runtime = await start_agent(Agent("holder", skills=["python"], slots=4, handlers=[hold]), event_batch_s=0.3)
@@ -69,6 +71,9 @@ async def test_results_ready_together_travel_in_one_signed_batch_and_all_apply(
     events = json.loads(message.body)
     assert sorted(e["task_id"] for e in events) == sorted(ids)
     assert {e["kind"] for e in events} == {"succeeded"}
+    # each result carries the proof of delivery of its own attempt
+    assert [e["proof"] for e in events] == [
+        delivery_proof(cp.deliveries.secret(UUID(e["task_id"]), 1), runtime.agent.agent_id) for e in events]
     assert event_signature_valid(runtime.credentials.event_key, message.body, message.headers[HEADER_SIGNATURE])
     assert len(message.headers[HEADER_TRACEPARENTS]) == 4
     for task_id in ids:
