@@ -37,7 +37,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -60,6 +59,7 @@ from agents.sdk.connection import connect_robust
 from bench.cpu import CpuMeter, children, pids_by_command
 from bench.percentiles import p50_p99
 from bench.pyspy import Profile, profile_processes
+from control_plane.serving import free_port
 
 SYSTEMS = ("raw", "celery", "celery-durable", "devart")
 _QUORUM = {"x-queue-type": "quorum"}
@@ -188,12 +188,6 @@ async def _measure(n: int, load: Awaitable[object], groups: dict[str, Callable[[
 
 def _broker_pids() -> list[int]:
     return pids_by_command("beam.smp")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @asynccontextmanager
@@ -623,7 +617,7 @@ async def bench_devart(
             _, agent_token = await create_token(conn, name=f"{prefix}agent", role="agent", created_by="bench")
         finally:
             await conn.close()
-        ports = [_free_port() for _ in range(control_planes)]
+        ports = [free_port() for _ in range(control_planes)]
         env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
                    DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING")
         db = await create_pool(database_url, role=SERVICE_ROLE, min_size=1, max_size=4)

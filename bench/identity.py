@@ -19,7 +19,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,10 +28,11 @@ from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bench.dispatch import _free_port, _postgres
+from bench.dispatch import _postgres
 from bench.options import settings_parser
 from bench.percentiles import p50_p99
 from control_plane.api import deps
+from control_plane.serving import serve_in_process
 
 
 class IdentityBenchSettings(BaseSettings):
@@ -56,24 +56,6 @@ async def _submits(http: aiohttp.ClientSession, count: int) -> list[float]:
                 raise RuntimeError(f"submit answered {response.status}: {await response.text()}")
         took.append((time.perf_counter() - started) * 1000)
     return took
-
-
-@asynccontextmanager
-async def _serve(app: Any) -> AsyncIterator[str]:
-    import uvicorn
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
 
 
 async def _authenticated_only(
@@ -127,8 +109,8 @@ async def run(settings: IdentityBenchSettings) -> str:
                 headers = {"Authorization": f"Bearer {token}"}
                 took: dict[str, list[float]] = {"switch": [], "none": []}
                 try:
-                    async with _serve(create_app(control_plane=cp)) as with_switch, \
-                            _serve(_without_identity_switch(cp, owner_pool)) as without:
+                    async with serve_in_process(create_app(control_plane=cp)) as with_switch, \
+                            serve_in_process(_without_identity_switch(cp, owner_pool)) as without:
                         urls = {"switch": with_switch, "none": without}
                         for url in urls.values():  # warm-up: connections, caches, token cache
                             async with aiohttp.ClientSession(base_url=url, headers=headers) as warm:

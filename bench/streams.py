@@ -29,10 +29,11 @@ import aiohttp
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bench.dispatch import _free_port, _postgres, _process, _wait_until
+from bench.dispatch import _postgres, _process, _wait_until
 from bench.options import settings_parser
 from bench.percentiles import p50_p99
 from bench.pyspy import profile_processes
+from control_plane.serving import free_port
 
 
 class StreamsBenchSettings(BaseSettings):
@@ -176,7 +177,7 @@ async def run(settings: StreamsBenchSettings) -> str:
                 ]
             finally:
                 await conn.close()
-            port = _free_port()
+            port = free_port()
             env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
                        DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING",
                        DEVART_BROKER_QUEUE_EXPIRES_S="60")

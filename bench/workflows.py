@@ -44,9 +44,10 @@ import asyncpg
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from bench.dispatch import _delete_names, _free_port, _postgres, _process, _wait_until
+from bench.dispatch import _delete_names, _postgres, _process, _wait_until
 from bench.options import settings_parser
 from bench.percentiles import p50_p99
+from control_plane.serving import free_port
 
 MODES = ("engine", "client")
 WORKFLOW = "bench-fan"
@@ -205,7 +206,7 @@ async def run(settings: WorkflowBenchSettings, workdir: Path, *, prefix: str | N
             _, agent_token = await create_token(conn, name=f"{prefix}agent", role="agent", created_by="bench")
         finally:
             await conn.close()
-        port = _free_port()
+        port = free_port()
         env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
                    DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING",
                    DEVART_BROKER_QUEUE_EXPIRES_S="60")

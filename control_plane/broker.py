@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from control_plane.serving import free_port
+
 log = logging.getLogger("devart.broker")
 
 
@@ -55,12 +57,6 @@ def _hand_to_broker_user(path: Path) -> None:
         os.chown(directory, entry.pw_uid, entry.pw_gid)
         for name in files:
             os.chown(os.path.join(directory, name), entry.pw_uid, entry.pw_gid)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 BROKER_USER = "devart"
@@ -130,8 +126,8 @@ class PrivateRabbitMQ:
     async def start(self, timeout_s: float = 90.0) -> str:
         if shutil.which("rabbitmq-server") is None:
             raise BrokerUnavailable("rabbitmq-server is not installed")
-        self.node_port = self.node_port or _free_port()
-        self.dist_port = self.dist_port or _free_port()
+        self.node_port = self.node_port or free_port()
+        self.dist_port = self.dist_port or free_port()
         self.node_name = self.node_name or f"devart-{self.node_port}@localhost"
         self._env = self._environment()
         await asyncio.to_thread(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -90,48 +89,32 @@ def _run(args: argparse.Namespace) -> int:
     return eventloop.run(_demo(args, settings), settings.event_loop)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _say(text: str) -> None:
     print(f"{time.strftime('%H:%M:%S')} {text}", file=sys.stderr, flush=True)
 
 
 async def _demo(args: argparse.Namespace, base: Settings) -> int:
-    import uvicorn
-
     from agents.sdk.telemetry import TelemetrySettings
     from aiops.service import AiopsService
     from aiops.simulation import Fault, TraceGenerator, chain
     from control_plane.api.app import create_app
     from control_plane.auth import create_token, revoke_token
     from control_plane.service import ControlPlane
+    from control_plane.serving import serve_in_process
 
-    update: dict[str, Any] = {"host": "127.0.0.1", "port": _free_port()}
-    if base.database_url is None:
-        update["home"] = base.home / "demo"  # demo data stays out of the installation's database
-    settings = base.model_copy(update=update)
+    # demo data stays out of the installation's database
+    settings = base.model_copy(update={"home": base.home / "demo"}) if base.database_url is None else base
     demo = demo_settings(args.step, args.baseline_steps)
     step_ns = args.step * _NS
     generator = TraceGenerator(chain(len(_SERVICES)), seed=7)
     fault = Fault(args.fault, args.service)
 
-    async with ControlPlane(settings, workers=False, aiops=demo.aiops, telemetry=TelemetrySettings(enabled=False)) as cp:
-        server = uvicorn.Server(uvicorn.Config(create_app(control_plane=cp), host="127.0.0.1", port=settings.port,
-                                               log_level="warning", lifespan="on"))
-        serving = asyncio.create_task(server.serve())
+    async with ControlPlane(settings, workers=False, aiops=demo.aiops, telemetry=TelemetrySettings(enabled=False)) as cp, \
+            serve_in_process(create_app(control_plane=cp)) as base_url:
         async with cp.owner_connection() as conn:
             token_id, token = await create_token(conn, name=f"demo-{uuid4().hex[:8]}", role="admin",
                                                  created_by="devart demo")
-        base_url = f"http://127.0.0.1:{settings.port}"
         try:
-            while not server.started:
-                if serving.done():
-                    serving.result()
-                await asyncio.sleep(0.05)
             async with httpx.AsyncClient(base_url=base_url, headers={"Authorization": f"Bearer {token}"},
                                          timeout=30.0) as api:
                 first_live = time.time_ns() // step_ns * step_ns
@@ -148,8 +131,6 @@ async def _demo(args: argparse.Namespace, base: Settings) -> int:
                     found = await _live(api, args, generator, fault, live_from, step_ns)
                 found["remediations"] = await _remediations(api, cp, found["incident"]["id"])
         finally:
-            server.should_exit = True
-            await serving
             async with cp.owner_connection() as conn:
                 await revoke_token(conn, token_id)
     emit(args, found, "")

@@ -18,10 +18,11 @@ from agents.sandbox import SandboxSettings
 from agents.sdk import Agent
 from agents.shell import build_shell_agent
 from control_plane.api.app import create_app
+from control_plane.serving import free_port
 from tests.agents.sdk.sample_agent import HANDLERS
 from tests.support.cli import devart
 from tests.support.loopback import ThreadedServer
-from tests.support.system import StartAgent, client, free_port
+from tests.support.system import StartAgent, client
 
 
 @pytest.fixture

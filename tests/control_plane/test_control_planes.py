@@ -23,7 +23,8 @@ from agents.noop import build_agent as noop_agent
 from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.leadership import LEADER_LOCK
-from tests.support.system import api_ready, free_port, make_token, wait_for
+from control_plane.serving import free_port
+from tests.support.system import api_ready, make_token, wait_for
 
 HISTORY = ["pending", "queued", "running", "succeeded"]
 

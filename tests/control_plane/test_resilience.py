@@ -20,11 +20,11 @@ from agents.noop import build_agent as noop_agent
 from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.service import ControlPlane
+from control_plane.serving import free_port
 from tests.support.system import (
     api_ready,
     client,
     fast_settings,
-    free_port,
     make_token,
     register_in_database,
     serve_api,

@@ -28,7 +28,8 @@ from opentelemetry.proto.common.v1 import common_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
 from agents.sdk import BrokerSettings
-from tests.support.system import api_ready, free_port, make_token, wait_for
+from control_plane.serving import free_port
+from tests.support.system import api_ready, make_token, wait_for
 
 SLOTS = 2
 DECOMPRESSED_LIMIT = 16 * 1024 * 1024

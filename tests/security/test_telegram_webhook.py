@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from agents.sdk import BrokerSettings
 from control_plane.api.app import create_app
 from control_plane.service import ControlPlane
-from tests.support.system import fast_settings, free_port, make_token, wait_for
+from control_plane.serving import free_port, serve_in_process
+from tests.support.system import fast_settings, make_token, wait_for
 from tests.telegram_fake.fixtures import (
     APPROVER,
     GROUP,
@@ -37,15 +36,8 @@ async def webhook_url(database_url: str, broker_settings: BrokerSettings,
     url = f"http://127.0.0.1:{port}/api/v1/telegram/webhook"
     settings = notify_settings(telegram.fake, telegram.url, mode="webhook", webhook_url=url, webhook_secret=SECRET)
     async with ControlPlane(fast_settings(database_url, broker_settings), notify=settings) as cp:
-        server = uvicorn.Server(uvicorn.Config(create_app(control_plane=cp), host="127.0.0.1", port=port,
-                                               log_level="warning", lifespan="on"))
-        task = asyncio.create_task(server.serve())
-        await wait_for(lambda: _async(server.started), what="the API")
-        try:
+        async with serve_in_process(create_app(control_plane=cp), port=port):
             yield url
-        finally:
-            server.should_exit = True
-            await task
 
 
 async def test_webhook_mode_registers_and_refuses_calls_without_the_secret(

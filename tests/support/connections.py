@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import pytest
 from aio_pika.abc import AbstractConnection
 
-from tests.support.system import free_port
+from control_plane.serving import free_port
 
 
 def wrong_password(amqp_url: str) -> str:

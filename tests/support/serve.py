@@ -11,7 +11,8 @@ import sys
 import httpx
 
 from agents.sdk import BrokerSettings
-from tests.support.system import free_port, wait_for
+from control_plane.serving import free_port
+from tests.support.system import wait_for
 
 
 class ServeProcess:

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
-import uvicorn
 from fastapi import FastAPI
 
 from agents.sdk import AgentRuntime
@@ -20,16 +18,11 @@ from control_plane.api.app import create_app
 from control_plane.auth import Principal, create_token
 from control_plane.db import connect
 from control_plane.service import ControlPlane
+from control_plane.serving import serve_in_process
 from control_plane.settings import Settings
 
 StartAgent = Callable[..., Awaitable[AgentRuntime]]
 """The ``start_agent`` fixture: ``await start_agent(agent, **runtime_setting_overrides)``."""
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 async def wait_for(condition: Callable[[], Awaitable[Any]], *, timeout_s: float = 20.0, interval_s: float = 0.02,
@@ -57,20 +50,8 @@ async def api_ready(base_url: str) -> bool:
 @asynccontextmanager
 async def serve_api(cp: ControlPlane, app: FastAPI | None = None) -> AsyncIterator[str]:
     """The real API (or ``app``, built by ``create_app`` for ``cp``) on a free loopback port; yields its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app or create_app(control_plane=cp), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on",
-                                           timeout_graceful_shutdown=1))
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_in_process(app or create_app(control_plane=cp), graceful_shutdown_s=1) as url:
+        yield url
 
 
 async def make_token(database_url: str, role: str, name: str | None = None) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 import httpx
 
 from control_plane import runstate
-from tests.support.system import free_port, wait_for
+from control_plane.serving import free_port
+from tests.support.system import wait_for
 
 
 @dataclass

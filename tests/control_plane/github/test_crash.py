@@ -15,10 +15,11 @@ import asyncpg
 import pytest
 
 from agents.sdk import BrokerSettings
+from control_plane.serving import free_port
 from tests.control_plane.github.conftest import REPO, SECRET
 from tests.control_plane.github.test_webhook import PIPELINE
 from tests.github_fake.server import FakeGitHub, FakeGitHubServer, pull_request_payload, send_webhook
-from tests.support.system import api_ready, client, free_port, make_token, wait_for
+from tests.support.system import api_ready, client, make_token, wait_for
 
 SHA = "4" * 40
 GROUP = f"github:{REPO}#40"

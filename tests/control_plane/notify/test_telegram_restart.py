@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 
 from agents.sdk import BrokerSettings
-from tests.support.system import free_port, wait_for
+from control_plane.serving import free_port
+from tests.support.system import wait_for
 from tests.telegram_fake.fixtures import GROUP, open_incident
 from tests.telegram_fake.server import FakeTelegram, FakeTelegramServer
 
