@@ -29,14 +29,15 @@ from tests.support.processes import marker, running
 from tests.support.system import StartAgent, make_token, wait_for
 
 
-async def _publish(amqp_url: str, exchange: str, routing_key: str, body: bytes, signer: MessageSigner) -> None:
+async def _publish(amqp_url: str, exchange: str, routing_key: str, body: bytes, signer: MessageSigner,
+                   headers: dict[str, str] | None = None) -> None:
     """Publish as the control plane does, signed: these messages test what agents do with bodies."""
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         target = await channel.get_exchange(exchange)
         await target.publish(aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                              headers={HEADER_SIGNATURE: signer.sign(body)}),
+                                              headers={HEADER_SIGNATURE: signer.sign(body), **(headers or {})}),
                              routing_key=routing_key, mandatory=True)
 
 

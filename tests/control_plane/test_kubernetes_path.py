@@ -18,6 +18,7 @@ import pytest
 from agents.sandbox import SandboxSettings
 from agents.sandbox.kubernetes import job_name
 from agents.sdk import AgentRuntime, TaskMessage
+from agents.sdk.trust import HEADER_DELIVERY_SECRET
 from agents.shell import build_shell_agent
 from control_plane.service import ControlPlane
 from tests.control_plane.test_end_to_end import _finished, _logs
@@ -210,7 +211,9 @@ async def test_a_second_delivery_of_the_same_attempt_adopts_the_job(
         timeout_s=created["timeout_s"],
         pool_id=created["pool_id"],
     )
-    await _publish(amqp_url, cp.topology.tasks, created["pool_id"], again.model_dump_json().encode(), cp.signer)
+    body = again.model_dump_json().encode()
+    await _publish(amqp_url, cp.topology.tasks, created["pool_id"], body, cp.signer,
+                   {HEADER_DELIVERY_SECRET: cp.deliveries.header(body)})  # a genuine duplicate: the attempt's secret
 
     async def both_created() -> bool:
         posts = [r for r in fake.requests if r.method == "POST" and r.resource == "jobs"]
@@ -226,3 +229,5 @@ async def test_a_second_delivery_of_the_same_attempt_adopts_the_job(
     assert task["status"] == "succeeded" and task["result"]["exit_code"] == 0
     assert [a["status"] for a in task["attempts"]] == ["succeeded"]
     assert [j["metadata"]["name"] for j in fake.jobs()] == [job]
+    async with cp.loops_pool.acquire() as conn:  # both deliveries' events proved them
+        assert not await conn.fetch("SELECT reason FROM dead_letters WHERE reason LIKE 'agent event%'")
