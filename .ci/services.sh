@@ -4,6 +4,8 @@
 # The local sandbox needs bubblewrap (namespaces) and util-linux's setpriv; they are installed too,
 # with shellcheck, which the review agent runs on changed shell files,
 # and so is Debian's chromium, the browser the console's tests drive (Playwright's own download is never used).
+# The cgroup v2 tests boot a Debian kernel in qemu: qemu and busybox-static are installed, the kernel
+# package is unpacked under .devart/vm/kernel (never installed on this host).
 # "Up" means the broker completes an AMQP handshake, not just that its port is open: a broker that
 # accepts TCP but never answers is restarted.
 set -euo pipefail
@@ -58,8 +60,38 @@ install_browser() {
   fi
 }
 
+install_vm() {
+  if ! command -v qemu-system-x86_64 >/dev/null 2>&1 || ! dpkg -s busybox-static >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        qemu-system-x86 busybox-static
+    else
+      echo "the cgroup v2 tests need qemu and a static busybox: apt-get install qemu-system-x86 busybox-static" >&2
+      exit 1
+    fi
+  fi
+  # The kernel the linux-image-amd64 metapackage names today; a newer one replaces the cached one.
+  local package dir=.devart/vm/kernel
+  package=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '$1 == "Depends:" && $2 ~ /^linux-image-/ {print $2; exit}')
+  if [ -z "$package" ]; then
+    [ -f "$dir/unpacked" ] && return 0
+    echo "cannot tell which kernel package to fetch for the cgroup v2 tests (apt-cache depends linux-image-amd64)" >&2
+    exit 1
+  fi
+  [ "$(cat "$dir/unpacked" 2>/dev/null)" = "$package" ] && return 0
+  local download
+  download=$(mktemp -d)
+  chown _apt "$download" 2>/dev/null || true  # apt downloads as its sandbox user where it can
+  (cd "$download" && apt-get download -qq "$package")
+  rm -rf "$dir" && mkdir -p "$dir"
+  dpkg -x "$download"/"$package"_*.deb "$dir"
+  rm -rf "$download"
+  echo "$package" > "$dir/unpacked"
+}
+
 install_sandbox_tools
 install_browser
+install_vm
 if amqp_answers; then
   exit 0
 fi

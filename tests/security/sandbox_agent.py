@@ -24,6 +24,7 @@ import httpx
 import pytest
 
 from agents.sdk import BrokerSettings
+from tests.support.attacks import MEMORY_HOG
 from tests.support.system import wait_for
 
 FINAL = {"succeeded", "failed", "dead", "cancelled", "timed_out"}
@@ -158,10 +159,6 @@ async def run_task(admin: httpx.AsyncClient, shell_input: dict[str, Any], *, tim
     return await finished(admin, await submit(admin, shell_input, timeout_s=timeout_s), timeout_s=timeout_s + 30)
 
 
-_HOG = "import time\nb = b'x' * (60 * 2**20)\nprint('held', flush=True)\ntime.sleep(4)\n"
-"""One process holding 60 MiB for a few seconds."""
-
-
 async def run_memory_hog(admin: httpx.AsyncClient) -> Finished:
     """Six 60 MiB processes at once in a task limited to 128 MiB: they do not fit together."""
     script = (
@@ -170,7 +167,7 @@ async def run_memory_hog(admin: httpx.AsyncClient) -> Finished:
         "for p in $pids; do wait $p; done\n"
         "echo all-held\n"
     )
-    return await run_task(admin, {"script": script, "env": {"HOG": _HOG},
+    return await run_task(admin, {"script": script, "env": {"HOG": MEMORY_HOG},
                                   "sandbox": {"resources": {"cpu": "1", "memory": "128Mi"}}})
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import httpx
 
 from tests.security.sandbox_agent import StartShellAgent, run_memory_hog, run_task, start_shell_agent
+from tests.support.attacks import fork_bomb
 from tests.support.processes import marker, wait_until_none_running
 
 __all__ = ["start_shell_agent"]
@@ -20,7 +21,7 @@ async def test_a_fork_bomb_is_stopped_by_the_pids_limit(
 ) -> None:
     await start_shell_agent(processes="64")
     mark = marker()
-    bomb = await run_task(admin, {"script": f"for i in $(seq 200); do sleep {mark} & done; echo all-started"})
+    bomb = await run_task(admin, {"script": fork_bomb(mark)})
     assert bomb.task["status"] == "failed"
     assert "all-started" not in bomb.lines
     assert any("fork" in line.lower() for line in bomb.lines)

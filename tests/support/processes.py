@@ -45,3 +45,13 @@ async def wait_until_none_running(mark: str, within_s: float = 10.0) -> bool:
             return True
         await asyncio.sleep(0.05)
     return not running(mark)
+
+
+async def wait_until_running(mark: str, count: int, within_s: float = 30.0) -> list[int]:
+    """The pids with ``mark`` once there are ``count`` of them, or those there are after ``within_s``."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while asyncio.get_running_loop().time() < deadline:
+        if len(found := running(mark)) >= count:
+            return found
+        await asyncio.sleep(0.05)
+    return running(mark)
