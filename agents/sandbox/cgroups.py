@@ -101,6 +101,9 @@ class CgroupHost:
 
     @classmethod
     def _v2(cls, own: Path) -> CgroupHost:
+        leaf = f"devart-agent-{os.getpid()}"
+        if own.name == leaf:
+            own = own.parent  # an earlier probe of this process moved it there: not a cgroup to nest in
         available = set((own / "cgroup.controllers").read_text().split())
         missing = sorted(set(CONTROLLERS) - available)
         if missing:
@@ -112,10 +115,9 @@ class CgroupHost:
             if exc.errno != errno.EBUSY:
                 raise CgroupUnavailable(f"cgroup v2 at {own} is not writable: {exc.strerror}") from None
             # No process may live in a cgroup that delegates controllers: move the agent into a leaf.
-            leaf = own / f"devart-agent-{os.getpid()}"
             try:
-                leaf.mkdir(exist_ok=True)
-                _write(leaf / "cgroup.procs", str(os.getpid()))
+                (own / leaf).mkdir(exist_ok=True)
+                _write(own / leaf / "cgroup.procs", str(os.getpid()))
                 _write(own / "cgroup.subtree_control", enable)
             except OSError as again:
                 raise CgroupUnavailable(

@@ -3,7 +3,8 @@
 This host binds memory, pids and cpu to its v1 hierarchies, and a controller lives in one hierarchy
 at a time, so its cgroup2 mount (``/sys/fs/cgroup/unified``) offers none of them; freeing one would
 mean unmounting a v1 hierarchy every other process here is counted in. So v2 *limits* cannot be
-exercised here. What v2 does without controllers is real and tested: the detection refuses the
+exercised here (``test_cgroups_v2_vm.py`` does, in a guest booted with cgroup v2 alone). What v2
+does without controllers is real and tested here: the detection refuses the
 hierarchy for what it lacks, and an attempt cgroup made in it holds a whole process tree (joined
 between fork and exec, a ``setsid`` child included) and empties it with ``cgroup.kill``.
 """
