@@ -64,7 +64,7 @@ reboots and ``-no-reboot`` makes qemu exit, with no ``exit`` line on the console
 
 
 class GuestUnavailable(Exception):
-    """qemu, the static busybox or the unpacked kernel is missing; the message says how to get it."""
+    """qemu, the static busybox or the unpacked kernel is missing, or qemu refused to start: the message says which."""
 
 
 @dataclass(frozen=True)
