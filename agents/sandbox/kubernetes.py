@@ -537,7 +537,8 @@ class _JobRun:
         self._queue: asyncio.Queue[_QUEUE_EVENT] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
         self._job: _Json | None = None
-        self._job_seen = False
+        self._job_read = False
+        """Whether the Job has been read (listed, watched or got) since this run created or adopted it."""
         self._pods: dict[str, _Json] = {}
         self._tail = _Tail(self._settings.tail_chars)
         self._log_stream: _LogStream | None = None
@@ -641,7 +642,7 @@ class _JobRun:
         self._maybe_follow_logs()
 
     def _set_job(self, job: _Json | None) -> None:
-        self._job_seen = self._job_seen or job is not None
+        self._job_read = True
         self._job = job
 
     def _pod(self) -> _Json | None:
@@ -679,7 +680,7 @@ class _JobRun:
             if failed.get("reason") == "DeadlineExceeded":
                 return self._result("timed_out", reason="DeadlineExceeded")
             return self._failure(failed.get("reason"))
-        if self._job is None and self._job_seen:
+        if self._job is None and self._job_read:  # this run created or adopted it: absent means deleted
             return self._result("cancelled", reason="JobDeleted")
         stuck = self._stuck()
         if stuck is not None:

@@ -165,6 +165,27 @@ async def test_job_deleted_by_someone_else_ends_the_run(
     assert (result.outcome, result.reason) == ("cancelled", "JobDeleted")
 
 
+async def test_job_deleted_before_the_run_first_reads_it_ends_the_run(
+    fake: FakeKubernetes, sandbox: KubernetesSandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Someone deletes the Job as soon as it is created, before the run's watches list it: the run
+    # created it, so finding none means it was deleted (under load, the race above lands here too).
+    create = fake._create
+
+    def create_then_delete(resource: str, namespace: str, body: dict[str, object]) -> object:
+        created = create(resource, namespace, body)
+        if resource == "jobs":
+            name = created.body["metadata"]["name"]
+            for pod in fake.pods_of(name, namespace):
+                fake.store.delete("pods", namespace, pod["metadata"]["name"])
+            fake.store.delete("jobs", namespace, name)
+        return created
+
+    monkeypatch.setattr(fake, "_create", create_then_delete)
+    result = await Running(sandbox, _spec()).result()
+    assert (result.outcome, result.reason) == ("cancelled", "JobDeleted")
+
+
 async def test_cancel_deletes_the_job_with_a_propagation_policy(
     fake: FakeKubernetes, sandbox: KubernetesSandbox
 ) -> None:
