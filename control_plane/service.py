@@ -53,6 +53,7 @@ from control_plane.remediation import RemediationLoop, build_pipeline
 from control_plane.schemas import InputSchemas
 from control_plane.settings import Settings
 from control_plane.span_retention import SpanRetention
+from control_plane.submissions import Submissions
 from control_plane.telemetry import ControlPlaneMetrics, ObservabilitySettings, SpanStoreExporter
 from control_plane.workflows.engine import APPROVAL_SUBJECT, WorkflowEngine
 from control_plane.workflows.scheduler import WorkflowScheduler
@@ -138,6 +139,7 @@ class ControlPlane:
         self.input_schemas = InputSchemas(agent_ttl_s=settings.heartbeat_ttl_s, refresh_s=settings.schema_refresh_s)
         self._run_workers = workers
         self._pool: asyncpg.Pool | None = None
+        self._submissions: Submissions | None = None
         self._loops_pool: asyncpg.Pool | None = None
         self._signer: MessageSigner | None = None
         self._deliveries: DeliverySecrets | None = None
@@ -154,6 +156,13 @@ class ControlPlane:
         if self._pool is None:
             raise RuntimeError("ControlPlane used outside `async with`")
         return self._pool
+
+    @property
+    def submissions(self) -> Submissions:
+        """Writes single-task submissions of concurrent requests in shared transactions."""
+        if self._submissions is None:
+            raise RuntimeError("ControlPlane used outside `async with`")
+        return self._submissions
 
     @property
     def topology(self) -> Topology:
@@ -232,6 +241,8 @@ class ControlPlane:
         if db.app_password is not None:
             await set_app_password(db.owner_url, db.app_password)
         self._pool = await create_pool(db.app_url, role=APP_ROLE, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        self._submissions = Submissions(self._pool, self.input_schemas, max_tasks=s.submit_group_max,
+                                        max_transactions=s.submit_transactions_max)
         if s.environment == "production":
             await refuse_privileged(self._pool)
         self._loops_pool = await create_pool(db.app_url, role=SERVICE_ROLE, min_size=1, max_size=s.db_loops_pool_max)

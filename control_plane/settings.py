@@ -90,6 +90,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1_048_576, ge=1024, description="largest accepted request body")
     max_input_bytes: int = Field(default=262_144, ge=16, description="largest task input (JSON) accepted")
     max_batch_tasks: int = Field(default=500, ge=1, description="most tasks one POST /api/v1/tasks/batch may create")
+    submit_group_max: int = Field(
+        default=64, ge=1,
+        description="most single-task submissions (POST /api/v1/tasks) of one caller written in one shared transaction",
+    )
+    submit_transactions_max: int = Field(
+        default=2, ge=1,
+        description="shared submit transactions being written at once per API process; submissions arriving "
+        "meanwhile wait and go into the next one together",
+    )
     page_size_default: int = Field(default=50, ge=1, description="tasks per page when limit is not given")
     page_size_max: int = Field(default=500, ge=1, description="largest page a client may ask for")
     log_page_max: int = Field(default=1000, ge=1, description="most log lines returned by one page")

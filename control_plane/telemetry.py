@@ -10,6 +10,7 @@ to the event loop, waiting for it in that thread. The loop never waits for telem
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Iterable, Sequence
@@ -52,9 +53,9 @@ def trace_query(record: LoggedQuery) -> None:
     if not (parent.is_valid and parent.trace_flags.sampled):
         return
     end_ns = time.time_ns()
-    statement = " ".join(record.query.split())[:500]
+    name, statement = _statement(record.query)
     span = _db_tracer.start_span(
-        f"postgres {statement.split(' ', 1)[0].upper()}",
+        name,
         kind=trace.SpanKind.CLIENT,
         start_time=end_ns - int(record.elapsed * 1e9),
         attributes={"db.system": "postgresql", "db.statement": statement},
@@ -62,6 +63,13 @@ def trace_query(record: LoggedQuery) -> None:
     if record.exception is not None:
         span.set_status(trace.Status(trace.StatusCode.ERROR, type(record.exception).__name__))
     span.end(end_time=end_ns)
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(query: str) -> tuple[str, str]:
+    """A query's span name and its whitespace-collapsed text (the same few queries run all the time)."""
+    statement = " ".join(query.split())[:500]
+    return f"postgres {statement.split(' ', 1)[0].upper()}", statement
 
 
 def server_traceparent() -> str | None:

@@ -114,7 +114,8 @@ def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
 
 
 def require_for_stream(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
-    """:func:`require` for streaming endpoints: holds no database connection while streaming."""
+    """:func:`require` for endpoints that hold no request transaction: streams (no database
+    connection while streaming) and the single-task submit (written in a shared transaction)."""
     return _permission_check(permission, _stream_principal)
 
 

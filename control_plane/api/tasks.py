@@ -46,6 +46,8 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
 Reader = Annotated[Principal, Depends(require(READ))]
 Creator = Annotated[Principal, Depends(require(CREATE_TASKS))]
+# A single-task submit holds no request transaction: its task is written in one shared with concurrent ones.
+SingleCreator = Annotated[Principal, Depends(require_for_stream(CREATE_TASKS))]
 Operator = Annotated[Principal, Depends(require(OPERATE_TASKS))]
 
 
@@ -87,17 +89,15 @@ def _new_task(body: TaskCreate, settings: Settings) -> task_store.NewTask:
 )
 async def create_task(
     body: TaskCreate,
-    conn: DbConn,
     cp: ControlPlaneDep,
-    who: Creator,
+    who: SingleCreator,
     remote: Remote,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same task")] = None,
     traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
     new = _new_task(body, cp.settings)
-    await cp.input_schemas.validate(conn, type=new.type, requires=new.requires, data=new.input)
-    row, replayed = await task_store.create_task(
-        conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
+    row, replayed = await cp.submissions.submit(
+        who, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
     )
     headers = {"Location": f"/api/v1/tasks/{row['id']}"}
     if replayed:

@@ -1,0 +1,154 @@
+"""Single-task submissions of concurrent requests, written together (group commit).
+
+A ``POST /api/v1/tasks`` in a transaction of its own costs BEGIN, the identity switch, the create
+statement and COMMIT: four round trips, a WAL flush and a wake-up of every listener per task. Here a
+request hands its task to :class:`Submissions` and waits; the tasks of one caller that arrive while
+earlier transactions are being written go into one transaction together: BEGIN, the identity switch,
+one create statement per task, COMMIT. A request is answered only once the transaction holding its
+task has committed, so an answered task is as durable as before, with the same rows (task, history,
+attempt, outbox message, audit row).
+
+Nothing waits for a window: with fewer than ``max_transactions`` transactions being written, a task
+starts one at once (at light load, a transaction of one task, as before). A shared transaction that
+fails is not the failure of its tasks: each is then created again in a transaction of its own, so an
+error (a conflicting idempotency key, a database that refused the row) reaches its own request only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import asyncpg
+from opentelemetry import context as otel_context
+
+from control_plane import identity
+from control_plane import tasks as task_store
+from control_plane.auth import Principal
+from control_plane.errors import DomainError
+from control_plane.schemas import InputSchemas
+
+log = logging.getLogger("devart.submissions")
+
+Created = tuple[asyncpg.Record, bool]
+"""The task's row and whether it existed already (an idempotent replay)."""
+
+
+@dataclass
+class _Submission:
+    who: Principal
+    task: task_store.NewTask
+    by: task_store.Submitter
+    idempotency_key: str | None
+    context: otel_context.Context
+    """The request's trace context: the task's create statement is a span of the request's trace."""
+    answer: asyncio.Future[Created] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+    @property
+    def caller(self) -> str:
+        """Submissions with the same caller identity may share a transaction."""
+        return json.dumps(identity.claims(self.who), sort_keys=True)
+
+
+class Submissions:
+    """Writes the tasks of concurrent single-task submissions in shared transactions."""
+
+    def __init__(
+        self, pool: asyncpg.Pool, input_schemas: InputSchemas, *, max_tasks: int, max_transactions: int
+    ) -> None:
+        self._pool = pool
+        self._input_schemas = input_schemas
+        self._max_tasks = max_tasks
+        self._max_transactions = max_transactions
+        self._waiting: list[_Submission] = []
+        self._writing: set[asyncio.Task[None]] = set()
+
+    async def submit(
+        self, who: Principal, task: task_store.NewTask, by: task_store.Submitter, *, idempotency_key: str | None
+    ) -> Created:
+        """Validate ``task``'s input against the live pools' schemas and create it as ``who``, once
+        the transaction holding it has committed; raises what creating it alone would raise."""
+        submission = _Submission(who, task, by, idempotency_key, otel_context.get_current())
+        self._waiting.append(submission)
+        self._start_writing()
+        return await submission.answer
+
+    def _start_writing(self) -> None:
+        while self._waiting and len(self._writing) < self._max_transactions:
+            caller = self._waiting[0].caller
+            group = [s for s in self._waiting if s.caller == caller][: self._max_tasks]
+            taken = {id(s) for s in group}
+            self._waiting = [s for s in self._waiting if id(s) not in taken]
+            # not in the context of whichever request or writer started it: _traced says whose it is
+            writer = asyncio.create_task(self._write(group), name="submissions", context=contextvars.Context())
+            self._writing.add(writer)
+            writer.add_done_callback(self._written)
+
+    def _written(self, writer: asyncio.Task[None]) -> None:
+        self._writing.discard(writer)
+        self._start_writing()
+
+    async def _write(self, group: list[_Submission]) -> None:
+        try:
+            created = await self._create_together(group)
+        except Exception as exc:  # noqa: BLE001 - any failure of the shared transaction: each task alone
+            if len(group) > 1:
+                log.info("a shared submit transaction of %d tasks failed (%s); creating each alone", len(group), exc)
+            for submission in group:
+                await self._create_alone(submission)
+            return
+        for submission, outcome in zip(group, created, strict=True):
+            _answer(submission, outcome)
+
+    async def _create_together(self, group: list[_Submission]) -> list[Created | DomainError]:
+        outcomes: list[Created | DomainError] = []
+        # the transaction's own statements are spans of the first request's trace
+        with _traced(group[0]):
+            async with self._pool.acquire() as conn, conn.transaction():
+                await identity.assume(conn, group[0].who)
+                for submission in group:
+                    try:
+                        outcomes.append(await self._create(conn, submission))
+                    except DomainError as exc:  # refused before any write (bad input, a key reused): the others go on
+                        outcomes.append(exc)
+        return outcomes
+
+    async def _create_alone(self, submission: _Submission) -> None:
+        try:
+            with _traced(submission):
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await identity.assume(conn, submission.who)
+                    outcome: Created | BaseException = await self._create(conn, submission)
+        except Exception as exc:  # noqa: BLE001 - handed to the request, whose handlers map it
+            outcome = exc
+        _answer(submission, outcome)
+
+    async def _create(self, conn: asyncpg.Connection, submission: _Submission) -> Created:
+        with _traced(submission):
+            task = submission.task
+            await self._input_schemas.validate(conn, type=task.type, requires=task.requires, data=task.input)
+            return await task_store.create_task(conn, task, submission.by, idempotency_key=submission.idempotency_key)
+
+
+@contextmanager
+def _traced(submission: _Submission) -> Iterator[None]:
+    """Statements run inside are spans of ``submission``'s request (the query logger reads the context)."""
+    token = otel_context.attach(submission.context)
+    try:
+        yield
+    finally:
+        otel_context.detach(token)
+
+
+def _answer(submission: _Submission, outcome: Created | BaseException) -> None:
+    if submission.answer.done():  # the request went away; its task exists all the same
+        return
+    if isinstance(outcome, BaseException):
+        submission.answer.set_exception(outcome)
+    else:
+        submission.answer.set_result(outcome)
