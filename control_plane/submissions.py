@@ -1,12 +1,12 @@
 """Single-task submissions of concurrent requests, written together (group commit).
 
-A ``POST /api/v1/tasks`` in a transaction of its own costs BEGIN, the identity switch, the create
-statement and COMMIT: four round trips, a WAL flush and a wake-up of every listener per task. Here a
-request hands its task to :class:`Submissions` and waits; the tasks of one caller that arrive while
-earlier transactions are being written go into one transaction together: BEGIN, the identity switch,
-one create statement per task, COMMIT. A request is answered only once the transaction holding its
-task has committed, so an answered task is as durable as before, with the same rows (task, history,
-attempt, outbox message, audit row).
+A ``POST /api/v1/tasks`` in a request transaction of its own costs BEGIN, the identity switch, the
+create statement and COMMIT: four round trips and a WAL flush per task. Here a request hands its task
+to :class:`Submissions` and waits; the tasks of one caller that arrive while earlier transactions are
+being written go into one transaction together: BEGIN with the identity switch (one round trip,
+``identity.transaction_as``), one create statement per task, COMMIT. A request is answered only
+once the transaction holding its task has committed, so an answered task is as durable as before,
+with the same rows (task, history, attempt, outbox message, audit row).
 
 Nothing waits for a window: with fewer than ``max_transactions`` transactions being written, a task
 starts one at once (at light load, a transaction of one task, as before). A shared transaction that
@@ -109,8 +109,7 @@ class Submissions:
         outcomes: list[Created | DomainError] = []
         # the transaction's own statements are spans of the first request's trace
         with _traced(group[0]):
-            async with self._pool.acquire() as conn, conn.transaction():
-                await identity.assume(conn, group[0].who)
+            async with self._pool.acquire() as conn, identity.transaction_as(conn, group[0].who):
                 for submission in group:
                     try:
                         outcomes.append(await self._create(conn, submission))
@@ -121,8 +120,7 @@ class Submissions:
     async def _create_alone(self, submission: _Submission) -> None:
         try:
             with _traced(submission):
-                async with self._pool.acquire() as conn, conn.transaction():
-                    await identity.assume(conn, submission.who)
+                async with self._pool.acquire() as conn, identity.transaction_as(conn, submission.who):
                     outcome: Created | BaseException = await self._create(conn, submission)
         except Exception as exc:  # noqa: BLE001 - handed to the request, whose handlers map it
             outcome = exc
