@@ -122,7 +122,8 @@ class TokenCache:
         self._max = max_entries
         self._entries: dict[str, tuple[float, Principal | None]] = {}
 
-    async def authenticate(self, conn: asyncpg.Connection, token: str) -> Principal | None:
+    async def authenticate(self, conn: asyncpg.Connection | asyncpg.Pool, token: str) -> Principal | None:
+        """The token's principal (None: unknown or revoked); ``conn`` is read only when the cache misses."""
         digest = hash_token(token)
         now = time.monotonic()
         cached = self._entries.get(digest)

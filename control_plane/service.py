@@ -242,7 +242,7 @@ class ControlPlane:
             await set_app_password(db.owner_url, db.app_password)
         self._pool = await create_pool(db.app_url, role=APP_ROLE, min_size=s.db_pool_min, max_size=s.db_pool_max)
         self._submissions = Submissions(self._pool, self.input_schemas, max_tasks=s.submit_group_max,
-                                        max_transactions=s.submit_transactions_max)
+                                        max_transactions=s.submit_transactions_max, on_committed=self._wake_relay)
         if s.environment == "production":
             await refuse_privileged(self._pool)
         self._loops_pool = await create_pool(db.app_url, role=SERVICE_ROLE, min_size=1, max_size=s.db_loops_pool_max)
@@ -284,6 +284,10 @@ class ControlPlane:
             await self._close()
             raise
         return self
+
+    def _wake_relay(self) -> None:
+        if self.workers is not None:
+            self.workers.relay.wake()
 
     async def _start_workers(self) -> None:
         s = self.settings

@@ -20,7 +20,7 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -59,9 +59,12 @@ class Submissions:
     """Writes the tasks of concurrent single-task submissions in shared transactions."""
 
     def __init__(
-        self, pool: asyncpg.Pool, input_schemas: InputSchemas, *, max_tasks: int, max_transactions: int
+        self, pool: asyncpg.Pool, input_schemas: InputSchemas, *, max_tasks: int, max_transactions: int,
+        on_committed: Callable[[], None] = lambda: None,
     ) -> None:
         self._pool = pool
+        self._on_committed = on_committed
+        """Called after each commit: wakes this process's outbox relay without waiting for the NOTIFY."""
         self._input_schemas = input_schemas
         self._max_tasks = max_tasks
         self._max_transactions = max_transactions
@@ -102,6 +105,7 @@ class Submissions:
             for submission in group:
                 await self._create_alone(submission)
             return
+        self._on_committed()
         for submission, outcome in zip(group, created, strict=True):
             _answer(submission, outcome)
 
@@ -124,6 +128,8 @@ class Submissions:
                     outcome: Created | BaseException = await self._create(conn, submission)
         except Exception as exc:  # noqa: BLE001 - handed to the request, whose handlers map it
             outcome = exc
+        else:
+            self._on_committed()
         _answer(submission, outcome)
 
     async def _create(self, conn: asyncpg.Connection, submission: _Submission) -> Created:

@@ -54,7 +54,7 @@ async def _connection(cp: Annotated[ControlPlane, Depends(_control_plane)]) -> A
 
 
 async def _authenticate(
-    request: Request, credentials: HTTPAuthorizationCredentials | None, conn: asyncpg.Connection
+    request: Request, credentials: HTTPAuthorizationCredentials | None, conn: asyncpg.Connection | asyncpg.Pool
 ) -> Principal:
     if credentials is None or credentials.scheme.lower() != "bearer":
         raise Unauthorized("missing bearer token (Authorization: Bearer <token>)", field="Authorization")
@@ -86,9 +86,9 @@ async def _stream_principal(
     cp: Annotated[ControlPlane, Depends(_control_plane)],
 ) -> Principal:
     # A stream lives for minutes or hours: it borrows a connection for the check only, where a
-    # request-scoped one would stay taken until the stream ends (seven streams starved the API).
-    async with cp.pool.acquire() as conn:
-        return await _authenticate(request, credentials, conn)
+    # request-scoped one would stay taken until the stream ends (seven streams starved the API);
+    # and only when the token is not in the cache.
+    return await _authenticate(request, credentials, cp.pool)
 
 
 def _permission_check(
