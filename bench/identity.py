@@ -9,6 +9,9 @@ app with the request connection overridden to what it was before row-level secur
 owner's connections, no transaction around the request, no switch (FastAPI dependency overrides).
 A ``ci`` token submits tasks one at a time through aiohttp, alternating between the two apps
 round by round so both see the same machine load; p50/p99 of each and their ratio are printed.
+Each task goes through ``POST /api/v1/tasks/batch`` (a batch of one), which runs in the request's
+transaction: ``POST /api/v1/tasks`` writes its task in a transaction shared with concurrent
+submissions (control_plane/submissions.py), which the override does not reach.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ async def _submits(http: aiohttp.ClientSession, count: int) -> list[float]:
     took = []
     for i in range(count):
         started = time.perf_counter()
-        async with http.post("/api/v1/tasks", json={"type": "bench-identity", "input": {"i": i}}) as response:
+        body = {"tasks": [{"type": "bench-identity", "input": {"i": i}}]}
+        async with http.post("/api/v1/tasks/batch", json=body) as response:
             await response.read()
             if response.status != 201:
                 raise RuntimeError(f"submit answered {response.status}: {await response.text()}")
