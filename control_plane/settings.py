@@ -76,6 +76,11 @@ class Settings(BaseSettings):
         default=16, ge=1,
         description="streams handed a batch per turn of the event loop; other requests run between slices",
     )
+    sse_max_buffer_bytes: int = Field(
+        default=262_144, ge=1024,
+        description="bytes an event stream may have waiting unsent (its client does not read fast enough); past "
+        "them the stream's connection is dropped, so no client holds memory or the other streams up",
+    )
     sse_revocation_check_s: float = Field(
         default=2.0, gt=0, description="how often open streams' tokens are checked; a revoked token's streams close"
     )

@@ -37,6 +37,7 @@ from control_plane.api import (
     workflows,
 )
 from control_plane.api.hub import EventHub
+from control_plane.api.sse import SERVER_SEND
 from control_plane.api.text import refuse_unstorable_body, refuse_unstorable_params
 from control_plane.auth import TokenCache
 from control_plane.errors import DomainError, http_status
@@ -143,6 +144,16 @@ def _operation_id(route: APIRoute) -> str:
     return route.name
 
 
+class _API(FastAPI):
+    """The API. It keeps the server's own ``send`` in the scope: an event stream's chunks are
+    written straight to its connection (control_plane/api/hub.py), past the middleware."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope[SERVER_SEND] = send
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, control_plane: ControlPlane | None = None) -> FastAPI:
     """Build the API. Without ``control_plane`` the lifespan creates and owns one from ``settings``."""
     settings = settings or (control_plane.settings if control_plane else Settings())
@@ -158,7 +169,7 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
             await stack.enter_async_context(_per_process(app, cp))
             yield
 
-    app = FastAPI(
+    app = _API(
         title="devart",
         version="0.1.0",
         description="Control plane of devart: tasks, agents, pools and live events.",

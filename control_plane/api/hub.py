@@ -1,18 +1,19 @@
 """One LISTEN connection per API process, fanned out to every live SSE stream.
 
-A stream holds no database connection: it is a bounded list of batches fed by the hub.
-Notifications are handed out in batches, at most one per ``sse_flush_s``, with the event frames
-built once for all streams; with many streams open, batches go out less often, so that the streams
-get at most ``sse_max_writes_per_s`` writes a second in all (each is a socket write per stream, the
-fan-out's main cost), and a fan-out waits while API requests hold database connections (at most
-``sse_yield_max_s`` per batch), so a request waits behind one slice of it at most; an event
-stream gets every batch with events, a log follower only those about its task. A batch reaches ``sse_fanout_slice`` streams per turn of the event loop, so requests
-go on between slices; a stream wakes once for all it has pending. A stream more than 1,000 batches
-behind is closed with ``: closed (too slow)`` (the client reconnects). Streams are counted per
-process and per token; beyond ``sse_max_streams`` or ``sse_max_streams_per_token`` a new one gets
-429. Every ``sse_revocation_check_s`` the hub asks Postgres which of its streams' tokens were
-revoked (on any API process) and closes those streams; a revocation through this process closes
-them at once.
+A stream holds no database connection, and an event stream no task that wakes per event: the hub
+writes to its connection itself. Notifications are handed out in batches, at most one per
+``sse_flush_s`` (with many streams open less often, so that the streams get at most
+``sse_max_writes_per_s`` writes a second in all: each is a socket write, the fan-out's main cost).
+A batch's event frames are encoded once, as one HTTP chunk, and the same bytes are written to every
+event stream's transport, ``sse_fanout_slice`` streams per turn of the event loop, so a request
+waits behind one slice at most; a fan-out also waits while API requests hold database connections
+(at most ``sse_yield_max_s`` per batch). A log follower is only woken, and only for news about its
+own task: it reads the task's lines itself. No client holds the others up: a write never waits, and
+a client that does not read gets its connection dropped once more than ``sse_max_buffer_bytes`` wait
+unsent for it (the client reconnects). Streams are counted per process and per token; beyond
+``sse_max_streams`` or ``sse_max_streams_per_token`` a new one gets 429. Every
+``sse_revocation_check_s`` the hub asks Postgres which of its streams' tokens were revoked (on any
+API process) and closes those streams; a revocation through this process closes them at once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from uuid import UUID
 
 import asyncpg
 
+from control_plane.api.sse import CONNECTED, KEEPALIVE, Transport, http_chunk
 from control_plane.auth import Principal
 from control_plane.errors import TooManyRequests
 from control_plane.loops import LoopService
@@ -38,6 +40,7 @@ log = logging.getLogger("devart.hub")
 
 CHANNELS = ("devart_events", "devart_logs")
 _YIELD_POLL_S = 0.002
+_KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
 
 
 @dataclass(frozen=True)
@@ -48,25 +51,11 @@ class Notification:
     """The task it concerns, when it concerns one (a log follower's filter)."""
 
 
-@dataclass(frozen=True)
-class Batch:
-    """The notifications of one flush, and the ``devart_events`` ones framed as SSE once for all."""
-
-    notifications: tuple[Notification, ...]
-    event_frames: bytes
-
-    @staticmethod
-    def merged(batches: list[Batch]) -> Batch:
-        if len(batches) == 1:
-            return batches[0]
-        return Batch(tuple(n for b in batches for n in b.notifications), b"".join(b.event_frames for b in batches))
-
-
 @dataclass(eq=False)
 class _Delivery:
-    """A batch (``None``: a keepalive) on its way to ``recipients``, handed out a slice at a time."""
+    """A batch's chunk (``None``: a keepalive) on its way to ``recipients``, a slice at a time."""
 
-    item: Batch | None
+    chunk: bytes | None
     recipients: list[Stream]
     waited_s: float = 0.0
     """How long it has waited for requests so far."""
@@ -74,74 +63,93 @@ class _Delivery:
 
 @dataclass(eq=False)
 class Stream:
-    """One open SSE stream: the batches the hub has for it and not yet taken, whose token opened
-    it, and (for a log follower) the one task it wants to hear about."""
+    """One open SSE stream: whose token opened it and, for a log follower, the one task it wants to
+    hear about. The hub writes an event stream's chunks to its transport (once its response has
+    started, :meth:`EventHub.attach`); a log follower it wakes."""
 
     token_id: UUID
     task_id: str | None = None
     closed: bool = False
     reason: str = ""
-    _backlog: int = 1000
-    _pending: list[Batch | None] = field(default_factory=list, repr=False)
+    _max_buffer: int = 0
+    _transport: Transport | None = field(default=None, repr=False)
+    _ended: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future(),
+                                         repr=False)
+    _news: bool | None = None
+    """A follower's pending wake-up: ``True`` news about its task, ``False`` a keepalive is due."""
     _waiter: asyncio.Future[None] | None = field(default=None, repr=False)
     _sent_at: float = 0.0
     _hub: EventHub | None = field(default=None, repr=False)
 
     def close(self, reason: str = "") -> None:
-        """End the stream (idempotent); its generator ends after what it already has."""
+        """End the stream (idempotent): it gets no more batches; its response ends."""
         if self.closed:
             return
         self.closed, self.reason = True, reason
         if self._hub is not None:
             self._hub._forget(self)
+        if not self._ended.done():
+            self._ended.set_result(None)
         self._wake()
 
-    def _put(self, item: Batch | None, now: float) -> None:
-        """Hand over a batch (``None``: a keepalive); no task switch, the stream's own task takes
-        everything pending at its next turn."""
-        if len(self._pending) >= self._backlog:
-            log.warning("closing an event stream %d batches behind", self._backlog)
-            self.close("too slow")
+    async def ended(self) -> None:
+        """Return once the stream is closed."""
+        await asyncio.shield(self._ended)
+
+    def _put(self, chunk: bytes | None, now: float) -> None:
+        """Write a batch's chunk (``None``: a keepalive) to an event stream's connection, or wake a
+        follower; never waits."""
+        if self.task_id is not None:
+            self._news = self._news or chunk is not None
+            self._sent_at = now
+            self._wake()
             return
-        self._pending.append(item)
-        self._sent_at = now
-        self._wake()
+        transport = self._transport
+        if transport is None:  # its response has not started yet
+            return
+        if transport.is_closing():
+            self.close("client gone")
+        elif (unsent := transport.get_write_buffer_size()) > self._max_buffer:
+            log.warning("dropping an event stream whose client does not read (%d bytes unsent)", unsent)
+            self.close("too slow")
+            transport.abort()  # frees the buffer now; close() would wait for the client to read it
+        else:
+            transport.write(chunk or _KEEPALIVE_CHUNK)
+            self._sent_at = now
 
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
-    async def _take(self) -> list[Batch | None]:
-        while not self._pending and not self.closed:
+    async def _take(self) -> bool | None:
+        while self._news is None and not self.closed:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
                 await self._waiter
             finally:
                 self._waiter = None
-        taken, self._pending = self._pending, []
-        return taken
+        news, self._news = self._news, None
+        return news
 
 
 class EventHub(LoopService):
-    """Subscribers get :class:`Batch` es of notifications; a stream that falls behind is closed
-    (the client reconnects) rather than slowing everyone down.
+    """Subscribers get the notifications of the ``devart_events`` and ``devart_logs`` channels; a
+    stream that falls behind is dropped (the client reconnects) rather than slowing everyone down.
 
-    Delivering is cheap and spread out: a batch is appended to each stream's list (no queue, no
-    timer), at most ``sse_fanout_slice`` streams per turn of the event loop, so a request arriving
-    during a fan-out to thousands of streams waits for one slice, not for all of them. A stream's
-    task wakes once for everything pending and writes it as one chunk. Keepalives come from one
-    timer of the hub's, not one per stream."""
+    Delivering is cheap and spread out: a batch's chunk is built once and written to each event
+    stream's transport by the hub itself (no queue, no task switch per stream), at most
+    ``sse_fanout_slice`` streams per turn of the event loop, so a request arriving during a fan-out
+    to thousands of streams waits for one slice, not for all of them. Keepalives come from one timer
+    of the hub's, not one per stream."""
 
     name = "sse-hub"
 
-    def __init__(self, pool: asyncpg.Pool, settings: Settings, *, queue_size: int = 1000,
-                 requests_pool: asyncpg.Pool | None = None) -> None:
+    def __init__(self, pool: asyncpg.Pool, settings: Settings, *, requests_pool: asyncpg.Pool | None = None) -> None:
         super().__init__(settings.sse_revocation_check_s)
         self._pool = pool
         self._requests_pool = requests_pool
         """The API's pool: while a request holds one of its connections, a fan-out waits (requests first)."""
         self._settings = settings
-        self._queue_size = queue_size
         self._streams: set[Stream] = set()
         self._every_event: set[Stream] = set()
         self._followers: defaultdict[str, set[Stream]] = defaultdict(set)
@@ -194,24 +202,23 @@ class EventHub(LoopService):
         pending, self._pending = self._pending, []
         if not pending or not self._streams:
             return
-        notifications, frames = [], []
+        frames, tasks = [], set()
         for n in pending:
             if n.channel == "devart_events":
                 document = _document(n.payload)
                 frames.append(f"event: {document.get('kind', 'task')}\ndata: {n.payload}\n\n".encode())
-                task_id = document.get("task_id")
-                notifications.append(Notification(n.channel, n.payload, str(task_id) if task_id else None))
+                if task_id := document.get("task_id"):
+                    tasks.add(str(task_id))
             else:  # devart_logs: the payload is the task id
-                notifications.append(Notification(n.channel, n.payload, n.payload))
-        batch = Batch(tuple(notifications), b"".join(frames))
-        recipients = list(self._every_event) if frames else []
-        if self._followers:
-            recipients += {s for n in notifications if n.task_id for s in self._followers.get(n.task_id, ())}
-        self._deliver(batch, recipients)
+                tasks.add(n.payload)
+        if frames:
+            self._deliver(http_chunk(b"".join(frames)), list(self._every_event))
+        if self._followers and (followers := [s for t in tasks for s in self._followers.get(t, ())]):
+            self._deliver(b"", followers)  # a follower only needs to know there is news
 
-    def _deliver(self, item: Batch | None, recipients: list[Stream]) -> None:
+    def _deliver(self, chunk: bytes | None, recipients: list[Stream]) -> None:
         if recipients:
-            self._deliveries.append(_Delivery(item, recipients))
+            self._deliveries.append(_Delivery(chunk, recipients))
         if self._delivering is None and self._deliveries:
             self._delivering = asyncio.get_running_loop().call_soon(self._deliver_slice)
 
@@ -233,12 +240,12 @@ class EventHub(LoopService):
         now, size, recipients = loop.time(), self._settings.sse_fanout_slice, delivery.recipients
         for stream in recipients[-size:]:
             if not stream.closed:
-                stream._put(delivery.item, now)
+                stream._put(delivery.chunk, now)
         del recipients[-size:]
         if not recipients:
             self._deliveries.popleft()
         if self._deliveries:
-            self._delivering = asyncio.get_running_loop().call_soon(self._deliver_slice)
+            self._delivering = loop.call_soon(self._deliver_slice)
 
     def _schedule_beat(self) -> None:
         self._beat_at = asyncio.get_running_loop().call_later(self._settings.sse_heartbeat_s / 2, self._beat)
@@ -251,7 +258,7 @@ class EventHub(LoopService):
 
     def open(self, who: Principal, *, task_id: UUID | None = None) -> Stream:
         """Register a stream for ``who`` (of every event, or of one task's logs and events), or raise
-        :class:`TooManyRequests` past a cap."""
+        :class:`TooManyRequests` past a cap. An event stream gets events once :meth:`attach` ed."""
         s = self._settings
         if len(self._streams) >= s.sse_max_streams:
             raise TooManyRequests(f"this server has {s.sse_max_streams} open streams, its limit; retry later")
@@ -260,12 +267,22 @@ class EventHub(LoopService):
                 f"this token has {s.sse_max_streams_per_token} open streams, its limit; close one first",
                 field="Authorization",
             )
-        stream = Stream(who.token_id, str(task_id) if task_id else None, _backlog=self._queue_size,
+        stream = Stream(who.token_id, str(task_id) if task_id else None, _max_buffer=s.sse_max_buffer_bytes,
                         _sent_at=asyncio.get_running_loop().time(), _hub=self)
         self._streams.add(stream)
-        (self._followers[stream.task_id] if stream.task_id else self._every_event).add(stream)
+        if stream.task_id:
+            self._followers[stream.task_id].add(stream)
         self._per_token[who.token_id] += 1
         return stream
+
+    def attach(self, stream: Stream, transport: Transport) -> None:
+        """Start writing every batch to the event stream's connection, its response having started
+        (as an HTTP/1.1 chunked body): first ``: connected``, then each batch from the next on."""
+        if stream.closed:
+            return
+        transport.write(http_chunk(CONNECTED))
+        stream._transport = transport
+        self._every_event.add(stream)
 
     def _forget(self, stream: Stream) -> None:
         if stream in self._streams:
@@ -296,16 +313,14 @@ class EventHub(LoopService):
         for row in revoked:
             self.revoke(row["id"])
 
-    async def notifications(self, stream: Stream) -> AsyncIterator[Batch | None]:
-        """Everything pending for ``stream`` at each wake-up, as one batch, and ``None`` when it is
-        time for a keepalive (no other traffic for half a heartbeat); ends when the stream is closed."""
-        while not stream.closed:
-            items = await stream._take()
-            batches = [b for b in items if b is not None]
-            if batches:
-                yield Batch.merged(batches)
-            elif items:
-                yield None
+    async def news(self, follower: Stream) -> AsyncIterator[bool]:
+        """For a log follower: ``True`` when there is news about its task (logs, a transition),
+        ``False`` when it is time for a keepalive (no news for half a heartbeat); ends when the
+        stream is closed."""
+        while not follower.closed:
+            news = await follower._take()
+            if news is not None:
+                yield news
 
 
 def _document(payload: str) -> dict[str, Any]:

@@ -290,10 +290,9 @@ async def _follow_logs(
             if task["status"] in task_store.TERMINAL:
                 yield sse_frame("end", {"status": task["status"]})
                 return
-            async for item in hub.notifications(stream):  # only this task's logs and events
-                if item is None:
-                    yield KEEPALIVE
-                else:
+            async for news in hub.news(stream):  # only this task's logs and events
+                if news:
                     break
+                yield KEEPALIVE
     finally:
         stream.close()
