@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 from collections import Counter, defaultdict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -280,6 +281,9 @@ class EventHub(LoopService):
         (as an HTTP/1.1 chunked body): first ``: connected``, then each batch from the next on."""
         if stream.closed:
             return
+        if (sock := transport.get_extra_info("socket")) is not None:
+            # The kernel's buffer bounded too (Linux grows it to megabytes for a client that stops reading).
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self._settings.sse_max_buffer_bytes)
         transport.write(http_chunk(CONNECTED))
         stream._transport = transport
         self._every_event.add(stream)
