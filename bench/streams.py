@@ -7,10 +7,12 @@ production defaults; no agent runs, so every task stays ``pending`` and each sub
 ``task`` event out to every open stream. The driver (aiohttp) submits ``--submits`` tasks one at a
 time (at most ``--rate`` per second) and times each ``POST /api/v1/tasks``, with no stream open
 and with ``--streams`` ``GET /api/v1/events`` streams open (spread over tokens so no per-token cap
-is reached, and held by a process of their own so the driver's loop only times submits), the two
-alternating in ``--rounds`` rounds so that both meet the same load from the machine's other
-processes. It prints p50/p99 of both and the ratio of the p99s (target: at most 2x), how many
-events the streams received, /readyz with the streams open and the load average of each round.
+is reached, and held by a process of their own so the driver's loop only times submits: uvloop,
+each stream read by protocol callbacks, the lightest client there is, since on one machine its CPU
+is taken from the API's), the two alternating in ``--rounds`` rounds so that both meet the same load
+from the machine's other processes. It prints p50/p99 of both and the ratio of the p99s (target: at
+most 2x), how many events the streams received, the CPU per submit of the API in each phase and of
+the streams' process, /readyz with the streams open and the load average of each round.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -29,6 +32,8 @@ import aiohttp
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from agents.sdk.eventloop import run as run_loop
+from bench.cpu import CpuMeter
 from bench.dispatch import _postgres, _process, _wait_until
 from bench.options import settings_parser
 from bench.percentiles import p50_p99
@@ -89,6 +94,10 @@ class _Streams:
             raise RuntimeError(opened)
         return self
 
+    @property
+    def pid(self) -> int:
+        return self._process.pid  # type: ignore[return-value]
+
     async def counts(self, expected: int, within_s: float) -> list[int]:
         """Each stream's event count, once every stream has ``expected`` events, or after ``within_s``
         (the counts then show which streams fell short)."""
@@ -108,53 +117,75 @@ class _Streams:
 
 
 def _hold_streams(port: int, tokens: list[str], count: int, per_token: int, conn: Connection) -> None:
-    asyncio.run(_held(port, tokens, count, per_token, conn))
+    run_loop(_held(port, tokens, count, per_token, conn), "uvloop")
+
+
+class _CountingStream(asyncio.Protocol):
+    """One event stream read by callbacks (no task, no stream reader: the lightest client, so that
+    the streams' process takes as little CPU from the API's as it can on the same machine)."""
+
+    def __init__(self, request: bytes, started: Callable[[bytes], None]) -> None:
+        self._request, self._started = request, started
+        self._head = b""
+        self._tail = b""
+        self.events = 0
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self._request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._started is not None:
+            self._head += data
+            if b"\r\n" not in self._head:
+                return
+            self._started(self._head)
+            self._started = None  # type: ignore[assignment]
+            data, self._head = self._head, b""
+        chunk = self._tail + data
+        self.events += chunk.count(b"event: ") - self._tail.count(b"event: ")
+        self._tail = chunk[-6:]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
 
 
 async def _held(port: int, tokens: list[str], count: int, per_token: int, conn: Connection) -> None:
-    """The streams' process: open them all (plain sockets, the lightest client), say so, count
-    events until told to report, then until told to stop."""
-    events = [0] * count
+    """The streams' process: open them all, say so, count events until told to report, then until
+    told to stop."""
+    loop = asyncio.get_running_loop()
     opened = asyncio.Event()
-    done = 0
+    answered = 0
+    refused: list[str] = []
 
-    async def one(i: int) -> None:
-        nonlocal done
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        try:
-            writer.write(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
-                         f"{tokens[i // per_token]}\r\nAccept: text/event-stream\r\n\r\n".encode())
-            status = await reader.readline()
-            if b" 200 " not in status:
-                raise RuntimeError(f"stream {i} answered {status!r}: {await reader.read(500)!r}")
-            done += 1
-            if done == count:
-                opened.set()
-            tail = b""
-            while chunk := await reader.read(65536):
-                data = tail + chunk
-                events[i] += data.count(b"event: ") - tail.count(b"event: ")
-                tail = data[-6:]
-        finally:
-            writer.close()
+    def started(head: bytes) -> None:
+        nonlocal answered
+        answered += 1
+        if b" 200 " not in head.split(b"\r\n", 1)[0]:
+            refused.append(head[:500].decode(errors="replace"))
+        if answered == count:
+            opened.set()
 
-    tasks = [asyncio.create_task(one(i)) for i in range(count)]
-    waiting = asyncio.create_task(opened.wait())
-    await asyncio.wait([waiting, *tasks], timeout=110, return_when=asyncio.FIRST_COMPLETED)
-    failed = [t for t in tasks if t.done() and t.exception()]
-    if failed:
-        conn.send(str(failed[0].exception()))
-    elif not opened.is_set():
-        conn.send(f"only {done} of {count} streams opened")
+    streams = [_CountingStream(f"GET /api/v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer "
+                               f"{tokens[i // per_token]}\r\nAccept: text/event-stream\r\n\r\n".encode(), started)
+               for i in range(count)]
+    transports = []
+    try:
+        for stream in streams:
+            transport, _ = await loop.create_connection(lambda s=stream: s, "127.0.0.1", port)
+            transports.append(transport)
+        async with asyncio.timeout(110):
+            await opened.wait()
+    except (OSError, TimeoutError) as exc:
+        conn.send(f"only {answered} of {count} streams answered: {exc!r}")
     else:
-        conn.send(done)
+        conn.send(refused[0] if refused else count)
     while (command := await asyncio.to_thread(conn.recv)) != "stop":
         if command == "report":
-            conn.send(list(events))
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-
+            conn.send([s.events for s in streams])
+    for transport in transports:
+        transport.close()
 
 
 async def run(settings: StreamsBenchSettings) -> str:
@@ -203,13 +234,23 @@ async def run(settings: StreamsBenchSettings) -> str:
                     load: list[float] = []
                     received: list[int] = []
                     profile = None
+                    cpu = {"quiet": 0.0, "loaded": 0.0, "streams": 0.0}
                     for last in [False] * (settings.rounds - 1) + [True]:
                         load.append(os.getloadavg()[0])
+                        meter = CpuMeter({"api": lambda: [serve.pid]})
+                        meter.start()
                         quiet += await _submits(http, chunk, settings.rate)
+                        meter.stop()
+                        cpu["quiet"] += meter.used_s["api"]
                         async with _Streams(port, viewers, settings.streams, settings.streams_per_token) as streams:
+                            meter = CpuMeter({"api": lambda: [serve.pid], "streams": lambda: [streams.pid]})
+                            meter.start()
                             async with profile_processes({"api": serve.pid}, settings.profile_dir if last else None,
                                                          rate=settings.profile_rate, tasks=chunk) as profiled:
                                 loaded += await _submits(http, chunk, settings.rate)
+                            meter.stop()
+                            cpu["loaded"] += meter.used_s["api"]
+                            cpu["streams"] += meter.used_s["streams"]
                             profile = profiled or profile
                             started = time.perf_counter()
                             async with http.get("/readyz") as response:
@@ -231,6 +272,9 @@ async def run(settings: StreamsBenchSettings) -> str:
         f"  p99 with / without streams: {ratio:.2f}x (target at most 2x: {'met' if ratio <= 2 else 'NOT met'})",
         f"  events received per stream and round (of {chunk}): min {received[0]}, "
         f"median {received[len(received) // 2]}",
+        f"  CPU per submit: API {cpu['quiet'] * 1000 / len(quiet):.1f} ms without streams, "
+        f"{cpu['loaded'] * 1000 / len(loaded):.1f} ms with them (their fan-out included); the streams' own "
+        f"process {cpu['streams'] * 1000 / len(loaded):.1f} ms",
         f"  /readyz with the streams open: {readyz[0]} in {readyz[1]:.1f} ms",
         f"  1-min load average ({os.cpu_count()} CPUs) at each round's start, then at the end: "
         + " ".join(f"{x:.2f}" for x in load),
