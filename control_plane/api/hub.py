@@ -48,8 +48,6 @@ _KEEPALIVE_CHUNK = http_chunk(KEEPALIVE)
 class Notification:
     channel: str
     payload: str
-    task_id: str | None = None
-    """The task it concerns, when it concerns one (a log follower's filter)."""
 
 
 @dataclass(eq=False)
