@@ -25,6 +25,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -111,9 +112,21 @@ class _Streams:
 
     async def __aexit__(self, *_: object) -> None:
         self._conn.send("stop")
-        await asyncio.to_thread(self._process.join, 30)
+        await asyncio.to_thread(self._process.join, 40)
         if self._process.is_alive():
             self._process.kill()
+
+
+async def _stream_spans(database_url: str, at_least: int) -> bool:
+    """Whether the server has exported the spans of ``at_least`` ended streams: the last of the work
+    of closing them, which would otherwise land in the next phase, without streams."""
+    from control_plane.db import connect
+
+    conn = await connect(database_url)
+    try:
+        return await conn.fetchval("SELECT count(*) FROM spans WHERE name = 'GET /api/v1/events'") >= at_least
+    finally:
+        await conn.close()
 
 
 def _hold_streams(port: int, tokens: list[str], count: int, per_token: int, conn: Connection) -> None:
@@ -184,8 +197,11 @@ async def _held(port: int, tokens: list[str], count: int, per_token: int, conn: 
     while (command := await asyncio.to_thread(conn.recv)) != "stop":
         if command == "report":
             conn.send([s.events for s in streams])
+    # Half-closed, so the server closes each connection once it has ended that stream: the next
+    # phase (without streams) starts after the server's work of closing them, not during it.
     for transport in transports:
-        transport.close()
+        transport.write_eof()  # type: ignore[attr-defined]
+    await asyncio.wait([s.lost for s in streams], timeout=30)
 
 
 async def run(settings: StreamsBenchSettings) -> str:
@@ -235,6 +251,7 @@ async def run(settings: StreamsBenchSettings) -> str:
                     received: list[int] = []
                     profile = None
                     cpu = {"quiet": 0.0, "loaded": 0.0, "streams": 0.0}
+                    streams_ended = 0
                     for last in [False] * (settings.rounds - 1) + [True]:
                         load.append(os.getloadavg()[0])
                         meter = CpuMeter({"api": lambda: [serve.pid]})
@@ -256,6 +273,9 @@ async def run(settings: StreamsBenchSettings) -> str:
                             async with http.get("/readyz") as response:
                                 readyz = (response.status, (time.perf_counter() - started) * 1000)
                             received += await streams.counts(chunk, within_s=10.0)
+                        streams_ended += settings.streams
+                        await _wait_until(partial(_stream_spans, database_url, streams_ended), timeout_s=60,
+                                          what="the server to export the spans of the streams it closed")
                     load.append(os.getloadavg()[0])
                     serve.check_alive()
             finally:
