@@ -30,6 +30,9 @@ from tests.support.processes import marker, running, wait_until_running
 
 ROOT = Path("/sys/fs/cgroup")
 SANDBOXES = Path("/tmp/sandboxes")
+BOMB_PIDS = 24
+"""The fork bomb's ``processes``: below the sandbox user's ``RLIMIT_NPROC`` (the same number) by
+bubblewrap's own processes, so the cgroup refuses the forks first."""
 
 _MEMORY_HOG_WAITING = """pids=""
 for i in 1 2 3 4 5 6; do python3 -S -c "$HOG" & pids="$pids $!"; done
@@ -163,7 +166,7 @@ async def _in_agent_cgroup(settings: SandboxSettings) -> dict[str, Any]:
     startup = await asyncio.to_thread(Boundary.probe, settings)  # what `python -m agents.shell` does first
     sandbox = LocalSandbox(settings)
     boundary = await sandbox.boundary()
-    bomb_sandbox = LocalSandbox(settings.model_copy(update={"processes": 64}))
+    bomb_sandbox = LocalSandbox(settings.model_copy(update={"processes": BOMB_PIDS}))
     bomb_boundary = await bomb_sandbox.boundary()
     assert startup.cgroups and boundary.cgroups and bomb_boundary.cgroups
     found["agent"] = {

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from tests.agents.sandbox.cgroup_v2_guest import BOMB_PIDS
 from tests.support.vm import GUEST_SHARE, run_in_guest
 
 CHECKOUT = Path(__file__).resolve().parents[3]
@@ -89,9 +90,9 @@ def test_a_fork_bomb_is_stopped_at_pids_max(guest: dict[str, Any]) -> None:
     assert bomb["result"]["outcome"] == "failed"
     assert ["stdout", "all-started"] not in bomb["lines"]
     seen = bomb["seen"]
-    assert seen["pids.max"] == "64\n"
+    assert seen["pids.max"] == f"{BOMB_PIDS}\n"
     assert _counters(seen["pids.events"])["max"] >= 1  # forks refused by this cgroup's pids.max
-    assert 0 < len(seen["marked"]) < 64
+    assert 0 < len(seen["marked"]) < BOMB_PIDS
     assert bomb["survivors"] == [] and not bomb["cgroup_left"]
 
 
