@@ -50,8 +50,9 @@ echo burnt
 """Two busy loops for three seconds: two cores' worth of demand."""
 
 
-_UNTIL_GO = 'until [ -e "$HOME/go" ]; do sleep 0.1; done\n'
-"""The end of a script whose main process must outlive the reading of its cgroup."""
+_UNTIL_GO = 'until [ -e "$HOME/go" ]; do :; done\n'
+"""The end of a script whose main process must outlive the reading of its cgroup (no fork: the
+fork bomb's cgroup is full by then)."""
 
 
 def _say(text: str) -> None:
@@ -184,8 +185,8 @@ async def _in_agent_cgroup(settings: SandboxSettings) -> dict[str, Any]:
     )  # fmt: skip
     mark = marker()
     found["fork_bomb"] = await _attempt(
-        bomb_sandbox, "fork-bomb", script=fork_bomb(mark), timeout_s=300,
-        at="fork", read=("pids.max", "pids.events"), mark=mark,
+        bomb_sandbox, "fork-bomb", timeout_s=300, at="bomb ended", read=("pids.max", "pids.events"), mark=mark,
+        script=f"status=0\n( {fork_bomb(mark)} ) || status=$?\necho bomb ended $status\n{_UNTIL_GO}exit $status\n",
     )  # fmt: skip
     found["cpu"] = await _attempt(
         sandbox, "cpu", script=_CPU_BURN, resources=Resources(cpu="500m"), timeout_s=300,

@@ -89,6 +89,7 @@ def test_a_fork_bomb_is_stopped_at_pids_max(guest: dict[str, Any]) -> None:
     bomb = guest["fork_bomb"]
     assert bomb["result"]["outcome"] == "failed"
     assert ["stdout", "all-started"] not in bomb["lines"]
+    assert any("fork" in text.lower() for stream, text in bomb["lines"] if stream == "stderr")
     seen = bomb["seen"]
     assert seen["pids.max"] == f"{BOMB_PIDS}\n"
     assert _counters(seen["pids.events"])["max"] >= 1  # forks refused by this cgroup's pids.max
