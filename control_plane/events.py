@@ -99,8 +99,9 @@ class EventApplier:
                 )
             case TaskProgress():
                 await conn.execute(
-                    "UPDATE attempts SET progress = $3, progress_msg = $4 WHERE task_id = $1 AND attempt = $2",
-                    event.task_id, event.attempt, event.progress, event.message,
+                    """UPDATE attempts SET progress = $3, progress_msg = $4
+                       WHERE task_id = $1 AND attempt = $2 AND agent_id = $5""",
+                    event.task_id, event.attempt, event.progress, event.message, event.agent_id,
                 )
             case TaskLog():
                 await self._log(conn, event)

@@ -26,7 +26,10 @@ from pydantic import BaseModel
 
 from agents.sdk import (
     Agent,
+    AgentHeartbeat,
+    AgentHello,
     BrokerSettings,
+    RunningTask,
     TaskContext,
     TaskLog,
     TaskStarted,
@@ -85,7 +88,8 @@ async def test_an_agent_cannot_claim_log_to_or_finish_an_attempt_delivered_to_an
     pool, intruder_id, victim_id = victim_agent.pool_id, intruder_agent.agent_id, victim_agent.agent_id
     assert intruder_agent.pool_id == pool
     # both real agents of the one pool, each registered over HTTP with a token scoped to it
-    intruder: AgentCredentials = await register(base_url, await _token(admin, "intruders", [pool]), intruder_id, pool)
+    intruders_token = await _token(admin, "intruders", [pool])
+    intruder: AgentCredentials = await register(base_url, intruders_token, intruder_id, pool)
     await start_agent(intruder_agent, credentials=intruder)
     own = await _submit(admin)
     await wait_for(lambda: _status(admin, own["id"], "running"), what="the intruder's own task to run on it")
@@ -128,6 +132,15 @@ async def test_an_agent_cannot_claim_log_to_or_finish_an_attempt_delivered_to_an
     body = b"[" + b",".join(e.model_dump_json().encode() for e in batch) + b"]"
     await _publish_batch(broker_settings, intruder_id, body, intruder.sign_event(body))
     forged += batch
+    # a heartbeat needs no proof, but its progress counts only for the attempts bound to its agent:
+    # a second agent the intruder's token registers says hello, then lists the victim's attempts
+    spare = await register(base_url, intruders_token, "intruder-spare", pool)
+    await _signed_publish(broker_settings, spare, AgentHello(
+        agent_id="intruder-spare", seq=0, name="spare", pool_id=pool, skills=["python"], types=["hold"], slots=1))
+    await _signed_publish(broker_settings, spare, AgentHeartbeat(
+        agent_id="intruder-spare", seq=1, pool_id=pool, free_slots=0,
+        running=[RunningTask(task_id=target["id"], attempt=1, progress=0.99, message="the intruder's")
+                 for target in (delivered, queued)]))
     published_at = (await _rows(database_url, "SELECT now() AS at"))[0]["at"]
 
     async def refusals() -> list[str]:
@@ -146,6 +159,11 @@ async def test_an_agent_cannot_claim_log_to_or_finish_an_attempt_delivered_to_an
     now_delivered, now_queued = await _task(admin, delivered["id"]), await _task(admin, queued["id"])
     assert (now_delivered["status"], now_delivered["agent_id"], now_delivered["result"]) == ("running", victim_id, None)
     assert (now_queued["status"], now_queued["agent_id"], now_queued["result"]) == ("queued", None, None)
+    await wait_for(lambda: _rows(database_url, "SELECT 1 FROM agents WHERE id = 'intruder-spare' AND free_slots = 0"),
+                   what="the spare agent's heartbeat applied")
+    progress = await _rows(database_url, "SELECT progress FROM attempts WHERE task_id = ANY($1)",
+                           [uuid.UUID(t["id"]) for t in (delivered, queued)])
+    assert [r["progress"] for r in progress] == [None, None]
 
     releases[victim_id].set()  # the victim finishes its task, then takes the queued one and finishes it
     for task in (delivered, queued):
