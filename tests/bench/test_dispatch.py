@@ -15,6 +15,10 @@ from bench.dispatch import DispatchBenchSettings, report, run
 from tests.support.services import queue_exists
 
 
+# Six systems, each with its own worker or control-plane processes to start, take 90-120 s on a loaded
+# machine, and the item's timeout also covers the session's teardown when this test runs last: the
+# suite's 120 s made it fail in teardown (the embedded Postgres being removed) under load.
+@pytest.mark.timeout(300)
 async def test_every_system_completes_a_tiny_load_and_cleans_up(
     amqp_url: str, database_url: str, tmp_path: Path
 ) -> None:

@@ -50,7 +50,7 @@ class EmbeddedTestPostgres:
     def __init__(self, root: Path) -> None:
         import pgserver
 
-        self._server = pgserver.get_server(root, cleanup_mode="delete")
+        self._server = pgserver.get_server(root, cleanup_mode="stop")  # postgres_root removes the directory
         self.base_uri = self._server.get_uri()
         self.template = "devart_template"
 
@@ -83,7 +83,9 @@ class EmbeddedTestPostgres:
 def postgres_root(prefix: str) -> Iterator[Path]:
     """A scratch directory for an embedded cluster, removed afterwards. Not under pytest's tmp dir:
     as root, pgserver runs Postgres as its own user, which must be able to reach the data directory
-    to stop the server cleanly."""
+    to stop the server cleanly. Its clusters are made with ``cleanup_mode="stop"``: pgserver's own
+    delete is a plain rmtree right after the stop, which raises FileNotFoundError when a stop that
+    timed out under load only killed the postmaster and its children still remove their files."""
     root = Path(tempfile.mkdtemp(prefix=prefix))
     root.chmod(0o755)
     try:

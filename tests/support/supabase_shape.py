@@ -102,7 +102,7 @@ class SupabaseShapedPostgres:
     def __init__(self, root: Path) -> None:
         import pgserver
 
-        self._server = pgserver.get_server(root, cleanup_mode="delete")
+        self._server = pgserver.get_server(root, cleanup_mode="stop")  # postgres_root removes the directory
         self.superuser_uri = self._server.get_uri()
 
     def stop(self) -> None:
