@@ -82,6 +82,12 @@ class StreamingDetector(ABC):
         }
 
     @classmethod
+    def _stored_settings(cls, settings: dict[str, Any]) -> BaseSettings:
+        """The settings a stored state was saved with (a detector whose settings gained a field
+        says here what a state saved without it meant)."""
+        return cls.settings_type.model_validate(settings)
+
+    @classmethod
     def from_state(cls, state: dict[str, Any]) -> Self:
         """Rebuild a detector of this class from ``state_dict()`` output."""
         detector = load_detector(state)
@@ -100,7 +106,7 @@ def load_detector(state: dict[str, Any]) -> StreamingDetector:
     if kind not in _KINDS:
         raise ValueError(f"state.kind: unknown detector kind {kind!r}; known: {sorted(_KINDS)}")
     cls = _KINDS[kind]
-    detector = cls(cls.settings_type.model_validate(state.get("settings", {})))
+    detector = cls(cls._stored_settings(state.get("settings", {})))
     if not isinstance(state.get("state"), dict):
         raise ValueError("state.state: expected a dict")
     detector._restore(state["state"])

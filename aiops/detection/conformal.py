@@ -18,8 +18,10 @@ share of the series' typical magnitude so a flat series does not turn noise into
 
 Four statistics per point: ``|z|`` of the point itself (spikes, dips); ``|sum of the last k z| /
 sqrt(k)`` at two time scales, ``k = shift_points`` and ``long_shift_points`` (a sustained moderate
-shift no single point shows, and a slower drift); and the mean of ``min(|z|, 3)`` over the long
-scale (a burst of variance: many moderately unusual points, on both sides, whose sum cancels).
+shift no single point shows, and a slower drift); and the mean of ``min(|z|, 3)`` over the last
+``burst_points`` (a burst of variance: many moderately unusual points, on both sides, whose sum
+cancels; each point says less about a variance than about a mean, so it is judged over twice the
+long shift's points).
 
 Calibration. Each statistic's p-value is its rank among the last ``history_points`` values of the
 same statistic on this series (a conformal p-value: under exchangeability of normal points it is
@@ -33,8 +35,10 @@ times as often as it said. The four p-values are combined by Simes' rule (valid 
 dependent statistics, as overlapping sums of the same z-scores are; Bonferroni's four times the
 smallest when one statistic stands out, less when several agree).
 
-Score. ``-log10(p)`` mapped to [0, 1] with 0.5 at ``alert_p`` (the detector's own alert boundary,
-as for every detector here), rising steeply around it. After a point reaches the boundary, the next
+Score. ``-log10(p)`` mapped to [0, 1] with 0.5 at the alert boundary (the detector's own, as for
+every detector here), rising steeply around it. The boundary is ``alert_p`` per ``alert_interval_s``
+of the series' learnt step, so a series sampled every minute crosses it as often per day as one
+sampled every five minutes (never more than ``alert_p`` per point). After a point reaches the boundary, the next
 ``suppress_points`` points score 0 unless they are ``escalation`` times less likely still: one
 anomaly, one alert (a consumer with its own alerting rules, such as the incident pipeline, sets
 ``suppress_points`` to 0). No score during the first ``warmup_points`` points, nor before
@@ -100,13 +104,21 @@ class ConformalSettings(BaseSettings):
         default=6, ge=2, le=1000, description="points summed into the sustained-shift statistic"
     )
     long_shift_points: int = Field(
-        default=24, ge=2, le=1000, description="points of the slow-shift and variance-burst statistics"
+        default=24, ge=2, le=1000, description="points summed into the slow-shift statistic"
+    )
+    burst_points: int = Field(
+        default=48, ge=2, le=1000, description="points of the variance-burst statistic"
     )
     tail_share: float = Field(
         default=0.01, gt=0, lt=0.5, description="share of the largest past statistics the tail is fitted to"
     )
     alert_p: float = Field(
-        default=0.002, gt=0, lt=0.5, description="p-value that scores 0.5 (and starts suppression)"
+        default=0.002, gt=0, lt=0.5, description="p-value that scores 0.5 (and starts suppression), per alert_interval_s"
+    )
+    alert_interval_s: float = Field(
+        default=300.0,
+        ge=0,
+        description="time alert_p is per: a series sampled more often gets alert_p x step / interval per point (0: per point)",
     )
     suppress_points: int = Field(
         default=100, ge=0, description="points after an alert that score 0 unless far less likely"
@@ -190,6 +202,8 @@ class ConformalDetector(StreamingDetector):
         self.magnitude = 0.0
         self.window = _Ranked(cfg.window_points)
         self.recent: deque[float] = deque(maxlen=self._recent_size)
+        self.clipped: deque[float] = deque(maxlen=self._recent_size)
+        """``min(|z|, _BURST_CLIP)`` of each recent z-score, what the burst averages (derived, not stored)."""
         self.points = _Ranked(cfg.history_points)
         self.shifts = _Ranked(cfg.history_points)
         self.long_shifts = _Ranked(cfg.history_points)
@@ -205,13 +219,20 @@ class ConformalDetector(StreamingDetector):
 
     @property
     def _recent_size(self) -> int:
-        return max(self.settings.shift_points, self.settings.long_shift_points)
+        cfg = self.settings
+        return max(cfg.shift_points, cfg.long_shift_points, cfg.burst_points)
+
+    @classmethod
+    def _stored_settings(cls, settings: dict[str, Any]) -> BaseSettings:
+        # a state saved before the boundary was per unit of time had it per point
+        return cls.settings_type.model_validate({"alert_interval_s": 0.0, **settings})
 
     def _clear(self) -> None:
         """Forget the window, the recent z-scores and the statistics' history (and the point count)."""
         cfg = self.settings
         self.window = _Ranked(cfg.window_points)
         self.recent.clear()
+        self.clipped.clear()
         self.points, self.shifts = _Ranked(cfg.history_points), _Ranked(cfg.history_points)
         self.long_shifts, self.bursts = _Ranked(cfg.history_points), _Ranked(cfg.history_points)
         self.n = 0
@@ -256,6 +277,7 @@ class ConformalDetector(StreamingDetector):
         self.last_sign = int(state["last_sign"])
         self.window = _Ranked(cfg.window_points, [float(v) for v in state["window"]])
         self.recent = deque((float(v) for v in state["recent"]), maxlen=self._recent_size)
+        self.clipped = deque((min(abs(v), _BURST_CLIP) for v in self.recent), maxlen=self._recent_size)
         self.points = _Ranked(cfg.history_points, [float(v) for v in state["points"]])
         self.shifts = _Ranked(cfg.history_points, [float(v) for v in state["shifts"]])
         self.long_shifts = _Ranked(cfg.history_points, [float(v) for v in state["long_shifts"]])
@@ -336,17 +358,27 @@ class ConformalDetector(StreamingDetector):
             self.step += _STEP_RATE * (dt - self.step)
         return max(round(dt / self.step) - 1, 0)
 
+    def _alert_p(self) -> float:
+        """The per-point alert boundary: ``alert_p`` per ``alert_interval_s``, so a series sampled
+        every minute alerts as often per day as one sampled every five (never more than ``alert_p``
+        per point: a sparse series does not get a looser boundary)."""
+        cfg = self.settings
+        if cfg.alert_interval_s <= 0 or self.step <= 0:
+            return cfg.alert_p
+        return cfg.alert_p * min(1.0, self.step / cfg.alert_interval_s)
+
     def _run(self, timestamps: list[float], values: list[float]) -> list[float]:
         cfg = self.settings
         k, root_k = cfg.shift_points, math.sqrt(cfg.shift_points)
         long_k, root_long = cfg.long_shift_points, math.sqrt(cfg.long_shift_points)
-        alert_level = -math.log10(cfg.alert_p)
+        burst_k = cfg.burst_points
         out: list[float] = []
         for t, x in zip(timestamps, values, strict=True):
             if not (math.isfinite(x) and math.isfinite(t)):
                 out.append(0.0)
                 continue
             missed = self._learn_step(t)
+            alert_p = self._alert_p()
             if self.period > 0:
                 x = self._seasonal(x, missed)
             elif self.period == 0 and cfg.period_probe_points:
@@ -371,15 +403,15 @@ class ConformalDetector(StreamingDetector):
                 z = (x - median) / max(spread, floor)
                 recent = self.recent
                 recent.append(z)
+                self.clipped.append(min(abs(z), _BURST_CLIP))
                 filled = len(recent)
                 point = abs(z)
                 shift = abs(math.fsum(islice(recent, filled - k, None))) / root_k if filled >= k else 0.0
-                if filled >= long_k:
-                    tail = list(islice(recent, filled - long_k, None))
-                    long_shift = abs(math.fsum(tail)) / root_long
-                    burst = math.fsum(min(abs(v), _BURST_CLIP) for v in tail) / long_k
-                else:
-                    long_shift = burst = 0.0
+                long_shift = abs(math.fsum(islice(recent, filled - long_k, None))) / root_long if filled >= long_k else 0.0
+                # over the points there are until there are burst_k: a burst of 0 while the other
+                # statistics start would leave the first real one above a history of zeros
+                burst_n = min(filled, burst_k)
+                burst = math.fsum(islice(self.clipped, filled - burst_n, None)) / burst_n
                 p = 1.0
                 if len(self.points.fifo) >= cfg.min_history_points:
                     tail_share = cfg.tail_share
@@ -396,9 +428,9 @@ class ConformalDetector(StreamingDetector):
                             self.alert_p, self.hold = p, cfg.suppress_points
                         else:
                             p = 1.0
-                    elif p <= cfg.alert_p:
+                    elif p <= alert_p:
                         self.alert_p, self.hold = p, cfg.suppress_points
-                    q = (-math.log10(max(p, _P_FLOOR)) / alert_level) ** _HILL_ORDER
+                    q = (math.log10(max(p, _P_FLOOR)) / math.log10(alert_p)) ** _HILL_ORDER
                     score = q / (1.0 + q)
                     sign = 1 if z >= 0.0 else -1
                 self.points.push(point)

@@ -40,9 +40,12 @@ def live_detector_settings(given: ConformalSettings | None) -> ConformalSettings
     batch benchmark measures, with the detector's own hold after an alert switched off. The hold
     only masks the scores that follow an alert (the detector learns the same with and without it);
     here the debounce must see consecutive scores, and the series' episode is the suppression (one
-    anomaly until the value is back near its baseline, :mod:`aiops.incidents.episode`)."""
+    anomaly until the value is back near its baseline, :mod:`aiops.incidents.episode`). The alert
+    boundary stays per point (``alert_interval_s`` 0): the debounce is what keeps this path's false
+    alerts from opening incidents, and at its steps of 1-60 s a boundary per five minutes would ask
+    p-values 5-300 times smaller of every fault."""
     settings = given if given is not None else ConformalSettings()
-    return settings.model_copy(update={"suppress_points": 0})
+    return settings.model_copy(update={"suppress_points": 0, "alert_interval_s": 0.0})
 
 
 def live_alerter_settings(given: AlerterSettings | None) -> AlerterSettings:

@@ -18,7 +18,7 @@ def test_alert_rate_on_a_short_history_stays_near_the_alert_p_value() -> None:
     # fit were exact, the boundary was crossed 27 times as often as alert_p (7.9 times at 0.002);
     # the tail that carries the fit's own uncertainty crosses it 1.15 times as often (1.35 at 0.002).
     rng = np.random.default_rng(11)
-    settings = ConformalSettings(alert_p=0.0002, suppress_points=0)
+    settings = ConformalSettings(alert_p=0.0002, suppress_points=0, alert_interval_s=0)  # per point, as live
     crossings = judged = 0
     for _ in range(200):
         values = np.percentile(rng.lognormal(0.0, 0.5, (250, 40)), 95, axis=1)
@@ -70,3 +70,33 @@ def test_a_state_saved_before_the_step_was_learnt_still_loads_and_learns_it() ->
     resumed = ConformalDetector.from_state(state)
     resumed.score_series(ts[700:], values[700:])
     assert resumed.step == 300.0
+
+
+def test_the_alert_boundary_is_per_unit_of_time_so_a_minute_series_alerts_as_often_per_day() -> None:
+    # Per point, a series sampled every minute crossed the boundary five times as often per day as
+    # one sampled every five minutes (measured 0.0026 of points at 60 s, as at 300 s); per
+    # alert_interval_s (300 s) it crosses about alert_p x 60 / 300 of its points.
+    rng = np.random.default_rng(8)
+    values = rng.normal(0.0, 1.0, 20_000)
+    rates = {}
+    for step in (60.0, 300.0):
+        detector = ConformalDetector(ConformalSettings(suppress_points=0, period_probe_points=0))
+        scores = detector.score_series(step * np.arange(values.size), values)
+        rates[step] = float(np.mean(scores[1000:] >= 0.5))
+    alert_p = ConformalSettings().alert_p
+    assert 0 < rates[60.0] <= 2.0 * alert_p * 60.0 / 300.0
+    assert rates[300.0] > 2.0 * rates[60.0]
+    spike = values.copy()
+    spike[15_000] += 30.0  # a large anomaly still alerts at once on the minute series
+    scores = ConformalDetector(ConformalSettings(period_probe_points=0)).score_series(60.0 * np.arange(spike.size), spike)
+    assert scores[15_000] >= 0.5
+
+
+def test_a_state_saved_when_the_boundary_was_per_point_keeps_it_per_point() -> None:
+    # the incident pipeline's stored series were saved with a boundary per point at 1-60 s steps
+    detector = ConformalDetector()
+    detector.score_series(60.0 * np.arange(300), np.random.default_rng(9).normal(0.0, 1.0, 300))
+    state = json.loads(json.dumps(detector.state_dict()))
+    assert ConformalDetector.from_state(state).settings.alert_interval_s == 300.0
+    del state["settings"]["alert_interval_s"]
+    assert ConformalDetector.from_state(state).settings.alert_interval_s == 0.0

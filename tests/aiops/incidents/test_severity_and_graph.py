@@ -10,6 +10,7 @@ from aiops.detection import Alerter, ConformalSettings, make_detector
 from aiops.incidents import Anomaly, Excerpt
 from aiops.incidents.episode import RecoveryRules
 from aiops.incidents.grouping import CallGraph
+from aiops.incidents.pipeline import live_detector_settings
 from aiops.incidents.series import TrackedSeries
 from aiops.incidents.severity import severity
 from aiops.traces import Span
@@ -53,7 +54,7 @@ def test_call_graph_links_transitive_callers_not_siblings_and_forgets_old_edges(
 
 def test_tracked_series_state_round_trips_through_json_in_the_middle_of_an_episode() -> None:
     rng = np.random.default_rng(3)
-    settings = ConformalSettings(warmup_points=10, suppress_points=0)
+    settings = live_detector_settings(ConformalSettings(warmup_points=10))
     rules = RecoveryRules(confirm_steps=2, recovery_steps=3, band_sigmas=3.0, return_share=0.2, memory_steps=50)
     original = TrackedSeries(("s", "op", "p95"), Alerter(make_detector(settings)), recent_points=4, rules=rules)
     fired = [original.observe(t * 1_000_000_000, v).fired
