@@ -24,7 +24,7 @@ from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.leadership import LEADER_LOCK
 from control_plane.serving import free_port
-from tests.support.system import api_ready, make_token, wait_for
+from tests.support.system import api_ready, make_token, post_until_created, wait_all_succeeded, wait_for
 
 HISTORY = ["pending", "queued", "running", "succeeded"]
 
@@ -83,20 +83,10 @@ async def _submit(urls: list[str], token: str, n: int, *, per_request: int = 100
 
     async def worker(apis: list[httpx.AsyncClient]) -> None:
         for i in pending:
-            body = {"tasks": [{"type": "noop", "requires": ["noop"]}] * sizes[i]}
-            while True:
-                api = apis[next(turn) % len(apis)]
-                try:
-                    response = await api.post("/api/v1/tasks/batch", json=body,
-                                              headers={"Idempotency-Key": f"{prefix}batch-{i}"})
-                except httpx.TransportError:
-                    await asyncio.sleep(0.05)
-                    continue
-                if response.status_code == 201:
-                    ids[i] = [task["id"] for task in response.json()["tasks"]]
-                    break
-                assert response.status_code >= 500, response.text
-                await asyncio.sleep(0.1)
+            created = await post_until_created(lambda: apis[next(turn) % len(apis)], "/api/v1/tasks/batch",
+                                               {"tasks": [{"type": "noop", "requires": ["noop"]}] * sizes[i]},
+                                               idempotency_key=f"{prefix}batch-{i}")
+            ids[i] = [task["id"] for task in created["tasks"]]
 
     clients = [httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
                for url in urls]
@@ -109,17 +99,8 @@ async def _submit(urls: list[str], token: str, n: int, *, per_request: int = 100
 
 
 async def _assert_each_succeeded_once(db: asyncpg.Pool, ids: list[str], *, timeout_s: float) -> None:
+    await wait_all_succeeded(db, ids, timeout_s=timeout_s, interval_s=0.5)
     keys = [uuid.UUID(i) for i in ids]
-
-    async def all_done() -> bool:
-        return await db.fetchval(
-            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status = 'succeeded'", keys) == len(keys)
-
-    try:
-        await wait_for(all_done, timeout_s=timeout_s, interval_s=0.5, what=f"{len(keys)} tasks to succeed")
-    except AssertionError as exc:
-        counts = await db.fetch("SELECT status, status_reason, count(*) FROM tasks GROUP BY 1, 2")
-        raise AssertionError(f"{exc}; tasks by status: {[tuple(r) for r in counts]}") from exc
     assert len(set(ids)) == len(ids)
     histories = await db.fetch(
         """SELECT task_id, array_agg(to_status ORDER BY id) AS history FROM task_transitions

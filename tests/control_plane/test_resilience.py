@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -26,8 +25,10 @@ from tests.support.system import (
     client,
     fast_settings,
     make_token,
+    post_until_created,
     register_in_database,
     serve_api,
+    wait_all_succeeded,
     wait_for,
 )
 
@@ -58,18 +59,9 @@ async def _submit_all(base_url: str, token: str, n: int, *, started: asyncio.Eve
             next_index += 1
             if started is not None and i == after:
                 started.set()
-            while True:
-                try:
-                    response = await api.post("/api/v1/tasks", json={"type": "noop", "requires": ["noop"]},
-                                              headers={"Idempotency-Key": f"burst-{i}"})
-                except httpx.TransportError:
-                    await asyncio.sleep(0.1)  # the API is down: a client retries, as CI would
-                    continue
-                if response.status_code == 201:
-                    ids[i] = response.json()["id"]
-                    break
-                assert response.status_code >= 500, response.text
-                await asyncio.sleep(0.1)
+            created = await post_until_created(lambda: api, "/api/v1/tasks", {"type": "noop", "requires": ["noop"]},
+                                               idempotency_key=f"burst-{i}")
+            ids[i] = created["id"]
 
     async with client(base_url, token) as api:
         await asyncio.gather(*(worker(api) for _ in range(concurrency)))
@@ -77,18 +69,7 @@ async def _submit_all(base_url: str, token: str, n: int, *, started: asyncio.Eve
 
 
 async def _assert_all_succeeded_once(db: asyncpg.Pool, ids: list[str], timeout_s: float = 120) -> None:
-    task_ids = [uuid.UUID(i) for i in ids]
-
-    async def all_done() -> bool:
-        return await db.fetchval(
-            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status = 'succeeded'", task_ids) == len(task_ids)
-
-    try:
-        await wait_for(all_done, timeout_s=timeout_s, interval_s=0.2, what=f"{len(ids)} tasks to succeed")
-    except AssertionError as exc:
-        counts = await db.fetch("SELECT status, status_reason, count(*) FROM tasks GROUP BY 1, 2")
-        outbox = await db.fetchval("SELECT count(*) FROM outbox")
-        raise AssertionError(f"{exc}; tasks by status: {[tuple(r) for r in counts]}; outbox rows: {outbox}") from exc
+    await wait_all_succeeded(db, ids, timeout_s=timeout_s)
     assert len(set(ids)) == len(ids)
     assert await db.fetchval("SELECT count(*) FROM tasks") == len(ids), "a task was created twice"
     twice = await db.fetchval(

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import httpx
 from fastapi import FastAPI
 
@@ -36,6 +38,40 @@ async def wait_for(condition: Callable[[], Awaitable[Any]], *, timeout_s: float 
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last value: {value!r})")
         await asyncio.sleep(interval_s)
+
+
+async def post_until_created(next_api: Callable[[], httpx.AsyncClient], path: str, body: Any, *,
+                             idempotency_key: str) -> Any:
+    """POST ``body`` until it is created, with the same Idempotency-Key each time, as a client does while
+    an API restarts or behind a load balancer (``next_api``: the API to try next). No answer or a 5xx
+    is tried again; any other answer than 201 fails the test. Returns the 201's body."""
+    while True:
+        try:
+            response = await next_api().post(path, json=body, headers={"Idempotency-Key": idempotency_key})
+        except httpx.TransportError:
+            await asyncio.sleep(0.05)  # a client's back-off: the API is down or restarting
+            continue
+        if response.status_code == 201:
+            return response.json()
+        assert response.status_code >= 500, response.text
+        await asyncio.sleep(0.1)
+
+
+async def wait_all_succeeded(db: asyncpg.Pool, ids: list[str], *, timeout_s: float, interval_s: float = 0.2) -> None:
+    """Wait until every task of ``ids`` has succeeded; on timeout, fail with the tasks by status and
+    the outbox rows still unpublished."""
+    keys = [uuid.UUID(i) for i in ids]
+
+    async def all_done() -> bool:
+        return await db.fetchval(
+            "SELECT count(*) FROM tasks WHERE id = ANY($1) AND status = 'succeeded'", keys) == len(keys)
+
+    try:
+        await wait_for(all_done, timeout_s=timeout_s, interval_s=interval_s, what=f"{len(keys)} tasks to succeed")
+    except AssertionError as exc:
+        counts = await db.fetch("SELECT status, status_reason, count(*) FROM tasks GROUP BY 1, 2")
+        outbox = await db.fetchval("SELECT count(*) FROM outbox")
+        raise AssertionError(f"{exc}; tasks by status: {[tuple(r) for r in counts]}; outbox rows: {outbox}") from exc
 
 
 async def api_ready(base_url: str) -> bool:
