@@ -6,7 +6,8 @@ modules and ``_INIT``. The guest sees this host's root filesystem read-only over
 same Python, virtualenv, checkout and bubblewrap, and one writable 9p share at ``GUEST_SHARE`` for
 what it reports. Its init mounts proc, sys, devtmpfs, a tmpfs on ``/tmp`` and ``/run``, and cgroup2
 alone on ``/sys/fs/cgroup`` (the kernel is booted with ``cgroup_no_v1=all``) with ``memory pids
-cpu`` enabled for the root's children; then it runs the command in the host's root and powers off.
+cpu`` enabled for the root's children, then switches to the host's root, runs the command there
+and powers off.
 
 The guest is emulated (TCG), not run under KVM: the development VM's ``/dev/kvm`` is KVM-PVM, a
 nested hypervisor for paravirtualised guests, under which this unmodified kernel had not finished
@@ -16,6 +17,7 @@ decompressing itself after five minutes (see docs/sandbox.md).
 from __future__ import annotations
 
 import lzma
+import os
 import re
 import shlex
 import shutil
@@ -36,6 +38,11 @@ _MSIZE = 512 * 1024
 _BOOTED = re.compile(r"^devart-vm: booted in ([\d.]+) s$", re.MULTILINE)
 _EXITED = re.compile(r"^devart-vm: exit (\d+) after ([\d.]+) s$", re.MULTILINE)
 
+_IN_HOST_ROOT = f"""sh {GUEST_SHARE}/command.sh
+echo "devart-vm: exit $? after $(/bin/busybox cut -d' ' -f1 /proc/uptime) s"
+/bin/busybox poweroff -f
+"""
+"""Then PID 1 in the host's root (its busybox is the one the initramfs has)."""
 _INIT = f"""#!/bin/busybox sh
 set -e
 /bin/busybox --install -s /bin
@@ -54,13 +61,11 @@ echo "+memory +pids +cpu" > /host/sys/fs/cgroup/cgroup.subtree_control
 mkdir /host{GUEST_SHARE}
 mount -t 9p -o trans=virtio,version=9p2000.L,msize={_MSIZE} share /host{GUEST_SHARE}
 echo "devart-vm: booted in $(cut -d' ' -f1 /proc/uptime) s"
-set +e
-chroot /host /bin/sh {GUEST_SHARE}/command.sh
-echo "devart-vm: exit $? after $(cut -d' ' -f1 /proc/uptime) s"
-poweroff -f
+exec switch_root /host /bin/busybox sh -c {shlex.quote(_IN_HOST_ROOT)}
 """
 """PID 1 of the guest. Under ``set -e`` a failed step ends PID 1: the kernel panics, ``panic=-1``
-reboots and ``-no-reboot`` makes qemu exit, with no ``exit`` line on the console."""
+reboots and ``-no-reboot`` makes qemu exit, with no ``exit`` line on the console. ``switch_root``
+rather than ``chroot``: a chrooted process may not create user namespaces (a non-root bubblewrap)."""
 
 
 class GuestUnavailable(Exception):
@@ -147,7 +152,7 @@ def _kernel() -> tuple[Path, Path]:
         start = image.find(_XZ_MAGIC)
         if start < 0:
             raise GuestUnavailable(f"{images[0]} holds no xz-compressed kernel")
-        partial = vmlinux.parent / f"{vmlinux.name}.partial"
+        partial = vmlinux.parent / f"{vmlinux.name}.{os.getpid()}.partial"  # two test runs may make it at once
         partial.write_bytes(lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(image[start:]))
         partial.rename(vmlinux)
     return vmlinux, KERNEL_DIR / "lib" / "modules" / version / "kernel"

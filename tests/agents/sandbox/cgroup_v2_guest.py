@@ -8,7 +8,8 @@ a cgroup it shares with another process. Then this process moves into ``/sys/fs/
 a service manager starts an agent in a cgroup of its own, probes the boundary as ``python -m
 agents.shell`` does before its sandbox does, and runs attempts through ``LocalSandbox`` with
 production settings (bubblewrap, the sandbox user, the attempt's cgroup), reading the attempt
-cgroup's files when a chosen line shows in its output, while the cgroup still exists.
+cgroup's files when a chosen line shows in its output, while the cgroup still exists. Last, a
+forked child runs an attempt as a non-root agent in a cgroup delegated to it.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ import os
 import subprocess
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,7 @@ from tests.support.processes import marker, running, wait_until_running
 
 ROOT = Path("/sys/fs/cgroup")
 SANDBOXES = Path("/tmp/sandboxes")
+NON_ROOT = 65534
 BOMB_PIDS = 24
 """The fork bomb's ``processes``: below the sandbox user's ``RLIMIT_NPROC`` (the same number) by
 bubblewrap's own processes, so the cgroup refuses the forks first."""
@@ -59,8 +63,8 @@ def _say(text: str) -> None:
     print(f"cgroup_v2_guest: {text}", flush=True)
 
 
-def _detect_in(cgroup: Path) -> dict[str, Any]:
-    """What ``CgroupHost.detect`` finds in a forked child that first joins ``cgroup``."""
+def _in_child(cgroup: Path, work: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """What ``work`` returns in a forked child that first joins ``cgroup``, and its cgroup after."""
     read, write = os.pipe()
     child = os.fork()
     if child == 0:
@@ -68,10 +72,11 @@ def _detect_in(cgroup: Path) -> dict[str, Any]:
         try:
             AttemptCgroup(2, [cgroup]).join()
             try:
-                host = CgroupHost.detect()
-                found: dict[str, Any] = {"version": host.version, "parents": [str(p) for p in host.parents.values()]}
-            except CgroupUnavailable as exc:
-                found = {"refused": str(exc)}
+                found = work()
+            except Exception:  # reported to the host test, which fails on it
+                found = {"error": traceback.format_exc()}
+                _say(found["error"])
+            found["pid"] = os.getpid()
             found["own"] = Path("/proc/self/cgroup").read_text().strip()
             os.write(write, json.dumps(found).encode())
         finally:
@@ -81,6 +86,53 @@ def _detect_in(cgroup: Path) -> dict[str, Any]:
         found = json.loads(pipe.read())
     os.waitpid(child, 0)
     return found
+
+
+def _detect() -> dict[str, Any]:
+    try:
+        host = CgroupHost.detect()
+    except CgroupUnavailable as exc:
+        return {"refused": str(exc)}
+    return {"version": host.version, "parents": [str(p) for p in host.parents.values()]}
+
+
+def _detect_in(cgroup: Path) -> dict[str, Any]:
+    return _in_child(cgroup, _detect)
+
+
+def _non_root_agent(settings: SandboxSettings) -> dict[str, Any]:
+    """An agent running as uid 65534 in a cgroup delegated to it (owned by it, as systemd's
+    ``Delegate=yes`` hands it over), with one attempt that reads its limit."""
+    delegated = ROOT / "nonroot"
+    delegated.mkdir()
+    for path in (delegated, *(delegated / name for name in ("cgroup.procs", "cgroup.subtree_control", "cgroup.threads"))):
+        os.chown(path, NON_ROOT, NON_ROOT)
+    os.chown(settings.root, NON_ROOT, NON_ROOT)
+
+    def run() -> dict[str, Any]:
+        # The interpreter lives under /root, which that user may not enter: this process has already
+        # imported (and the earlier attempts used) all the code it runs.
+        os.setgroups([])
+        os.setgid(NON_ROOT)
+        os.setuid(NON_ROOT)
+        return asyncio.run(_non_root_attempt(settings))
+
+    return _in_child(delegated, run)
+
+
+async def _non_root_attempt(settings: SandboxSettings) -> dict[str, Any]:
+    sandbox = LocalSandbox(settings)
+    boundary = await sandbox.boundary()
+    assert boundary.cgroups is not None
+    return {
+        "problems": boundary.problems(),
+        "describe": boundary.describe(),
+        "parents": [str(path) for path in boundary.cgroups.parents.values()],
+        "attempt": await _attempt(
+            sandbox, "non-root", script=f"echo started\n{_UNTIL_GO}", resources=Resources(memory="256Mi"),
+            timeout_s=300, at="started", read=("memory.max", "cgroup.procs"),
+        ),  # fmt: skip
+    }
 
 
 def _shared_cgroup() -> dict[str, Any]:
@@ -214,11 +266,12 @@ def main() -> None:
         "root": _detect_in(ROOT),
         "shared": _shared_cgroup(),
     }
+    settings = SandboxSettings(root=SANDBOXES, kill_grace_s=1.0)
     agent = ROOT / "agent"
     agent.mkdir()
     (agent / "cgroup.procs").write_text(str(os.getpid()))
-    settings = SandboxSettings(root=SANDBOXES, kill_grace_s=1.0)
     results.update(asyncio.run(_in_agent_cgroup(settings)))
+    results["non_root"] = _non_root_agent(settings)
     results["guest_s"] = time.monotonic() - began
     output = Path(sys.argv[1])
     partial = output.parent / f"{output.name}.partial"

@@ -3,7 +3,7 @@
 This host binds memory, pids and cpu to cgroup v1 (see ``test_cgroups_v2.py``), so the guest of
 ``tests/support/vm.py`` runs ``cgroup_v2_guest.py`` once for the module: the real ``LocalSandbox``
 (bubblewrap, the sandbox user, production settings) in the guest's real unified hierarchy, with
-the kernel enforcing ``memory.max``, ``pids.max`` and ``cpu.max``. The guest reports what it saw;
+the kernel enforcing ``memory.max``, ``pids.max`` and ``cpu.max``, for a root agent and a non-root one. The guest reports what it saw;
 these tests assert on it. Without qemu or the unpacked kernel they fail (``make services`` fetches both).
 """
 
@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.agents.sandbox.cgroup_v2_guest import BOMB_PIDS
+from tests.agents.sandbox.cgroup_v2_guest import BOMB_PIDS, NON_ROOT
 from tests.support.vm import GUEST_SHARE, run_in_guest
 
 CHECKOUT = Path(__file__).resolve().parents[3]
@@ -50,7 +50,8 @@ def test_the_guest_has_cgroup_v2_only_with_the_three_controllers(guest: dict[str
 
 
 def test_an_agent_in_the_root_cgroup_makes_attempt_cgroups_there(guest: dict[str, Any]) -> None:
-    assert guest["root"] == {"version": 2, "parents": ["/sys/fs/cgroup"], "own": "0::/"}
+    root = guest["root"]
+    assert (root["version"], root["parents"], root["own"]) == (2, ["/sys/fs/cgroup"], "0::/")
 
 
 def test_an_agent_holding_its_cgroup_moves_into_a_leaf_once_and_delegates_the_controllers(
@@ -71,6 +72,18 @@ def test_an_agent_sharing_its_cgroup_is_refused_with_the_reason(guest: dict[str,
     refused = guest["shared"]["refused"]
     assert refused.startswith("cgroup v2 at /sys/fs/cgroup/shared holds other processes, so it cannot delegate")
     assert "Device or resource busy" in refused
+
+
+def test_a_non_root_agent_in_a_cgroup_delegated_to_it_limits_its_attempts(guest: dict[str, Any]) -> None:
+    agent = guest["non_root"]
+    assert "error" not in agent, agent.get("error")
+    assert agent["problems"] == [] and agent["parents"] == ["/sys/fs/cgroup/nonroot"]
+    assert agent["own"] == f"0::/nonroot/devart-agent-{agent['pid']}"  # it moved itself into its leaf
+    assert agent["describe"].startswith(f"namespaces (bubblewrap), as the agent's uid {NON_ROOT}")
+    attempt = agent["attempt"]
+    assert attempt["result"]["outcome"] == "succeeded"
+    assert attempt["seen"]["memory.max"] == f"{256 * 2**20}\n" and attempt["seen"]["cgroup.procs"].split()
+    assert not attempt["cgroup_left"]
 
 
 def test_a_memory_hog_over_many_processes_is_oom_killed_at_memory_max(guest: dict[str, Any]) -> None:
