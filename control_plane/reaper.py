@@ -4,8 +4,12 @@ and queued tasks whose message vanished from their pool queue.
 Every task ends: a running one by its timeout or lease, a waiting one (pending or queued) by its
 start deadline, any open one by its overall deadline. A queued task whose message is no longer in
 its pool queue (another consumer took it: a second installation without its own broker prefix, a
-tool reading the queue) is found by comparing the queue's depth with the tasks the database says
-are waiting there, and published again, a bounded number of times before it fails.
+tool reading the queue) is published again, a bounded number of times before it fails. It is
+looked for only where nothing else can hold it: its pool queue is empty, no agent event waits in
+the events queue (one message there may carry the results of many tasks), and the pool's agents
+report fewer running attempts than tasks wait; and only when two passes ``requeue_after_s`` apart
+both find it so, because a result being applied (held unacknowledged by a consumer, or in an
+agent's batch) is in none of those counts.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ class Reaper(LoopService):
         self._requeue_after_s = requeue_after_s
         self._max_republish = max_republish
         self._broker_up_since: float | None = None
+        self._suspected_lost: dict[UUID, float] = {}  # task id -> when a pass first found its message missing
 
     def _hearing_agents(self) -> bool:
         """True once the broker has been reachable for a whole agent TTL: silence during a broker
@@ -207,10 +212,9 @@ class Reaper(LoopService):
             return target
 
     async def recover_lost_messages(self, conn: asyncpg.Connection) -> int:
-        """Publish again the queued tasks of pools whose queue holds fewer messages than the database
-        says are waiting there (only tasks queued for ``requeue_after_s`` with nothing left in the
-        outbox for that pool, so a slow relay or a message on its way to an agent is not mistaken
-        for a lost one). Returns how many tasks were published again or failed."""
+        """Publish again the queued tasks whose message is nowhere (see the module's docstring):
+        tasks queued for ``requeue_after_s`` with nothing left in the outbox for their pool, found
+        missing by two passes ``requeue_after_s`` apart. Returns how many were published again or failed."""
         stale = await conn.fetch(
             """SELECT t.pool_id, array_agg(t.id) AS ids FROM tasks t
                JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt
@@ -221,25 +225,39 @@ class Reaper(LoopService):
                GROUP BY t.pool_id""",
             self._requeue_after_s,
         )
+        now = time.monotonic()
+        suspected: dict[UUID, float] = {}
         recovered = 0
         for row in stale:
-            depth = await self._queue_depth(self._topology.pool_queue(row["pool_id"]))
-            if depth is None:
+            if await self._messages_held_elsewhere(conn, row["pool_id"], len(row["ids"])):
                 continue
-            # Not lost: a message an agent holds (its last heartbeat's running attempts), or one
-            # whose task's result is still waiting in the events queue (a backlog under load); a
-            # short task is queued in the database until its one terminal event is applied.
-            in_flight = await conn.fetchval(
-                """SELECT coalesce(sum(jsonb_array_length(running)), 0) FROM agents
-                   WHERE pool_id = $1 AND state IN ('active', 'paused', 'draining')""", row["pool_id"])
-            backlog = await self._queue_depth(self._topology.events_queue) or 0
-            if depth + in_flight + backlog >= len(row["ids"]):
-                continue
-            log.warning("pool queue %s holds %d message(s) but %d task(s) wait there: publishing them again",
-                        row["pool_id"], depth, len(row["ids"]))
             for task_id in row["ids"]:
-                recovered += await self._republish(conn, task_id, row["pool_id"], depth, len(row["ids"]))
+                suspected[task_id] = self._suspected_lost.get(task_id, now)
+            due = [t for t in row["ids"] if now - suspected[t] >= self._requeue_after_s]
+            if not due:
+                continue
+            log.warning("pool queue %s is empty but %d task(s) wait there: publishing %d again",
+                        row["pool_id"], len(row["ids"]), len(due))
+            for task_id in due:
+                recovered += await self._republish(conn, task_id, row["pool_id"], len(row["ids"]))
+                del suspected[task_id]
+        self._suspected_lost = suspected
         return recovered
+
+    async def _messages_held_elsewhere(self, conn: asyncpg.Connection, pool_id: str, waiting: int) -> bool:
+        """Whether ``waiting`` queued tasks of ``pool_id`` may all still have their message: in the
+        pool queue, with an agent (its last heartbeat's running attempts), or as a result in the
+        events queue. True too when the broker cannot say."""
+        depth = await self._queue_depth(self._topology.pool_queue(pool_id))
+        if depth is None or depth > 0:
+            return True
+        backlog = await self._queue_depth(self._topology.events_queue)
+        if backlog is None or backlog > 0:
+            return True
+        in_flight = await conn.fetchval(
+            """SELECT coalesce(sum(jsonb_array_length(running)), 0) FROM agents
+               WHERE pool_id = $1 AND state IN ('active', 'paused', 'draining')""", pool_id)
+        return in_flight >= waiting
 
     async def _queue_depth(self, name: str) -> int | None:
         """Messages ready in queue ``name`` (0 when the queue is gone); None when the broker cannot say."""
@@ -257,7 +275,7 @@ class Reaper(LoopService):
             if not channel.is_closed:
                 await channel.close()
 
-    async def _republish(self, conn: asyncpg.Connection, task_id: UUID, pool_id: str, depth: int, waiting: int) -> int:
+    async def _republish(self, conn: asyncpg.Connection, task_id: UUID, pool_id: str, waiting: int) -> int:
         async with conn.transaction():
             task = await conn.fetchrow(
                 """SELECT t.*, a.republished FROM tasks t JOIN attempts a ON a.task_id = t.id AND a.attempt = t.attempt
@@ -266,9 +284,9 @@ class Reaper(LoopService):
             )
             if task is None:
                 return 0
-            seen = f"pool queue {pool_id} held {depth} message(s) for {waiting} waiting task(s)"
+            seen = f"pool queue {pool_id} held no message for {waiting} waiting task(s)"
             if task["republished"] >= self._max_republish:
-                reason = (f"its message left {seen} {task['republished'] + 1} times without reaching an agent of "
+                reason = (f"its message went missing {task['republished'] + 1} times ({seen}) without reaching an agent of "
                           "this installation; another consumer is taking this installation's messages "
                           "(does a second installation share the broker with the same DEVART_BROKER_PREFIX?)")
                 await conn.execute(
