@@ -160,10 +160,6 @@ class EventHub(LoopService):
         self._delivering: asyncio.Handle | None = None
         self._beat_at: asyncio.TimerHandle | None = None
 
-    @property
-    def open_streams(self) -> int:
-        return len(self._streams)
-
     async def listen(self) -> None:
         self._conn = await self._pool.acquire()
         for channel in CHANNELS:
@@ -278,6 +274,9 @@ class EventHub(LoopService):
         """Start writing every batch to the event stream's connection, its response having started
         (as an HTTP/1.1 chunked body): first ``: connected``, then each batch from the next on."""
         if stream.closed:
+            return
+        if transport.is_closing():  # the client left before the response started: its socket may be shut
+            stream.close("client gone")
             return
         if (sock := transport.get_extra_info("socket")) is not None:
             # The kernel's buffer bounded too (Linux grows it to megabytes for a client that stops reading).

@@ -4,14 +4,16 @@ and a fan-out that waits while requests run (each stream costs a socket write pe
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from uuid import uuid4
 
 import asyncpg
 import httpx
 import pytest
+import uvloop
 
 from agents.sdk import BrokerSettings
-from control_plane.api.hub import EventHub
+from control_plane.api.hub import EventHub, Stream
 from control_plane.auth import Principal
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
@@ -79,3 +81,40 @@ async def test_a_fan_out_waits_for_running_requests_then_goes_out_at_most_yield_
 
 async def _has(lines: list[str], marker: str) -> bool:
     return any(marker in line for line in lines)
+
+
+
+@pytest.mark.parametrize("loop_factory", [asyncio.new_event_loop, uvloop.new_event_loop], ids=["asyncio", "uvloop"])
+async def test_a_stream_whose_client_left_before_its_response_started_is_closed_not_raised(
+    cp: ControlPlane, settings: Settings, loop_factory: Callable[[], asyncio.AbstractEventLoop]
+) -> None:
+    """The response start returns even when the client has gone (the server then writes nothing):
+    attaching the stream to that connection closes it instead of raising from its shut socket. On
+    both loops the API may run on, each in a thread of its own."""
+
+    async def attach_to_a_lost_connection() -> Stream:
+        loop = asyncio.get_running_loop()
+        server = await asyncio.start_server(lambda reader, writer: writer.close(), "127.0.0.1", 0)
+        lost = loop.create_future()
+
+        class _Client(asyncio.Protocol):
+            def connection_lost(self, exc: Exception | None) -> None:
+                lost.set_result(None)
+
+        try:
+            transport, _ = await loop.create_connection(_Client, *server.sockets[0].getsockname()[:2])
+            transport.close()
+            await lost
+            hub = EventHub(cp.pool, settings)
+            stream = hub.open(Principal(uuid4(), "viewer", "viewer"))
+            hub.attach(stream, transport)
+            return stream
+        finally:
+            server.close()
+
+    def run_on_its_loop() -> Stream:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(attach_to_a_lost_connection())
+
+    stream = await asyncio.to_thread(run_on_its_loop)
+    assert (stream.closed, stream.reason) == (True, "client gone")
