@@ -5,6 +5,10 @@ state change that needs it committed. The relay claims rows with ``FOR UPDATE SK
 relays may run), publishes them concurrently with publisher confirms, persistent delivery and
 ``mandatory``, deletes what the broker confirmed and reschedules the rest. A crash between publish
 and delete republishes: delivery is at-least-once and consumers deduplicate.
+
+A command to one agent that the broker returns as unroutable (the agent's control queue is gone) is
+dropped, with a dead letter saying why, once that agent is ``gone`` or unknown: no queue will ever
+take it. Every other unpublished row, task messages above all, is retried.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from opentelemetry import trace
 
+from agents.sdk.messages import ControlCommand
 from agents.sdk.telemetry import extract_context, inject_headers
 from agents.sdk.topology import Topology, declare_retry_queue
 from agents.sdk.trust import HEADER_DELIVERY_SECRET, HEADER_SIGNATURE, MessageSigner
@@ -130,6 +135,8 @@ class OutboxRelay(ListeningLoop):
             if done:
                 await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", done)
             if failed:
+                failed = await self._drop_orphaned_commands(conn, rows, failed)
+            if failed:
                 await conn.execute(
                     """UPDATE outbox SET attempts = attempts + 1, last_error = $2,
                               available_at = now() + make_interval(secs => $3)
@@ -142,6 +149,34 @@ class OutboxRelay(ListeningLoop):
                             len(failed), self._retry_s, self.stats.last_error)
             self.stats.published += len(done)
             return len(rows)
+
+    async def _drop_orphaned_commands(
+        self, conn: asyncpg.Connection, rows: list[asyncpg.Record], failed: list[tuple[int, BaseException]]
+    ) -> list[tuple[int, BaseException]]:
+        """Delete the returned agent commands whose agent is no longer alive, each with a dead letter;
+        returns the failures left to retry."""
+        by_id = {row["id"]: row for row in rows}
+        returned = {
+            row_id: by_id[row_id]["routing_key"].removeprefix("agent.") for row_id, exc in failed
+            if isinstance(exc, aio_pika.exceptions.PublishError) and by_id[row_id]["exchange"] == self._topology.control
+        }
+        if not returned:
+            return failed
+        alive = {r["id"] for r in await conn.fetch(
+            "SELECT id FROM agents WHERE id = ANY($1::text[]) AND state <> 'gone'", list(set(returned.values())))}
+        orphaned = {row_id for row_id, agent_id in returned.items() if agent_id not in alive}
+        for row_id in orphaned:
+            row, agent_id = by_id[row_id], returned[row_id]
+            command = ControlCommand.model_validate_json(row["body"])
+            reason = f"unroutable {command.action} command dropped: agent {agent_id} is gone or unknown"
+            await conn.execute(
+                "INSERT INTO dead_letters (task_id, reason, body, headers) VALUES ($1, $2, $3, $4)",
+                command.task_id, reason, row["body"], row["headers"],
+            )
+            log.warning("outbox: %s (task %s)", reason, command.task_id or "-")
+        if orphaned:
+            await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(orphaned))
+        return [(row_id, exc) for row_id, exc in failed if row_id not in orphaned]
 
     async def _publish(self, channel: AbstractChannel, row: asyncpg.Record) -> None:
         headers = dict(row["headers"])

@@ -129,6 +129,34 @@ async def test_agent_killed_mid_task_hands_it_over(
             process.wait()
 
 
+async def test_a_cancel_for_a_gone_agent_is_dropped_with_a_dead_letter(
+    admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool, base_url: str,
+    database_url: str,
+) -> None:
+    process = _agent_process(runtime_settings, base_url, await make_token(database_url, "agent"))
+    try:
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM agents WHERE state = 'active'"), what="the agent")
+        created = (await admin.post("/api/v1/tasks", json={
+            "type": "sleep", "input": {"seconds": 600}, "requires": ["test"]})).json()
+        task_id = uuid.UUID(created["id"])
+        running = await wait_for(lambda: db.fetchrow(
+            "SELECT agent_id FROM tasks WHERE id = $1 AND status = 'running'", task_id), what="the task to start")
+    finally:
+        process.kill()
+        process.wait()
+    await wait_for(lambda: db.fetchval("SELECT state = 'gone' FROM agents WHERE id = $1", running["agent_id"]),
+                   what="the agent to be gone")
+    # The task still runs on paper, so cancelling it enqueues a cancel for the gone agent, whose
+    # control queue died with it: the broker returns that publish as unroutable.
+    assert (await admin.post(f"/api/v1/tasks/{task_id}/cancel")).json()["status"] == "cancelled"
+    letter = await wait_for(lambda: db.fetchrow(
+        "SELECT * FROM dead_letters WHERE task_id = $1 AND reason LIKE 'unroutable %'", task_id),
+                            what="the dropped cancel in dead_letters")
+    assert letter["reason"] == f"unroutable cancel command dropped: agent {running['agent_id']} is gone or unknown"
+    assert await db.fetchval("SELECT count(*) FROM outbox WHERE routing_key = $1",
+                             f"agent.{running['agent_id']}") == 0
+
+
 async def _lines(api: httpx.AsyncClient, url: str) -> list[dict]:
     return (await api.get(url)).json()["lines"]
 
