@@ -12,6 +12,8 @@ Nothing waits for a window: with fewer than ``max_transactions`` transactions be
 starts one at once (at light load, a transaction of one task, as before). A shared transaction that
 fails is not the failure of its tasks: each is then created again in a transaction of its own, so an
 error (a conflicting idempotency key, a database that refused the row) reaches its own request only.
+But for a connection lost at COMMIT: the transaction may have committed, so each of its requests gets
+that error (as a request in a transaction of its own would) and nothing is created again.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ log = logging.getLogger("devart.submissions")
 
 Created = tuple[asyncpg.Record, bool]
 """The task's row and whether it existed already (an idempotent replay)."""
+
+_CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
 
 
 @dataclass
@@ -97,9 +101,16 @@ class Submissions:
         self._start_writing()
 
     async def _write(self, group: list[_Submission]) -> None:
+        created: list[Created | DomainError] = []
         try:
-            created = await self._create_together(group)
+            await self._create_together(group, created)
         except Exception as exc:  # noqa: BLE001 - any failure of the shared transaction: each task alone
+            if len(created) == len(group) and isinstance(exc, _CONNECTION_LOST):
+                # lost at COMMIT, which may have committed: created again, each task could exist twice
+                log.warning("a shared submit transaction of %d tasks lost its connection at COMMIT (%s)", len(group), exc)
+                for submission in group:
+                    _answer(submission, exc)
+                return
             if len(group) > 1:
                 log.info("a shared submit transaction of %d tasks failed (%s); creating each alone", len(group), exc)
             for submission in group:
@@ -109,8 +120,8 @@ class Submissions:
         for submission, outcome in zip(group, created, strict=True):
             _answer(submission, outcome)
 
-    async def _create_together(self, group: list[_Submission]) -> list[Created | DomainError]:
-        outcomes: list[Created | DomainError] = []
+    async def _create_together(self, group: list[_Submission], outcomes: list[Created | DomainError]) -> None:
+        """Each task's outcome is appended to ``outcomes`` as it is created: all there, the failure was at COMMIT."""
         # the transaction's own statements are spans of the first request's trace
         with _traced(group[0]):
             async with self._pool.acquire() as conn, identity.transaction_as(conn, group[0].who):
@@ -119,7 +130,6 @@ class Submissions:
                         outcomes.append(await self._create(conn, submission))
                     except DomainError as exc:  # refused before any write (bad input, a key reused): the others go on
                         outcomes.append(exc)
-        return outcomes
 
     async def _create_alone(self, submission: _Submission) -> None:
         try:

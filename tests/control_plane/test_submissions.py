@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import pathlib
+import shutil
+import tempfile
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import httpx
@@ -11,8 +18,10 @@ import pytest
 
 from control_plane import tasks as task_store
 from control_plane.auth import Principal
+from control_plane.db import APP_ROLE, create_pool
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
+from control_plane.submissions import Submissions
 from tests.support.system import client, make_token
 
 NOOP = {"type": "noop", "requires": ["noop"]}
@@ -85,3 +94,66 @@ async def test_a_task_that_fails_its_shared_transaction_fails_alone(cp: ControlP
     # each good task exists once: the failed shared transaction left nothing behind
     rows = await db.fetch("SELECT (input ->> 'n')::int AS n FROM tasks WHERE created_by = 'ci-caller'")
     assert sorted(r["n"] for r in rows) == [-1, *(i for i in range(12) if i != 5)]
+
+
+_COMMIT = b"Q\x00\x00\x00\x0bCOMMIT\x00"  # the simple query transaction_as ends with
+
+
+@asynccontextmanager
+async def _cut_after_first_commit(database_url: str) -> AsyncIterator[str]:
+    """``database_url`` through a proxy that, once, lets a COMMIT reach Postgres and be carried out,
+    then drops the client's connection instead of passing the answer on."""
+    parts = urlsplit(database_url)
+    upstream = next(pathlib.Path(parse_qs(parts.query)["host"][0]).glob(".s.PGSQL.*"))
+    here = pathlib.Path(tempfile.mkdtemp(prefix="devart-cut-", dir="/tmp"))
+    cut = asyncio.Event()
+    committed = asyncio.Event()
+
+    async def pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, to_server: bool) -> None:
+        while data := await reader.read(65536):
+            if to_server and _COMMIT in data and not cut.is_set():
+                cut.set()
+            elif not to_server and cut.is_set() and not committed.is_set():
+                committed.set()  # Postgres answered the COMMIT: it is done; the client never hears of it
+                writer.transport.abort()
+                return
+            writer.write(data)
+            await writer.drain()
+        writer.close()  # one side hung up: so does the other
+
+    async def relay(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        server_reader, server_writer = await asyncio.open_unix_connection(upstream)
+        with contextlib.suppress(OSError):
+            await asyncio.gather(pump(client_reader, server_writer, to_server=True),
+                                 pump(server_reader, client_writer, to_server=False))
+        server_writer.close()
+        client_writer.close()
+
+    server = await asyncio.start_unix_server(relay, here / upstream.name)
+    try:
+        yield urlunsplit(parts._replace(query=urlencode({"host": str(here)})))
+        assert committed.is_set(), "no COMMIT went through the proxy"
+    finally:
+        server.close()
+        shutil.rmtree(here, ignore_errors=True)
+
+
+async def test_a_connection_lost_at_commit_creates_nothing_again(cp: ControlPlane, db: asyncpg.Pool) -> None:
+    """The COMMIT went through, its answer was lost: the transaction may have committed, so each of
+    its requests gets the error and its task exists once (created again, it existed twice)."""
+    who = Principal(uuid.uuid4(), "cut-caller", "ci")
+    by = task_store.Submitter(created_by=who.name, traceparent=None, topology=cp.topology,
+                              agent_ttl_s=cp.settings.heartbeat_ttl_s)
+    async with _cut_after_first_commit(cp.database.app_url) as url:
+        pool = await create_pool(url, role=APP_ROLE, min_size=1, max_size=2)
+        try:
+            submissions = Submissions(pool, cp.input_schemas, max_tasks=64, max_transactions=1)
+            outcomes = await asyncio.gather(
+                *(submissions.submit(who, _new(cp, {"n": i}), by, idempotency_key=None) for i in range(4)),
+                return_exceptions=True)
+        finally:
+            await pool.close()
+    rows = await db.fetch("SELECT (input ->> 'n')::int AS n FROM tasks WHERE created_by = 'cut-caller'")
+    assert sorted(r["n"] for r in rows) == list(range(4))  # the lost commit's tasks too, once each
+    lost = [o for o in outcomes if isinstance(o, BaseException)]
+    assert lost and all(isinstance(o, asyncpg.PostgresConnectionError | asyncpg.InterfaceError) for o in lost), outcomes
