@@ -109,9 +109,17 @@ class ControlPlane:
         )
 
     async def pool_depth(self, pool_id: str) -> int:
-        """Messages ready in the pool queue (a delivered, unacked one returns here when its agent goes)."""
+        """Messages ready in the pool queue as the declare-ok reports them: 0 whenever the quorum
+        queue does not answer the broker's stat query within 250 ms (RabbitMQ 3.10), so only a
+        count seen above 0 is certain."""
         queue = await self.channel.declare_queue(self.topology.pool_queue(pool_id), passive=True)
         return queue.declaration_result.message_count
+
+    async def take_from_pool(self, pool_id: str) -> AbstractIncomingMessage | None:
+        """The next ready message of the pool queue, acked, or None: a basic.get, which the queue
+        answers however long it takes, unlike the count of :meth:`pool_depth`."""
+        queue = await self.channel.declare_queue(self.topology.pool_queue(pool_id), passive=True)
+        return await queue.get(no_ack=True, fail=False)
 
     async def prepare_pool(self, pool_id: str) -> None:
         await declare_pool_queue(self.channel, self.topology, pool_id)
