@@ -7,7 +7,7 @@ relays may run), publishes them concurrently with publisher confirms, persistent
 and delete republishes: delivery is at-least-once and consumers deduplicate.
 
 A command to one agent that the broker returns as unroutable (the agent's control queue is gone) is
-dropped, with a dead letter saying why, once that agent is ``gone`` or unknown: no queue will ever
+dropped, with an audit record saying why, once that agent is ``gone`` or unknown: no queue will ever
 take it. Every other unpublished row, task messages above all, is retried.
 """
 
@@ -30,6 +30,7 @@ from agents.sdk.telemetry import extract_context, inject_headers
 from agents.sdk.topology import Topology, declare_retry_queue
 from agents.sdk.trust import HEADER_DELIVERY_SECRET, HEADER_SIGNATURE, MessageSigner
 from control_plane.agent_keys import DeliverySecrets
+from control_plane.audit import audit
 from control_plane.loops import ListeningLoop
 
 log = logging.getLogger("devart.outbox")
@@ -119,7 +120,7 @@ class OutboxRelay(ListeningLoop):
         """Claim up to one batch of due rows and publish them; returns how many were claimed."""
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
-                """SELECT id, exchange, routing_key, body, headers FROM outbox
+                """SELECT id, exchange, routing_key, body, headers, attempts FROM outbox
                    WHERE available_at <= now() ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED""",
                 self._batch,
             )
@@ -153,7 +154,7 @@ class OutboxRelay(ListeningLoop):
     async def _drop_orphaned_commands(
         self, conn: asyncpg.Connection, rows: list[asyncpg.Record], failed: list[tuple[int, BaseException]]
     ) -> list[tuple[int, BaseException]]:
-        """Delete the returned agent commands whose agent is no longer alive, each with a dead letter;
+        """Delete the returned agent commands whose agent is no longer alive, each with an audit record;
         returns the failures left to retry."""
         by_id = {row["id"]: row for row in rows}
         returned = {
@@ -169,10 +170,10 @@ class OutboxRelay(ListeningLoop):
             row, agent_id = by_id[row_id], returned[row_id]
             command = ControlCommand.model_validate_json(row["body"])
             reason = f"unroutable {command.action} command dropped: agent {agent_id} is gone or unknown"
-            await conn.execute(
-                "INSERT INTO dead_letters (task_id, reason, body, headers) VALUES ($1, $2, $3, $4)",
-                command.task_id, reason, row["body"], row["headers"],
-            )
+            await audit(conn, actor="outbox-relay", action="outbox.command_dropped", target=agent_id, detail={
+                "reason": reason, "action": command.action, "task_id": str(command.task_id) if command.task_id else None,
+                "attempt": command.attempt, "outbox_id": row_id, "attempts": row["attempts"] + 1,
+            })
             log.warning("outbox: %s (task %s)", reason, command.task_id or "-")
         if orphaned:
             await conn.execute("DELETE FROM outbox WHERE id = ANY($1::bigint[])", list(orphaned))

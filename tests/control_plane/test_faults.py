@@ -129,7 +129,7 @@ async def test_agent_killed_mid_task_hands_it_over(
             process.wait()
 
 
-async def test_a_cancel_for_a_gone_agent_is_dropped_with_a_dead_letter(
+async def test_a_cancel_for_a_gone_agent_is_dropped_and_audited(
     admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool, base_url: str,
     database_url: str,
 ) -> None:
@@ -149,10 +149,13 @@ async def test_a_cancel_for_a_gone_agent_is_dropped_with_a_dead_letter(
     # The task still runs on paper, so cancelling it enqueues a cancel for the gone agent, whose
     # control queue died with it: the broker returns that publish as unroutable.
     assert (await admin.post(f"/api/v1/tasks/{task_id}/cancel")).json()["status"] == "cancelled"
-    letter = await wait_for(lambda: db.fetchrow(
-        "SELECT * FROM dead_letters WHERE task_id = $1 AND reason LIKE 'unroutable %'", task_id),
-                            what="the dropped cancel in dead_letters")
-    assert letter["reason"] == f"unroutable cancel command dropped: agent {running['agent_id']} is gone or unknown"
+    dropped = await wait_for(lambda: db.fetchrow(
+        "SELECT actor, target, detail->>'reason' AS reason FROM audit_log "
+        "WHERE action = 'outbox.command_dropped' AND detail->>'task_id' = $1", str(task_id)),
+        what="the dropped cancel in the audit log")
+    assert dropped["actor"] == "outbox-relay" and dropped["target"] == running["agent_id"]
+    assert dropped["reason"] == (
+        f"unroutable cancel command dropped: agent {running['agent_id']} is gone or unknown")
     assert await db.fetchval("SELECT count(*) FROM outbox WHERE routing_key = $1",
                              f"agent.{running['agent_id']}") == 0
 
