@@ -58,6 +58,6 @@ async def _close_when_gone(stream: Stream, receive: Receive) -> None:
 
 @router.get("/events", operation_id="stream_events",
             summary="Live task state changes (text/event-stream); 429 past the stream limits",
-            response_class=EventStreamResponse)
+            response_class=EventStreamResponse, status_code=200)  # the class takes no status_code for OpenAPI to read
 async def stream_events(hub: HubDep, who: Annotated[Principal, Depends(require_for_stream(READ))]) -> Response:
     return EventStreamResponse(hub, hub.open(who))
