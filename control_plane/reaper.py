@@ -228,6 +228,8 @@ class Reaper(LoopService):
         now = time.monotonic()
         suspected: dict[UUID, float] = {}
         recovered = 0
+        if stale and await self._results_waiting():
+            stale = []
         for row in stale:
             if await self._messages_held_elsewhere(conn, row["pool_id"], len(row["ids"])):
                 continue
@@ -244,15 +246,18 @@ class Reaper(LoopService):
         self._suspected_lost = suspected
         return recovered
 
+    async def _results_waiting(self) -> bool:
+        """Whether the events queue holds agent events (each may carry many tasks' results); True
+        too when the broker cannot say."""
+        backlog = await self._queue_depth(self._topology.events_queue)
+        return backlog is None or backlog > 0
+
     async def _messages_held_elsewhere(self, conn: asyncpg.Connection, pool_id: str, waiting: int) -> bool:
         """Whether ``waiting`` queued tasks of ``pool_id`` may all still have their message: in the
-        pool queue, with an agent (its last heartbeat's running attempts), or as a result in the
-        events queue. True too when the broker cannot say."""
+        pool queue or with an agent (its last heartbeat's running attempts). True too when the
+        broker cannot say."""
         depth = await self._queue_depth(self._topology.pool_queue(pool_id))
         if depth is None or depth > 0:
-            return True
-        backlog = await self._queue_depth(self._topology.events_queue)
-        if backlog is None or backlog > 0:
             return True
         in_flight = await conn.fetchval(
             """SELECT coalesce(sum(jsonb_array_length(running)), 0) FROM agents
