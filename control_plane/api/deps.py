@@ -80,7 +80,7 @@ async def _principal(
     return principal
 
 
-async def _stream_principal(
+async def _principal_outside_transaction(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     cp: Annotated[ControlPlane, Depends(_control_plane)],
@@ -113,10 +113,10 @@ def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
     return _permission_check(permission, _principal)
 
 
-def require_for_stream(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
+def require_outside_transaction(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
     """:func:`require` for endpoints that hold no request transaction: streams (no database
     connection while streaming) and the single-task submit (written in a shared transaction)."""
-    return _permission_check(permission, _stream_principal)
+    return _permission_check(permission, _principal_outside_transaction)
 
 
 async def retry_rollback(action: Callable[[], Awaitable[T]], attempts: int = 3) -> T:

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from fastapi.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from control_plane.api.deps import HubDep, require_for_stream
+from control_plane.api.deps import HubDep, require_outside_transaction
 from control_plane.api.hub import EventHub, Stream
 from control_plane.api.sse import SSE_HEADERS, http_chunk, server_transport
 from control_plane.auth import READ, Principal
@@ -59,5 +59,5 @@ async def _close_when_gone(stream: Stream, receive: Receive) -> None:
 @router.get("/events", operation_id="stream_events",
             summary="Live task state changes (text/event-stream); 429 past the stream limits",
             response_class=EventStreamResponse, status_code=200)  # the class takes no status_code for OpenAPI to read
-async def stream_events(hub: HubDep, who: Annotated[Principal, Depends(require_for_stream(READ))]) -> Response:
+async def stream_events(hub: HubDep, who: Annotated[Principal, Depends(require_outside_transaction(READ))]) -> Response:
     return EventStreamResponse(hub, hub.open(who))

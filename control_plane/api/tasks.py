@@ -20,7 +20,7 @@ from control_plane.api.deps import (
     Remote,
     SettingsDep,
     require,
-    require_for_stream,
+    require_outside_transaction,
 )
 from control_plane.api.hub import EventHub, Stream
 from control_plane.api.models import (
@@ -47,7 +47,7 @@ router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 Reader = Annotated[Principal, Depends(require(READ))]
 Creator = Annotated[Principal, Depends(require(CREATE_TASKS))]
 # A single-task submit holds no request transaction: its task is written in one shared with concurrent ones.
-SingleCreator = Annotated[Principal, Depends(require_for_stream(CREATE_TASKS))]
+SingleCreator = Annotated[Principal, Depends(require_outside_transaction(CREATE_TASKS))]
 Operator = Annotated[Principal, Depends(require(OPERATE_TASKS))]
 
 
@@ -248,7 +248,7 @@ async def task_logs(
     task_id: UUID,
     cp: ControlPlaneDep,
     hub: HubDep,
-    who: Annotated[Principal, Depends(require_for_stream(READ))],
+    who: Annotated[Principal, Depends(require_outside_transaction(READ))],
     after: Annotated[str | None, Query(max_length=40)] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     follow: bool = False,

@@ -28,13 +28,13 @@ async def _no_role_check(principal: Principal = Depends(deps._principal)) -> Pri
 
 
 async def _no_role_check_outside_transaction(
-    principal: Principal = Depends(deps._stream_principal),  # noqa: B008
+    principal: Principal = Depends(deps._principal_outside_transaction),  # noqa: B008
 ) -> Principal:
     return principal
 
 
 # what each kind of role check authenticates with -> the check's stand-in admitting any role
-_STAND_INS = {deps._principal: _no_role_check, deps._stream_principal: _no_role_check_outside_transaction}
+_STAND_INS = {deps._principal: _no_role_check, deps._principal_outside_transaction: _no_role_check_outside_transaction}
 
 
 def _api_routes(routes: list[Any]) -> Iterator[APIRoute]:
