@@ -191,11 +191,47 @@ async def _keep_session(_conn: asyncpg.Connection) -> None:
     """
 
 
+class DatabaseUnreachable(ConnectionError):
+    """A pool could not open a connection to Postgres: refused, no socket, timed out."""
+
+
+async def _connect_or_unreachable(*args: Any, **kwargs: Any) -> asyncpg.Connection:
+    # A pool's connect fails with a plain OSError, which says nothing of where it came from; named
+    # here, the API can answer it as the database being unavailable without taking every OSError for that.
+    try:
+        return await asyncpg.connect(*args, **kwargs)
+    except OSError as exc:
+        raise DatabaseUnreachable(f"cannot connect to the database: {exc}") from exc
+
+
+_UNAVAILABLE = (DatabaseUnreachable, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+                asyncpg.CrashShutdownError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+DATABASE_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (*_UNAVAILABLE, asyncpg.InterfaceError)
+"""The classes an error :func:`database_unavailable` recognises can have (an InterfaceError only
+when a closed connection raised it: a rollback after the connection died)."""
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc``, or an error it was raised from or while handling, says the database cannot be
+    reached or a connection to it died: what a client may retry, as opposed to a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        if isinstance(current, _UNAVAILABLE) or (
+                isinstance(current, asyncpg.InterfaceError) and "connection is closed" in str(current)):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 async def create_pool(dsn: str, *, role: str, min_size: int = 2, max_size: int = 10, codecs: bool = True) -> asyncpg.Pool:
     """A pool whose connections run as ``role`` (APP_ROLE or SERVICE_ROLE); ``codecs=False`` leaves
-    JSON as text (the span store encodes its own)."""
+    JSON as text (the span store encodes its own). A connection it cannot open raises
+    :class:`DatabaseUnreachable`."""
     return await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_as(role, codecs=codecs), reset=_keep_session
+        dsn, min_size=min_size, max_size=max_size, init=_as(role, codecs=codecs), reset=_keep_session,
+        connect=_connect_or_unreachable,
     )
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import asyncpg
 
-from control_plane.loops import LoopService
+from control_plane.loops import LoopService, released
 
 log = logging.getLogger("devart.leadership")
 
@@ -74,8 +74,10 @@ class Leadership(LoopService):
             try:
                 await asyncio.wait_for(conn.execute("SELECT pg_advisory_unlock($1)", LEADER_LOCK), 2.0)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                conn.terminate()
-            await self._pool.release(conn)
+                if not released(conn):
+                    conn.terminate()
+            if not released(conn):  # a session that died is back in the pool already
+                await self._pool.release(conn)
 
     async def stop(self) -> None:
         await super().stop()

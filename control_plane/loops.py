@@ -67,6 +67,16 @@ class LoopService(ABC):
                 pass
 
 
+def released(conn: asyncpg.Connection) -> bool:
+    """Whether asyncpg gave the pool handle ``conn`` back to its pool itself, as it does when the
+    connection dies: every call on the handle then raises InterfaceError, and releasing it again too."""
+    try:
+        conn.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+    return False
+
+
 class ListeningLoop(LoopService):
     """A loop that also wakes up on a Postgres notification on ``channel``.
 
@@ -82,9 +92,13 @@ class ListeningLoop(LoopService):
         self._listener: asyncpg.Connection | None = None
 
     async def listen(self) -> None:
-        if self._listener is None or self._listener.is_closed():
+        if not self._listening():
+            self._listener = None
             self._listener = await self._pool.acquire()
             await self._listener.add_listener(self._notify_channel, self._on_notify)
+
+    def _listening(self) -> bool:
+        return self._listener is not None and not released(self._listener) and not self._listener.is_closed()
 
     async def try_listen(self) -> None:
         """``listen()``, logging instead of raising when the database cannot be reached."""
@@ -98,10 +112,10 @@ class ListeningLoop(LoopService):
 
     async def stop(self) -> None:
         await super().stop()
-        if self._listener is not None:
+        if self._listening():
             try:
                 await self._listener.remove_listener(self._notify_channel, self._on_notify)
             except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
                 pass
             await self._pool.release(self._listener)
-            self._listener = None
+        self._listener = None

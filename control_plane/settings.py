@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         default=8, ge=3,
         description="maximum connections of the background loops and consumers, a pool apart from the API's",
     )
+    db_retry_after_s: int = Field(
+        default=2, ge=1,
+        description="Retry-After (seconds) of the 503 a request gets while the database is unreachable or its "
+        "connection died under it",
+    )
     sse_max_streams: int = Field(
         default=2000, ge=1, description="open server-sent event streams per API process; more get 429"
     )

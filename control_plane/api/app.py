@@ -40,6 +40,7 @@ from control_plane.api.hub import EventHub
 from control_plane.api.sse import SERVER_SEND
 from control_plane.api.text import refuse_unstorable_body, refuse_unstorable_params
 from control_plane.auth import TokenCache
+from control_plane.db import DATABASE_UNAVAILABLE_ERRORS, database_unavailable
 from control_plane.errors import DomainError, http_status
 from control_plane.service import ControlPlane
 from control_plane.settings import Settings
@@ -91,6 +92,18 @@ async def _http_error(_: Request, exc: Exception) -> JSONResponse:
 async def _unstorable_text(_: Request, exc: Exception) -> JSONResponse:
     """The last line of defence behind ``control_plane.api.text``: text Postgres refused."""
     return _error(422, f"the request contains text that cannot be stored: {exc}")
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """The database cannot be reached or a connection died under the request: its transaction did
+    not commit, or (lost at COMMIT) may have, so the client retries, with its Idempotency-Key."""
+    if not database_unavailable(exc):
+        raise exc  # an InterfaceError of another kind: a bug, answered as one
+    log.warning("%s %s: database unavailable: %r", request.method, request.url.path, exc)
+    retry_after = request.app.state.control_plane.settings.db_retry_after_s
+    return _error(503, "the database is unavailable (unreachable, or the connection was lost); nothing was changed "
+                       "unless the connection was lost at commit: retry, with the same Idempotency-Key for a create",
+                  headers={"Retry-After": str(retry_after)})
 
 
 async def _database_refused(_: Request, exc: Exception) -> JSONResponse:
@@ -190,6 +203,8 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(asyncpg.UntranslatableCharacterError, _unstorable_text)
     app.add_exception_handler(asyncpg.CharacterNotInRepertoireError, _unstorable_text)
     app.add_exception_handler(asyncpg.InsufficientPrivilegeError, _database_refused)
+    for lost in DATABASE_UNAVAILABLE_ERRORS:
+        app.add_exception_handler(lost, _database_unavailable)
     app.include_router(traces.router)  # bounds and decodes its own bodies
     app.include_router(github.router)  # bounds and verifies its own bodies
     for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals, dead_letters,

@@ -20,6 +20,7 @@ from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.service import ControlPlane
 from control_plane.serving import free_port
+from tests.support.services import EmbeddedTestPostgres, postgres_root
 from tests.support.system import (
     api_ready,
     client,
@@ -154,3 +155,46 @@ async def test_control_plane_killed_during_a_burst(
     finally:
         process.kill()
         process.wait()
+
+
+def _database_unavailable(response: httpx.Response) -> bool:
+    """A 503 naming the database, with Retry-After, as the API answers while it cannot reach Postgres."""
+    assert response.status_code == 503, response.text
+    assert response.headers["Retry-After"] == "2"
+    error = response.json()["error"]
+    assert error["code"] == "unavailable" and error["message"].startswith("the database is unavailable"), error
+    return True
+
+
+async def test_database_down_answers_503_and_writes_nothing(broker_settings: BrokerSettings) -> None:
+    with postgres_root("devart-test-pg-down-") as root:
+        postgres = EmbeddedTestPostgres(root / "data")
+        try:
+            await postgres.prepare_template()
+            database_url = postgres.uri(await postgres.create_database())
+            async with ControlPlane(fast_settings(database_url, broker_settings)) as cp, serve_api(cp) as base_url:
+                async with client(base_url, await make_token(database_url, "admin")) as api:
+                    assert (await api.post("/api/v1/tasks", json={"type": "noop"})).status_code == 201
+                    postgres.stop()  # the pools' connections die with it, and new ones are refused
+                    for _ in range(3):  # the connections the pool held, then ones it cannot open
+                        assert _database_unavailable(await api.post(
+                            "/api/v1/tasks", json={"type": "noop"}, headers={"Idempotency-Key": "while-down"}))
+                        assert _database_unavailable(await api.post(
+                            "/api/v1/tasks/batch", json={"tasks": [{"type": "noop"}] * 2},
+                            headers={"Idempotency-Key": "batch-while-down"}))
+                        assert _database_unavailable(await api.get("/api/v1/tasks"))
+                    postgres = EmbeddedTestPostgres(root / "data")  # the same cluster, started again
+                    # the client retries with the same keys once the database answers again
+                    await post_until_created(lambda: api, "/api/v1/tasks", {"type": "noop"},
+                                             idempotency_key="while-down")
+                    await post_until_created(lambda: api, "/api/v1/tasks/batch",
+                                             {"tasks": [{"type": "noop"}] * 2}, idempotency_key="batch-while-down")
+                    db = await asyncpg.connect(database_url)
+                    try:
+                        counts = [await db.fetchval(query) for query in (
+                            "SELECT count(*) FROM tasks", "SELECT count(DISTINCT task_id) FROM task_transitions")]
+                    finally:
+                        await db.close()
+                    assert counts == [4, 4], "a task was written twice, or only in part"
+        finally:
+            postgres.stop()
