@@ -47,7 +47,7 @@ from control_plane.installation import Installation, load_installation
 from control_plane.leadership import Leadership
 from control_plane.metrics import PrometheusMetrics
 from control_plane.notify import Notifications, NotifySettings
-from control_plane.outbox import OutboxRelay
+from control_plane.outbox import Outbound, OutboxRelay
 from control_plane.reaper import Reaper
 from control_plane.remediation import RemediationLoop, build_pipeline
 from control_plane.schemas import InputSchemas
@@ -241,8 +241,11 @@ class ControlPlane:
         if db.app_password is not None:
             await set_app_password(db.owner_url, db.app_password)
         self._pool = await create_pool(db.app_url, role=APP_ROLE, min_size=s.db_pool_min, max_size=s.db_pool_max)
+        # with no relay here, the task messages are left due at once, to another process's relay
         self._submissions = Submissions(self._pool, self.input_schemas, max_tasks=s.submit_group_max,
-                                        max_transactions=s.submit_transactions_max, on_committed=self._wake_relay)
+                                        max_transactions=s.submit_transactions_max,
+                                        lease_s=s.outbox_direct_lease_s if self._run_workers else 0.0,
+                                        on_committed=self._publish_committed)
         if s.environment == "production":
             await refuse_privileged(self._pool)
         self._loops_pool = await create_pool(db.app_url, role=SERVICE_ROLE, min_size=1, max_size=s.db_loops_pool_max)
@@ -285,9 +288,9 @@ class ControlPlane:
             raise
         return self
 
-    def _wake_relay(self) -> None:
+    def _publish_committed(self, messages: list[Outbound]) -> None:
         if self.workers is not None:
-            self.workers.relay.wake()
+            self.workers.relay.publish_committed(messages)
 
     async def _start_workers(self) -> None:
         s = self.settings
@@ -300,7 +303,8 @@ class ControlPlane:
 
         self.workers = Workers(
             relay=OutboxRelay(
-                pool, connection, self.topology, self.signer, self.deliveries, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s
+                pool, connection, self.topology, self.signer, self.deliveries, batch=s.outbox_batch, sweep_s=s.outbox_sweep_s, retry_s=s.outbox_retry_s,
+                lease_s=s.outbox_direct_lease_s,
             ),
             events=EventsConsumer(
                 pool, connection,

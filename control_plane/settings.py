@@ -161,6 +161,11 @@ class Settings(BaseSettings):
     outbox_batch: int = Field(default=500, ge=1, description="outbox rows claimed per relay round")
     outbox_sweep_s: float = Field(default=1.0, gt=0, description="relay poll period when no NOTIFY arrives")
     outbox_retry_s: float = Field(default=2.0, gt=0, description="delay before re-publishing a failed outbox row")
+    outbox_direct_lease_s: float = Field(
+        default=5.0, gt=0,
+        description="a submitted task's message is published by the control plane that committed it, at once; "
+        "the other relays leave its outbox row alone this long (a crash before the publish delays the task by it)",
+    )
     events_batch: int = Field(default=256, ge=1, description="agent events applied per transaction")
     events_prefetch: int = Field(default=512, ge=1, description="unacked agent events held by the consumer")
 

@@ -8,6 +8,11 @@ being written go into one transaction together: BEGIN with the identity switch (
 once the transaction holding its task has committed, so an answered task is as durable as before,
 with the same rows (task, history, attempt, outbox message, audit row).
 
+Once committed, the tasks' messages are handed to ``on_committed`` (the process's relay publishes
+them from memory, :meth:`control_plane.outbox.OutboxRelay.publish_committed`), written leased to
+this process for ``lease_s`` so no other relay claims them meanwhile; with ``lease_s`` 0 they are
+due at once and any relay publishes them.
+
 Nothing waits for a window: with fewer than ``max_transactions`` transactions being written, a task
 starts one at once (at light load, a transaction of one task, as before). A shared transaction that
 fails is not the failure of its tasks: each is then created again in a transaction of its own, so an
@@ -33,6 +38,7 @@ from control_plane import identity
 from control_plane import tasks as task_store
 from control_plane.auth import Principal
 from control_plane.errors import DomainError
+from control_plane.outbox import Outbound
 from control_plane.schemas import InputSchemas
 
 log = logging.getLogger("devart.submissions")
@@ -64,11 +70,12 @@ class Submissions:
 
     def __init__(
         self, pool: asyncpg.Pool, input_schemas: InputSchemas, *, max_tasks: int, max_transactions: int,
-        on_committed: Callable[[], None] = lambda: None,
+        lease_s: float = 0.0, on_committed: Callable[[list[Outbound]], None] = lambda _: None,
     ) -> None:
         self._pool = pool
+        self._lease_s = lease_s
         self._on_committed = on_committed
-        """Called after each commit: wakes this process's outbox relay without waiting for the NOTIFY."""
+        """Called after each commit with the committed task messages, before the requests are answered."""
         self._input_schemas = input_schemas
         self._max_tasks = max_tasks
         self._max_transactions = max_transactions
@@ -116,37 +123,45 @@ class Submissions:
             for submission in group:
                 await self._create_alone(submission)
             return
-        self._on_committed()
-        for submission, outcome in zip(group, created, strict=True):
-            _answer(submission, outcome)
 
     async def _create_together(self, group: list[_Submission], outcomes: list[Created | DomainError]) -> None:
         """Each task's outcome is appended to ``outcomes`` as it is created: all there, the failure was at COMMIT."""
         # the transaction's own statements are spans of the first request's trace
         with _traced(group[0]):
-            async with self._pool.acquire() as conn, identity.transaction_as(conn, group[0].who):
-                for submission in group:
-                    try:
-                        outcomes.append(await self._create(conn, submission))
-                    except DomainError as exc:  # refused before any write (bad input, a key reused): the others go on
-                        outcomes.append(exc)
+            async with self._pool.acquire() as conn:
+                async with identity.transaction_as(conn, group[0].who):
+                    for submission in group:
+                        try:
+                            outcomes.append(await self._create(conn, submission))
+                        except DomainError as exc:  # refused before any write (bad input, a key reused): the others go on
+                            outcomes.append(exc)
+                self._committed(group, outcomes)  # before the connection's release, which takes a round of the loop
 
     async def _create_alone(self, submission: _Submission) -> None:
         try:
             with _traced(submission):
-                async with self._pool.acquire() as conn, identity.transaction_as(conn, submission.who):
-                    outcome: Created | BaseException = await self._create(conn, submission)
+                async with self._pool.acquire() as conn:
+                    async with identity.transaction_as(conn, submission.who):
+                        outcome = await self._create(conn, submission)
+                    self._committed([submission], [outcome])
         except Exception as exc:  # noqa: BLE001 - handed to the request, whose handlers map it
-            outcome = exc
-        else:
-            self._on_committed()
-        _answer(submission, outcome)
+            _answer(submission, exc)
+
+    def _committed(self, group: list[_Submission], outcomes: list[Created | DomainError]) -> None:
+        self._on_committed([message for submission, outcome in zip(group, outcomes, strict=True)
+                            if not isinstance(outcome, DomainError)
+                            and (message := task_store.task_message(outcome[0], submission.by)) is not None])
+        # Answered in the event loop's next round: the publish just started queues its frames for the
+        # broker connection's writer first, which then writes them before the requests' responses are made.
+        for submission, outcome in zip(group, outcomes, strict=True):
+            asyncio.get_running_loop().call_soon(_answer, submission, outcome)
 
     async def _create(self, conn: asyncpg.Connection, submission: _Submission) -> Created:
         with _traced(submission):
             task = submission.task
             await self._input_schemas.validate(conn, type=task.type, requires=task.requires, data=task.input)
-            return await task_store.create_task(conn, task, submission.by, idempotency_key=submission.idempotency_key)
+            return await task_store.create_task(conn, task, submission.by, idempotency_key=submission.idempotency_key,
+                                                lease_s=self._lease_s)
 
 
 @contextmanager

@@ -25,7 +25,7 @@ from control_plane.dispatch import (
     record_transition,
 )
 from control_plane.errors import Conflict, InvalidInput, NotFound
-from control_plane.outbox import OutboxMessage, enqueue
+from control_plane.outbox import Outbound, OutboxMessage, enqueue
 
 TERMINAL = frozenset({"succeeded", "failed", "dead", "cancelled", "timed_out"})
 RETRYABLE_FROM = frozenset({"failed", "dead", "cancelled", "timed_out"})
@@ -79,19 +79,21 @@ attempt AS (
     INSERT INTO attempts (task_id, attempt, pool_id, status)
     SELECT id, 1, pool_id, 'queued' FROM task WHERE pool_id IS NOT NULL
 ),
-message AS (
-    INSERT INTO outbox (exchange, routing_key, body, headers)
-    SELECT $17, pool_id,
+outbound AS (
+    SELECT nextval('outbox_id_seq') AS id, pool_id,
            convert_to(jsonb_set(jsonb_set($18::jsonb, '{{pool_id}}', to_jsonb(pool_id)),
-                                '{{submitted_at}}', to_jsonb(created_at))::text, 'UTF8'),
-           $19
+                                '{{submitted_at}}', to_jsonb(created_at))::text, 'UTF8') AS body
     FROM task WHERE pool_id IS NOT NULL
+),
+message AS (
+    INSERT INTO outbox (id, exchange, routing_key, body, headers, available_at)
+    SELECT id, $17, pool_id, body, $19, now() + make_interval(secs => $23) FROM outbound
 ),
 audited AS (
     INSERT INTO audit_log (actor, action, target, detail, remote)
     SELECT created_by, 'task.create', id::text, jsonb_build_object('type', type), $20 FROM task
 )
-SELECT * FROM task
+SELECT task.*, outbound.id AS outbox_id, outbound.body AS outbox_body FROM task LEFT JOIN outbound ON true
 """
 
 
@@ -108,17 +110,19 @@ class Submitter:
 
 
 async def create_task(
-    conn: asyncpg.Connection, task: NewTask, by: Submitter, *, idempotency_key: str | None
+    conn: asyncpg.Connection, task: NewTask, by: Submitter, *, idempotency_key: str | None, lease_s: float = 0.0
 ) -> tuple[asyncpg.Record, bool]:
     """Store a task and queue it on the best live pool (or leave it pending with the reason), with
     its transitions, first attempt, outbox message and audit row, in one statement (so one round
     trip and one implicit transaction).
 
     Returns ``(task, replayed)``: with an idempotency key already used by this caller, the same
-    body returns the existing task and a different body is a conflict.
+    body returns the existing task and a different body is a conflict. With ``lease_s``, the outbox
+    row is leased to the caller for that long (the other relays leave it alone): the caller
+    publishes it once committed, from :func:`task_message`.
     """
     try:
-        return await _create(conn, task, by, idempotency_key)
+        return await _create(conn, task, by, idempotency_key, lease_s)
     except asyncpg.UniqueViolationError:
         # A concurrent request with the same key won the race: answer as a replay.
         existing = await _by_idempotency_key(conn, by.created_by, idempotency_key or "", request_hash(task))
@@ -148,8 +152,17 @@ async def create_tasks(
         return await create_all()
 
 
+def task_message(row: asyncpg.Record, by: Submitter) -> Outbound | None:
+    """The outbox row :func:`create_task` wrote for ``row``'s first attempt, as stored; None for a
+    replay or a task left pending."""
+    if row.get("outbox_id") is None:
+        return None
+    return Outbound(row["outbox_id"], by.topology.tasks, row["pool_id"], row["outbox_body"],
+                    message_headers(by.traceparent))
+
+
 async def _create(
-    conn: asyncpg.Connection, task: NewTask, by: Submitter, idempotency_key: str | None
+    conn: asyncpg.Connection, task: NewTask, by: Submitter, idempotency_key: str | None, lease_s: float = 0.0
 ) -> tuple[asyncpg.Record, bool]:
     digest = None  # only a replay compares it
     if idempotency_key is not None:
@@ -170,7 +183,7 @@ async def _create(
         NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
         task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, by.created_by, trace_id,
         by.traceparent, by.topology.tasks, message.model_dump(mode="json"), message_headers(by.traceparent), by.remote,
-        task.start_timeout_s, task.deadline_s,
+        task.start_timeout_s, task.deadline_s, lease_s,
     )
     return row, False
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -12,9 +13,13 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
 import asyncpg
 import httpx
 import pytest
@@ -24,6 +29,7 @@ from agents.sdk import AgentRuntime, AgentRuntimeSettings, BrokerSettings
 from control_plane.broker import PrivateRabbitMQ
 from control_plane.leadership import LEADER_LOCK
 from control_plane.serving import free_port
+from tests.agents.sdk.broker import TcpProxy
 from tests.support.system import api_ready, make_token, post_until_created, wait_all_succeeded, wait_for
 
 HISTORY = ["pending", "queued", "running", "succeeded"]
@@ -33,21 +39,23 @@ class _ControlPlanes:
     """``devart serve`` processes on one database and broker, each on its own port."""
 
     def __init__(self, database_url: str, broker: BrokerSettings, *, lease_s: float = 10.0,
-                 heartbeat_ttl_s: float = 5.0) -> None:
+                 heartbeat_ttl_s: float = 5.0, outbox_lease_s: float = 5.0) -> None:
         self._env = dict(os.environ, **broker.environment(), DATABASE_URL=database_url, DEVART_EMBEDDED_BROKER="false",
+                         DEVART_OUTBOX_DIRECT_LEASE_S=str(outbox_lease_s),
                          DEVART_OUTBOX_SWEEP_S="0.2", DEVART_HEARTBEAT_TTL_S=str(heartbeat_ttl_s),
                          DEVART_REAPER_INTERVAL_S="0.2",
                          DEVART_LEADER_INTERVAL_S="0.2", DEVART_LEASE_S=str(lease_s), DEVART_LOG_LEVEL="WARNING")
         self.processes: list[subprocess.Popen[bytes]] = []
         self.urls: list[str] = []
 
-    def _spawn(self, port: int) -> subprocess.Popen[bytes]:
+    def _spawn(self, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen([sys.executable, "-m", "control_plane.cli", "serve"],
-                                env=dict(self._env, DEVART_PORT=str(port)))
+                                env=dict(self._env, **env, DEVART_PORT=str(port)))
 
-    async def start(self) -> str:
+    async def start(self, **env: str) -> str:
+        """Start one more, with ``env`` over the common environment; returns its API's URL."""
         port = free_port()
-        self.processes.append(self._spawn(port))
+        self.processes.append(self._spawn(port, env))
         url = f"http://127.0.0.1:{port}"
         self.urls.append(url)
         await wait_for(lambda: api_ready(url), timeout_s=90, interval_s=0.2, what=f"the control plane on {url}")
@@ -112,6 +120,111 @@ async def _assert_each_succeeded_once(db: asyncpg.Pool, ids: list[str], *, timeo
         """SELECT count(*) AS n, count(*) FILTER (WHERE started_at IS NULL) AS unstarted, max(attempt) AS most
            FROM attempts WHERE task_id = ANY($1)""", keys)
     assert (attempts["n"], attempts["unstarted"], attempts["most"]) == (len(keys), 0, 1), dict(attempts)
+
+
+@asynccontextmanager
+async def _published_task_messages(broker: BrokerSettings, pool_id: str) -> AsyncIterator[Callable[[], Awaitable[Counter[str]]]]:
+    """A queue of our own bound to the tasks exchange with ``pool_id``'s key, so it gets a copy of
+    every task message published to the pool; yields a function that takes what it got so far,
+    counted by task id."""
+    connection = await aio_pika.connect(broker.amqp_url)
+    try:
+        channel = await connection.channel()
+        spy = await channel.declare_queue(exclusive=True)
+        await spy.bind(broker.topology().tasks, routing_key=pool_id)
+        counted: Counter[str] = Counter()
+
+        async def published() -> Counter[str]:
+            while (message := await spy.get(no_ack=True, fail=False)) is not None:
+                counted[json.loads(message.body)["task_id"]] += 1
+            return counted
+
+        yield published
+    finally:
+        await connection.close()
+
+
+async def _pool_of_the_agent(db: asyncpg.Pool) -> str:
+    await wait_for(lambda: db.fetchval("SELECT count(*) FROM agents WHERE state = 'active'"), timeout_s=60,
+                   what="the agent")
+    return await db.fetchval("SELECT pool_id FROM agents")
+
+
+async def test_two_control_planes_publish_each_submitted_task_once(
+    database_url: str, broker_settings: BrokerSettings, db: asyncpg.Pool
+) -> None:
+    """Each control plane publishes the tasks it committed itself; the other's relay, woken by nothing
+    and sweeping every 0.2 s, leaves them alone: one message per task reaches the broker."""
+    planes = _ControlPlanes(database_url, broker_settings)
+    try:
+        urls = [await planes.start(), await planes.start()]
+        async with AgentRuntime(noop_agent(slots=8), AgentRuntimeSettings(
+                broker=broker_settings, heartbeat_interval_s=0.5, api_url=urls[0],
+                token=await make_token(database_url, "agent"))):
+            pool_id = await _pool_of_the_agent(db)
+            token = await make_token(database_url, "ci")
+            async with _published_task_messages(broker_settings, pool_id) as published:
+                apis = [httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+                        for url in urls]
+                turn = itertools.count()
+                try:
+                    created = await asyncio.gather(*(
+                        post_until_created(lambda: apis[next(turn) % 2], "/api/v1/tasks",
+                                           {"type": "noop", "requires": ["noop"]}, idempotency_key=f"one-{i}")
+                        for i in range(120)))
+                finally:
+                    for api in apis:
+                        await api.aclose()
+                ids = [task["id"] for task in created]
+                await _assert_each_succeeded_once(db, ids, timeout_s=120)
+                # nothing left to publish: every copy the broker routed is in the spy queue by now
+                await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"), what="an empty outbox")
+                counted = await published()
+            assert set(counted) == set(ids)
+            assert {task: n for task, n in counted.items() if n != 1} == {}, "a task message was published twice"
+    finally:
+        planes.stop_all()
+
+
+async def test_a_control_plane_killed_between_commit_and_publish_has_its_task_published_after_the_lease(
+    database_url: str, broker_settings: BrokerSettings, db: asyncpg.Pool
+) -> None:
+    """The control plane that commits a task talks to the broker through a proxy that passes nothing
+    on once the test holds it: the task is committed (201), its publish never reaches the broker,
+    and the process is killed. The other control plane's relay publishes it, once its lease passed."""
+    lease_s = 3.0
+    planes = _ControlPlanes(database_url, broker_settings, outbox_lease_s=lease_s)
+    broker = urlsplit(broker_settings.amqp_url)
+    proxy = TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672)
+    await proxy.start()
+    try:
+        other = await planes.start()
+        await wait_for(lambda: _leaders(db), what="the first control plane to lead")
+        proxied = urlunsplit(broker._replace(netloc=f"{broker.netloc.rsplit('@', 1)[0]}@127.0.0.1:{proxy.port}"))
+        stalled = await planes.start(AMQP_URL=proxied)
+        async with AgentRuntime(noop_agent(slots=2), AgentRuntimeSettings(
+                broker=broker_settings, heartbeat_interval_s=0.5, api_url=other,
+                token=await make_token(database_url, "agent"))):
+            pool_id = await _pool_of_the_agent(db)
+            async with _published_task_messages(broker_settings, pool_id) as published, httpx.AsyncClient(
+                    base_url=stalled, headers={"Authorization": f"Bearer {await make_token(database_url, 'ci')}"},
+                    timeout=30.0) as api:
+                proxy.hold()
+                answer = await api.post("/api/v1/tasks", json={"type": "noop", "requires": ["noop"]})
+                assert answer.status_code == 201, answer.text
+                task_id = answer.json()["id"]
+                await planes.kill(1)
+                await wait_all_succeeded(db, [task_id], timeout_s=60)
+                waited = await db.fetchval(
+                    """SELECT extract(epoch FROM a.started_at - t.created_at) FROM tasks t
+                       JOIN attempts a ON a.task_id = t.id AND a.attempt = 1 WHERE t.id = $1""", uuid.UUID(task_id))
+                # not published before its lease passed (the row was the dead writer's until then)
+                assert waited >= lease_s, waited
+                await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"), what="an empty outbox")
+                assert await published() == Counter({task_id: 1})
+    finally:
+        planes.stop_all()
+        await proxy.close()
 
 
 @pytest.fixture

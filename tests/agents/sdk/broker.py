@@ -159,6 +159,7 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._holding = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
@@ -168,6 +169,11 @@ class TcpProxy:
         """Drop every relayed connection; new ones are accepted again."""
         for writer in list(self._writers):
             writer.transport.abort()
+
+    def hold(self) -> None:
+        """From now on, what clients send is taken and never passed on (what the broker sends still is):
+        a client's writes go nowhere, as in a stalled network, without its connection dropping."""
+        self._holding = True
 
     async def close(self) -> None:
         self.cut()
@@ -180,7 +186,7 @@ class TcpProxy:
         self._writers |= {client_writer, upstream_writer}
         try:
             await asyncio.gather(
-                _pipe(client_reader, upstream_writer),
+                _pipe(client_reader, upstream_writer, held=lambda: self._holding),
                 _pipe(upstream_reader, client_writer),
                 return_exceptions=True,
             )
@@ -190,9 +196,12 @@ class TcpProxy:
                 writer.transport.abort()
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                held: Callable[[], bool] = lambda: False) -> None:
     try:
         while data := await reader.read(65536):
+            if held():
+                continue
             writer.write(data)
             await writer.drain()
     finally:
