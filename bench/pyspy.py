@@ -26,8 +26,11 @@ _FRAMEWORK_ENTRY = ("fastapi/", "starlette/", "uvicorn/")
 # see through --nonblocking, so they are set aside here.
 _IDLE = {("stdlib/selectors.py", "EpollSelector.select"), ("stdlib/threading.py", "Condition.wait")}
 
-# Frames at the root of every stack of a process, which say nothing about where the time goes.
-_ENTRY_POINTS = frozenset({"<module>", "main", "run_agent", "_serve"})
+# Frames at the root of every stack of a process, which say nothing about where the time goes: by
+# function name, and every frame of the event-loop runner both processes share (agents/sdk/eventloop.py,
+# which would otherwise make all the control plane's unclassified time "agent: runtime (other)").
+_ENTRY_POINTS = frozenset({"<module>", "main", "run_agent", "_serve", "_run_serve"})
+_ENTRY_FILES = ("agents/sdk/eventloop.py",)
 
 # Where a sample's cost belongs. A rule is (label, path prefix, function or None for any).
 # Components: the first rule (most specific first) matching any frame of the stack, so a statement
@@ -38,6 +41,7 @@ _COMPONENTS: tuple[tuple[str, str, str | None], ...] = (
     ("submit: outbox enqueue", "control_plane/outbox.py", "enqueue"),
     ("submit: choose_pool + queue_attempt + transitions", "control_plane/dispatch.py", None),
     ("submit: tasks.create_task / get_task SQL", "control_plane/tasks.py", None),
+    ("submit: input schema validation", "control_plane/schemas.py", None),
     ("outbox relay", "control_plane/outbox.py", None),
     ("events consumer", "control_plane/events.py", None),
     ("API: sync dependencies hopping to a thread", "anyio/", None),
@@ -63,13 +67,17 @@ _LAYERS: tuple[tuple[str, str, str | None], ...] = (
     ("AMQP client (aiormq, pamqp, aio-pika)", "pamqp/", None),
     ("AMQP client (aiormq, pamqp, aio-pika)", "aio_pika/", None),
     ("logging", "stdlib/logging/", None),
+    ("telemetry: OpenTelemetry SDK", "agents/sdk/telemetry.py", None),  # the sampler and propagation, in both processes
     ("agent: runtime (other)", "agents/sdk/", None),
+    # uvloop is C, and so are the protocol callbacks it calls (asyncpg's, httptools'): their work
+    # shows as the runner's frame alone
+    ("event loop (uvloop and the C protocol code it calls)", "stdlib/asyncio/runners.py", "Runner.run"),
 )
 
 
 def _matches(frame: tuple[str, str, str], prefix: str, function: str | None) -> bool:
     name, path, _ = frame
-    return name not in _ENTRY_POINTS and path.startswith(prefix) and (
+    return name not in _ENTRY_POINTS and not path.startswith(_ENTRY_FILES) and path.startswith(prefix) and (
         function is None or name == function or name.endswith("." + function)
     )
 

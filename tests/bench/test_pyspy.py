@@ -84,3 +84,21 @@ def test_report_rescales_shares_to_the_measured_cpu(tmp_path: Path) -> None:
     # 30 of 60 working samples are the create_task SQL: half of 6 ms
     assert "  3.000 ms  50.0%  submit: tasks.create_task / get_task SQL" in printed
     assert "6.000 ms CPU per task" in printed
+
+
+def test_the_shared_event_loop_runner_is_no_agent_code(tmp_path: Path) -> None:
+    # Both processes run under agents/sdk/eventloop.py: it is a root frame, not "agent: runtime"
+    folded = tmp_path / "cp.folded"
+    root = (f"_run_serve ({_REPO}/control_plane/cli_server.py:82);run ({_REPO}/agents/sdk/eventloop.py:37);"
+            "Runner.run (/py/lib/python3.11/asyncio/runners.py:118)")
+    folded.write_text(
+        f"{root} 5\n"
+        f"{root};validate ({_REPO}/control_plane/schemas.py:90) 3\n"
+        f"{root};start_span ({_SITE}/opentelemetry/sdk/trace/__init__.py:1);"
+        f"DropHeartbeats.should_sample ({_REPO}/agents/sdk/telemetry.py:140) 2\n"
+    )
+    assert ProcessSamples.load("control plane", folded).by_category() == {
+        "event loop (uvloop and the C protocol code it calls)": 5,
+        "submit: input schema validation": 3,
+        "telemetry: OpenTelemetry SDK": 2,
+    }
