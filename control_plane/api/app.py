@@ -38,7 +38,7 @@ from control_plane.api import (
 )
 from control_plane.api.hub import EventHub
 from control_plane.api.sse import SERVER_SEND
-from control_plane.api.text import refuse_unstorable_body, refuse_unstorable_params
+from control_plane.api.text import unstorable_text_refusal
 from control_plane.auth import TokenCache
 from control_plane.db import DATABASE_UNAVAILABLE_ERRORS, database_unavailable
 from control_plane.errors import DomainError, http_status
@@ -170,6 +170,7 @@ class _API(FastAPI):
 def create_app(settings: Settings | None = None, *, control_plane: ControlPlane | None = None) -> FastAPI:
     """Build the API. Without ``control_plane`` the lifespan creates and owns one from ``settings``."""
     settings = settings or (control_plane.settings if control_plane else Settings())
+    raw_body_paths = frozenset({traces.OTLP_TRACES_PATH, github.WEBHOOK_PATH})  # they bound and decode their own bodies
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -189,13 +190,15 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
         lifespan=lifespan,
         generate_unique_id_function=_operation_id,
         # RequestSpans makes the server span; FastAPI's own spans per dependency, endpoint and
-        # serialization would triple the spans of every request for little insight.
-        telemetry={"tracing": False, "operation_spans": False},
-        dependencies=[Depends(refuse_unstorable_params)],
+        # serialization would triple the spans of every request for little insight. Its HTTP metrics
+        # and logs are off too (docs/observability.md: no request path pays for metrics): with all
+        # four off FastAPI skips its telemetry wrapper, which otherwise runs on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
+        dependencies=[Depends(unstorable_text_refusal(raw_body_paths))],
     )
     app.state.token_cache = TokenCache()
     app.state.supabase_tokens = None  # the lifespan sets it where Supabase access tokens are accepted
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({traces.OTLP_TRACES_PATH, github.WEBHOOK_PATH}))
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=raw_body_paths)
     app.add_middleware(RequestSpans, untraced=frozenset({traces.OTLP_TRACES_PATH}))
     app.add_exception_handler(DomainError, _domain_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
@@ -205,12 +208,9 @@ def create_app(settings: Settings | None = None, *, control_plane: ControlPlane 
     app.add_exception_handler(asyncpg.InsufficientPrivilegeError, _database_refused)
     for lost in DATABASE_UNAVAILABLE_ERRORS:
         app.add_exception_handler(lost, _database_unavailable)
-    app.include_router(traces.router)  # bounds and decodes its own bodies
-    app.include_router(github.router)  # bounds and verifies its own bodies
-    for module in (health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes, approvals, dead_letters,
-                   workflows, notifications):
-        app.include_router(module.router, dependencies=[Depends(refuse_unstorable_body)])
-    app.include_router(remediations.router, dependencies=[Depends(refuse_unstorable_body)])
+    for module in (traces, github, health, metrics, tasks, task_types, agents, tokens, stream, rca, incidents, changes,
+                   approvals, dead_letters, workflows, notifications, remediations):
+        app.include_router(module.router)
     dashboard.install(app)
     return app
 

@@ -34,11 +34,12 @@ async def _hub(request: Request) -> EventHub:
     return request.app.state.hub
 
 
-async def _connection(cp: Annotated[ControlPlane, Depends(_control_plane)]) -> AsyncIterator[asyncpg.Connection]:
+async def _connection(request: Request) -> AsyncIterator[asyncpg.Connection]:
     # The request's transaction, committed before the response is sent (scope="function" in DbConn),
     # rolled back by an error unless the route recorded its refusal (DomainError.recorded).
     # The caller's principal switches it to their identity (identity.assume); until then it is
     # devart_app, which may do nothing but authenticate.
+    cp: ControlPlane = request.app.state.control_plane
     async with cp.pool.acquire() as conn:
         transaction = conn.transaction()
         await transaction.start()
@@ -69,9 +70,7 @@ async def _authenticate(
 
 
 async def _principal(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    conn: Annotated[asyncpg.Connection, Depends(_connection, scope="function")],
+    request: Request, credentials: HTTPAuthorizationCredentials | None, conn: asyncpg.Connection
 ) -> Principal:
     # The token is checked on the request's own connection: a second one per request would let
     # concurrent requests exhaust the pool while each holds its first.
@@ -80,43 +79,61 @@ async def _principal(
     return principal
 
 
-async def _principal_outside_transaction(
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    cp: Annotated[ControlPlane, Depends(_control_plane)],
-) -> Principal:
+async def _principal_outside_transaction(request: Request, credentials: HTTPAuthorizationCredentials | None) -> Principal:
     # A stream lives for minutes or hours: it borrows a connection for the check only, where a
     # request-scoped one would stay taken until the stream ends (seven streams starved the API);
     # and only when the token is not in the cache.
+    cp: ControlPlane = request.app.state.control_plane
     return await _authenticate(request, credentials, cp.pool)
 
 
-def _permission_check(
-    permission: str, principal_dependency: Callable[..., Awaitable[Principal]]
-) -> Callable[[Principal], Awaitable[Principal]]:
-    # a default, not Annotated: postponed annotations could not see this closure's variable
-    async def check(principal: Principal = Depends(principal_dependency)) -> Principal:  # noqa: B008
-        if not principal.can(permission):
-            raise Forbidden(f"role '{principal.role}' may not do this (needs {permission})")
-        return principal
+def _permit(principal: Principal, permission: str) -> Principal:
+    if not principal.can(permission):
+        raise Forbidden(f"role '{principal.role}' may not do this (needs {permission})")
+    return principal
 
+
+def _labelled(
+    check: Callable[..., Awaitable[Principal]], permission: str, principal: Callable[..., Awaitable[Principal]]
+) -> Callable[..., Awaitable[Principal]]:
     check.permission = permission  # type: ignore[attr-defined]  # read by the console (dashboard.permissions)
+    check.principal = principal  # type: ignore[attr-defined]  # how it authenticates (tests/security/test_rls_api.py)
     return check
 
 
-def require(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
+# Each check is a single dependency that authenticates and checks the permission (not a chain of
+# dependencies): FastAPI's cost grows with every dependency it solves, and checks run on every request.
+# The parameters are defaults, not Annotated: postponed annotations could not see the closures' variable.
+
+
+def require(permission: str) -> Callable[..., Awaitable[Principal]]:
     """A dependency that admits callers whose role has ``permission``.
 
     Dependencies here are ``async`` although they do not await: FastAPI would run a plain ``def``
     in a worker thread, which costs more than the check itself.
     """
-    return _permission_check(permission, _principal)
+
+    async def check(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+        conn: asyncpg.Connection = Depends(_connection, scope="function"),  # noqa: B008
+    ) -> Principal:
+        return _permit(await _principal(request, credentials, conn), permission)
+
+    return _labelled(check, permission, _principal)
 
 
-def require_outside_transaction(permission: str) -> Callable[[Principal], Awaitable[Principal]]:
+def require_outside_transaction(permission: str) -> Callable[..., Awaitable[Principal]]:
     """:func:`require` for endpoints that hold no request transaction: streams (no database
     connection while streaming) and the single-task submit (written in a shared transaction)."""
-    return _permission_check(permission, _principal_outside_transaction)
+
+    async def check(
+        request: Request,
+        credentials: HTTPAuthorizationCredentials | None = Depends(_bearer),  # noqa: B008
+    ) -> Principal:
+        return _permit(await _principal_outside_transaction(request, credentials), permission)
+
+    return _labelled(check, permission, _principal_outside_transaction)
 
 
 async def retry_rollback(action: Callable[[], Awaitable[T]], attempts: int = 3) -> T:

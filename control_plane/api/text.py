@@ -3,14 +3,15 @@
 NUL (``\\u0000``) and lone UTF-16 surrogates (``\\ud800``) are valid in JSON and in Python strings,
 and percent-encoded bytes in a URL may be invalid UTF-8; none of them can be stored in a ``text`` or
 ``jsonb`` column. Left alone they reach asyncpg, which raises an encoding error: a 500, and a reset
-keep-alive connection. :func:`refuse_unstorable_params` and :func:`refuse_unstorable_body` run before the routes and
-refuse them at the door instead. Agents' output is not refused but cleaned (``agents.sdk.messages.safe_text``).
+keep-alive connection. :func:`unstorable_text_refusal`'s dependency runs before the routes and
+refuses them at the door instead. Agents' output is not refused but cleaned (``agents.sdk.messages.safe_text``).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -75,24 +76,29 @@ def _path_field(request: Request) -> str | None:
     return "path"
 
 
-async def refuse_unstorable_params(request: Request) -> None:
-    """An app-wide dependency: 422 ``invalid_input`` naming the query or path parameter."""
-    field = _query_field(request.scope.get("query_string", b"")) or _path_field(request)
-    if field is not None:
-        raise InvalidInput(f"{field} {_PROBLEM}", field=field)
+def unstorable_text_refusal(raw_body_paths: frozenset[str]) -> Callable[[Request], Awaitable[None]]:
+    """The app-wide dependency: 422 ``invalid_input`` naming the query, path or JSON body field that
+    holds unstorable text. The body is left unread on ``raw_body_paths`` (the OTLP receiver and the
+    GitHub webhook bound and decode their own). One dependency for all three checks: FastAPI's cost
+    grows with every dependency it solves per request."""
+
+    async def refuse_unstorable_text(request: Request) -> None:
+        field = _query_field(request.scope.get("query_string", b"")) or _path_field(request)
+        if field is None and request.scope["path"] not in raw_body_paths:
+            field = await _body_field(request)
+        if field is not None:
+            raise InvalidInput(f"{field} {_PROBLEM}", field=field)
+
+    return refuse_unstorable_text
 
 
-async def refuse_unstorable_body(request: Request) -> None:
-    """A router dependency for JSON bodies: 422 naming the body field. Not on the OTLP receiver,
-    which bounds and decodes its bodies itself."""
+async def _body_field(request: Request) -> str | None:
     if "json" not in request.headers.get("content-type", ""):
-        return
+        return None
     body = await request.body()  # already read and cached by FastAPI for the route's own model
     if not _SUSPECT_ESCAPE.search(body):
-        return
+        return None
     try:
-        field = _find(json.loads(body), "body")
+        return _find(json.loads(body), "body")
     except (ValueError, RecursionError):
-        return  # the route's own validation says what is wrong with it
-    if field is not None:
-        raise InvalidInput(f"{field} {_PROBLEM}", field=field)
+        return None  # the route's own validation says what is wrong with it

@@ -13,8 +13,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials
 
 from control_plane.api import deps
 from control_plane.api.app import create_app
@@ -23,14 +24,19 @@ from control_plane.service import ControlPlane
 from tests.support.system import client, make_token, serve_api
 
 
-async def _no_role_check(principal: Principal = Depends(deps._principal)) -> Principal:  # noqa: B008
-    return principal
+async def _no_role_check(
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(deps._bearer),  # noqa: B008
+    conn: asyncpg.Connection = Depends(deps._connection, scope="function"),  # noqa: B008
+) -> Principal:
+    return await deps._principal(request, credentials, conn)
 
 
 async def _no_role_check_outside_transaction(
-    principal: Principal = Depends(deps._principal_outside_transaction),  # noqa: B008
+    request: Request,
+    credentials: HTTPAuthorizationCredentials | None = Depends(deps._bearer),  # noqa: B008
 ) -> Principal:
-    return principal
+    return await deps._principal_outside_transaction(request, credentials)
 
 
 # what each kind of role check authenticates with -> the check's stand-in admitting any role
@@ -54,10 +60,10 @@ def _without_role_checks(cp: ControlPlane) -> FastAPI:
             dependency = pending.pop()
             pending.extend(dependency.dependencies)
             call = dependency.call
-            if not getattr(call, "__qualname__", "").startswith("_permission_check."):
+            if not hasattr(call, "permission"):
                 continue
             # streams keep their checks: what they read is not what this file is about
-            stand_in = next((_STAND_INS[sub.call] for sub in dependency.dependencies if sub.call in _STAND_INS), None)
+            stand_in = _STAND_INS.get(call.principal)
             if stand_in is not None and route.path_format != "/api/v1/events" and not route.path_format.endswith("/logs"):
                 app.dependency_overrides[call] = stand_in
                 removed += 1
