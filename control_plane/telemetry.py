@@ -19,6 +19,7 @@ from contextvars import ContextVar
 
 import asyncpg
 from asyncpg.connection import LoggedQuery
+from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 from opentelemetry.sdk.trace import ReadableSpan
@@ -27,7 +28,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agents.sdk.telemetry import current_traceparent, extract_context
+from agents.sdk.telemetry import extract_context
 from aiops.traces import store
 from aiops.traces.model import Span
 from aiops.traces.otlp import spans_from_sdk
@@ -38,6 +39,7 @@ log = logging.getLogger("devart.telemetry")
 _tracer = trace.get_tracer("devart.api")
 _db_tracer = trace.get_tracer("devart.db")
 _TERMINAL = ("succeeded", "failed", "dead", "cancelled", "timed_out")
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 _server_traceparent: ContextVar[str | None] = ContextVar("devart_server_traceparent", default=None)
 
 
@@ -144,32 +146,55 @@ class RequestSpans:
         if scope["type"] != "http" or scope["path"] in self.untraced:
             await self.app(scope, receive, send)
             return
-        method = scope["method"]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        with _tracer.start_as_current_span(
-            f"{method} {scope['path']}",
-            context=extract_context(headers),
+        method, path = scope["method"], scope["path"]
+        span = _tracer.start_span(
+            f"{method} {path}",
+            context=_remote_parent(scope["headers"]),
             kind=trace.SpanKind.SERVER,
-            attributes={"http.request.method": method, "url.path": scope["path"]},
-        ) as span:
-            token = _server_traceparent.set(current_traceparent())
+            attributes={"http.request.method": method, "url.path": path},
+        )
+        # What start_as_current_span does, without its two generator-based context managers
+        context_token = otel_context.attach(trace.set_span_in_context(span))
+        traceparent_token = _server_traceparent.set(_traceparent(span.get_span_context()))
 
-            async def traced_send(message: Message) -> None:
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    span.set_attribute("http.response.status_code", status)
-                    if status >= 500:
-                        span.set_status(trace.StatusCode.ERROR)
-                await send(message)
+        async def traced_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                span.set_attribute("http.response.status_code", status)
+                if status >= 500:
+                    span.set_status(trace.StatusCode.ERROR)
+            await send(message)
 
-            try:
-                await self.app(scope, receive, traced_send)
-            finally:
-                _server_traceparent.reset(token)
-                route = getattr(scope.get("route"), "path", None)
-                if route:
-                    span.set_attribute("http.route", route)
-                    span.update_name(f"{method} {route}")
+        try:
+            await self.app(scope, receive, traced_send)
+        except Exception as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            _server_traceparent.reset(traceparent_token)
+            otel_context.detach(context_token)
+            route = getattr(scope.get("route"), "path", None)
+            if route:
+                span.set_attribute("http.route", route)
+                span.update_name(f"{method} {route}")
+            span.end()
+
+
+def _remote_parent(headers: Iterable[tuple[bytes, bytes]]) -> otel_context.Context:
+    """The caller's trace context from the request's ``traceparent``/``tracestate`` headers (an empty
+    context, so a root span, without them); the other headers are never decoded."""
+    carrier = {name.decode("latin-1"): value.decode("latin-1")
+               for name, value in headers if name in _TRACE_HEADERS}
+    return extract_context(carrier) if carrier else otel_context.Context()
+
+
+def _traceparent(context: trace.SpanContext) -> str | None:
+    """W3C ``traceparent`` of ``context``, as the propagator writes it (None for an invalid one:
+    telemetry off)."""
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
 
 
 class ControlPlaneMetrics(LoopService):
