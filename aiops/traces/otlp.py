@@ -144,11 +144,20 @@ def spans_from_otlp_json(document: Any, *, max_spans: int | None = None) -> list
 
 def spans_from_sdk(finished: Sequence[ReadableSpan]) -> list[Span]:
     """This process's finished spans, as the receiver would store them after an OTLP round trip."""
+    # A batch shares one resource and a few scopes: each is converted once, not once per span.
+    prefixes: dict[tuple[int, int], tuple[str, dict[str, Any]]] = {}
     spans = []
     for span in finished:
         context = span.get_span_context()
-        service, merged = _resource_view(_sdk_attributes(span.resource.attributes))
-        scope = span.instrumentation_scope
+        resource, scope = span.resource, span.instrumentation_scope
+        key = (id(resource), id(scope))
+        if (prefix := prefixes.get(key)) is None:
+            service, merged = _resource_view(_sdk_attributes(resource.attributes))
+            if scope is not None:
+                merged |= _scope_attributes(scope.name, scope.version)
+            prefix = prefixes[key] = (service, merged)
+        service, merged = prefix
+        status = span.status
         spans.append(Span(
             trace_id=f"{context.trace_id:032x}",
             span_id=f"{context.span_id:016x}",
@@ -158,11 +167,10 @@ def spans_from_sdk(finished: Sequence[ReadableSpan]) -> list[Span]:
             kind=span.kind.name.lower(),  # type: ignore[arg-type]  # the SDK's names are the model's
             start_ns=span.start_time or 0,
             end_ns=span.end_time or span.start_time or 0,
-            status=span.status.status_code.name.lower(),  # type: ignore[arg-type]
+            status=status.status_code.name.lower(),  # type: ignore[arg-type]
             attributes={
                 **merged,
-                **(_scope_attributes(scope.name, scope.version) if scope is not None else {}),
-                **_status_message(span.status.description),
+                **_status_message(status.description),
                 **_sdk_attributes(span.attributes or {}),
             },
         ))
