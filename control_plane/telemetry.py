@@ -2,9 +2,9 @@
 and the metrics it derives from Postgres.
 
 The exporter sits behind the SDK's ``BatchSpanProcessor``: ending a span only queues it, and the
-processor's worker thread encodes the batch, parses it with the receiver's own parser (so spans
-stored in-process and spans received over HTTP are converted by one code path) and hands the insert
-to the event loop, waiting for it in that thread. The loop never waits for telemetry.
+processor's worker thread converts the batch into the span model as the receiver stores an OTLP
+request (``spans_from_sdk``) and hands the insert to the event loop, waiting for it in that thread.
+The loop never waits for telemetry.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _statement(query: str) -> tuple[str, str]:
 def server_traceparent() -> str | None:
     """The ``traceparent`` of the SERVER span of the request being handled (None outside one).
 
-    Not simply the current span: FastAPI opens spans of its own (dependencies, endpoint) below it.
+    Not simply the current span: code under the request may make a span of its own current.
     """
     return _server_traceparent.get()
 
