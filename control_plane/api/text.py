@@ -55,6 +55,8 @@ def _find(value: Any, where: str) -> str | None:
 
 
 def _query_field(raw_query: bytes) -> str | None:
+    if not raw_query:
+        return None
     for pair in raw_query.split(b"&"):
         name, _, value = pair.partition(b"=")
         name_bytes = unquote_to_bytes(name.replace(b"+", b" "))
@@ -67,6 +69,8 @@ def _query_field(raw_query: bytes) -> str | None:
 
 def _path_field(request: Request) -> str | None:
     raw_path = request.scope.get("raw_path") or b""
+    if raw_path.isascii() and b"%" not in raw_path and b"\x00" not in raw_path:
+        return None  # nothing to decode: the common case, answered without unquoting
     decoded = unquote_to_bytes(raw_path)
     if b"\x00" not in decoded and not _invalid_utf8(decoded):
         return None
