@@ -7,7 +7,8 @@
 # The cgroup v2 tests boot a Debian kernel in qemu: qemu and busybox-static are installed, the kernel
 # package is unpacked under .devart/vm/kernel (never installed on this host).
 # "Up" means the broker completes an AMQP handshake, not just that its port is open: a broker that
-# accepts TCP but never answers is restarted.
+# accepts TCP but never answers is restarted. Its management plugin is enabled: the reaper counts
+# queue messages, ready and unacknowledged, through its HTTP API on 127.0.0.1:15672.
 set -euo pipefail
 
 amqp_answers() {
@@ -89,15 +90,21 @@ install_vm() {
   echo "$package" > "$dir/unpacked"
 }
 
+enable_management() {
+  rabbitmq-plugins -q is_enabled rabbitmq_management >/dev/null 2>&1 || rabbitmq-plugins -q enable rabbitmq_management
+  for _ in $(seq 1 60); do (exec 3<>/dev/tcp/127.0.0.1/15672) 2>/dev/null && return 0; sleep 1; done
+  echo "RabbitMQ's management API did not come up on 127.0.0.1:15672" >&2; exit 1
+}
+
 install_sandbox_tools
 install_browser
 install_vm
-if amqp_answers; then
-  exit 0
+if ! amqp_answers; then
+  if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+    echo "RabbitMQ accepts connections but does not answer; restarting it" >&2
+    timeout 30 rabbitmqctl -q stop >/dev/null 2>&1 || pkill -9 -f 'beam.smp.*-sname rabbit@' || true
+    for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || break; sleep 1; done
+  fi
+  start_broker
 fi
-if (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
-  echo "RabbitMQ accepts connections but does not answer; restarting it" >&2
-  timeout 30 rabbitmqctl -q stop >/dev/null 2>&1 || pkill -9 -f 'beam.smp.*-sname rabbit@' || true
-  for _ in $(seq 1 30); do (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null || break; sleep 1; done
-fi
-start_broker
+enable_management

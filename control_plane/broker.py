@@ -70,6 +70,7 @@ class PrivateRabbitMQ:
     home: Path
     node_port: int = 0
     dist_port: int = 0
+    management_port: int = 0
     node_name: str = ""
     _env: dict[str, str] = field(default_factory=dict)
     _legacy: bool = False
@@ -79,6 +80,11 @@ class PrivateRabbitMQ:
     @property
     def url(self) -> str:
         return f"amqp://{BROKER_USER}:{self.password}@127.0.0.1:{self.node_port}/"
+
+    @property
+    def management_url(self) -> str:
+        """Its management API, where the reaper counts queue messages (control_plane/queue_counts.py)."""
+        return f"http://{BROKER_USER}:{self.password}@127.0.0.1:{self.management_port}/"
 
     def _credentials(self, base: Path) -> bool:
         """Read or make the node's password; True when an existing node was made without one."""
@@ -98,7 +104,7 @@ class PrivateRabbitMQ:
         (base / "log").mkdir(parents=True, exist_ok=True)
         self._legacy = self._credentials(base)
         plugins = base / "enabled_plugins"
-        plugins.write_text("[].\n")
+        plugins.write_text("[rabbitmq_management].\n")
         env = dict(os.environ)
         env.update(
             RABBITMQ_NODENAME=self.node_name,
@@ -115,6 +121,7 @@ class PrivateRabbitMQ:
         config.write_text(
             f"default_user = {BROKER_USER}\ndefault_pass = {self.password}\n"
             "default_permissions.configure = .*\ndefault_permissions.read = .*\ndefault_permissions.write = .*\n"
+            f"default_user_tags.management = true\nmanagement.tcp.ip = 127.0.0.1\nmanagement.tcp.port = {self.management_port}\n"
         )
         config.chmod(0o600)
         (base / "mnesia").mkdir(exist_ok=True)
@@ -128,6 +135,7 @@ class PrivateRabbitMQ:
             raise BrokerUnavailable("rabbitmq-server is not installed")
         self.node_port = self.node_port or free_port()
         self.dist_port = self.dist_port or free_port()
+        self.management_port = self.management_port or free_port()
         self.node_name = self.node_name or f"devart-{self.node_port}@localhost"
         self._env = self._environment()
         await asyncio.to_thread(

@@ -5,11 +5,12 @@ Every task ends: a running one by its timeout or lease, a waiting one (pending o
 start deadline, any open one by its overall deadline. A queued task whose message is no longer in
 its pool queue (another consumer took it: a second installation without its own broker prefix, a
 tool reading the queue) is published again, a bounded number of times before it fails. It is
-looked for only where nothing else can hold it: its pool queue is empty, no agent event waits in
-the events queue (one message there may carry the results of many tasks), and the pool's agents
-report fewer running attempts than tasks wait; and only when two passes ``requeue_after_s`` apart
-both find it so, because a result being applied (held unacknowledged by a consumer, or in an
-agent's batch) is in none of those counts.
+looked for only where nothing else can hold it, as the broker's management API counts messages
+(control_plane/queue_counts.py): its pool queue holds none, ready or unacknowledged (an agent holds
+a task's message unacknowledged until its result is confirmed), and the events queue none either
+(one message there may carry the results of many tasks, and the task is queued until it is
+applied); and only when two passes ``requeue_after_s`` apart both find it so, since those counts
+are a few seconds old. Where the management API cannot say, nothing is published again.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from agents.sdk.topology import Topology
 from control_plane.dispatch import choose_pool, outbox_for_attempt, queue_attempt, record_transition
 from control_plane.loops import LoopService
 from control_plane.outbox import enqueue
+from control_plane.queue_counts import QueueCounts
 from control_plane.tasks import TaskEndHook, cancel_command
 
 log = logging.getLogger("devart.reaper")
@@ -41,6 +43,7 @@ class Reaper(LoopService):
         pool: asyncpg.Pool,
         connection: AbstractRobustConnection,
         topology: Topology,
+        queue_counts: QueueCounts,
         *,
         interval_s: float,
         agent_ttl_s: float,
@@ -54,6 +57,7 @@ class Reaper(LoopService):
         self._pool = pool
         self._connection = connection
         self._topology = topology
+        self._queue_counts = queue_counts
         self._agent_ttl_s = agent_ttl_s
         self._grace_s = deadline_grace_s
         self._requeue_after_s = requeue_after_s
@@ -231,7 +235,7 @@ class Reaper(LoopService):
         if stale and await self._results_waiting():
             stale = []
         for row in stale:
-            if await self._messages_held_elsewhere(conn, row["pool_id"], len(row["ids"])):
+            if await self._messages_held(self._topology.pool_queue(row["pool_id"])):
                 continue
             for task_id in row["ids"]:
                 suspected[task_id] = self._suspected_lost.get(task_id, now)
@@ -247,38 +251,14 @@ class Reaper(LoopService):
         return recovered
 
     async def _results_waiting(self) -> bool:
-        """Whether the events queue holds agent events (each may carry many tasks' results); True
-        too when the broker cannot say."""
-        backlog = await self._queue_depth(self._topology.events_queue)
-        return backlog is None or backlog > 0
+        """Whether the events queue holds agent events (each may carry many tasks' results), ready
+        or being applied; True too when the broker cannot say."""
+        return await self._messages_held(self._topology.events_queue)
 
-    async def _messages_held_elsewhere(self, conn: asyncpg.Connection, pool_id: str, waiting: int) -> bool:
-        """Whether ``waiting`` queued tasks of ``pool_id`` may all still have their message: in the
-        pool queue or with an agent (its last heartbeat's running attempts). True too when the
-        broker cannot say."""
-        depth = await self._queue_depth(self._topology.pool_queue(pool_id))
-        if depth is None or depth > 0:
-            return True
-        in_flight = await conn.fetchval(
-            """SELECT coalesce(sum(jsonb_array_length(running)), 0) FROM agents
-               WHERE pool_id = $1 AND state IN ('active', 'paused', 'draining')""", pool_id)
-        return in_flight >= waiting
-
-    async def _queue_depth(self, name: str) -> int | None:
-        """Messages ready in queue ``name`` (0 when the queue is gone); None when the broker cannot say."""
-        try:
-            channel = await self._connection.channel()
-        except (aio_pika.exceptions.AMQPError, RuntimeError, OSError) as exc:
-            log.debug("no channel to check queue %s: %s", name, exc)
-            return None
-        try:
-            queue = await channel.declare_queue(name, passive=True)
-            return int(queue.declaration_result.message_count or 0)
-        except aio_pika.exceptions.ChannelNotFoundEntity:
-            return 0
-        finally:
-            if not channel.is_closed:
-                await channel.close()
+    async def _messages_held(self, queue: str) -> bool:
+        """Whether ``queue`` holds any message, ready or unacknowledged; True too when the broker cannot say."""
+        held = await self._queue_counts.messages(queue)
+        return held is None or held > 0
 
     async def _republish(self, conn: asyncpg.Connection, task_id: UUID, pool_id: str, waiting: int) -> int:
         async with conn.transaction():

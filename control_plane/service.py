@@ -48,6 +48,7 @@ from control_plane.leadership import Leadership
 from control_plane.metrics import PrometheusMetrics
 from control_plane.notify import Notifications, NotifySettings
 from control_plane.outbox import Outbound, OutboxRelay
+from control_plane.queue_counts import QueueCounts
 from control_plane.reaper import Reaper
 from control_plane.remediation import RemediationLoop, build_pipeline
 from control_plane.schemas import InputSchemas
@@ -292,6 +293,11 @@ class ControlPlane:
         if self.workers is not None:
             self.workers.relay.publish_committed(messages)
 
+    def _queue_counts(self) -> QueueCounts:
+        configured = self.settings.broker_management_url
+        private = self._private_broker.management_url if self._private_broker is not None else None
+        return QueueCounts.for_broker(str(configured) if configured else private, self.amqp_url)
+
     async def _start_workers(self) -> None:
         s = self.settings
         pool, connection = self.loops_pool, self.connection
@@ -315,7 +321,7 @@ class ControlPlane:
             ),
             dead=DeadLetterConsumer(pool, connection, self.topology, self.workflows.tasks_ended),
             reaper=Reaper(
-                pool, connection, self.topology, interval_s=s.reaper_interval_s, agent_ttl_s=s.heartbeat_ttl_s,
+                pool, connection, self.topology, self._queue_counts(), interval_s=s.reaper_interval_s, agent_ttl_s=s.heartbeat_ttl_s,
                 deadline_grace_s=s.deadline_grace_s, requeue_after_s=s.requeue_after_s, max_republish=s.max_republish,
                 on_tasks_ended=self.workflows.tasks_ended,
             ),

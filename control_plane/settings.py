@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import unquote, urlparse
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, AnyHttpUrl, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk.eventloop import EventLoop
@@ -127,6 +127,13 @@ class Settings(BaseSettings):
     requeue_after_s: float = Field(
         default=30.0, gt=0,
         description="a queued task whose message is missing from its pool queue this long is published again",
+    )
+    broker_management_url: AnyHttpUrl | None = Field(
+        default=None,
+        description="RabbitMQ management API (http://user:password@host:15672/) the reaper counts queue messages "
+        "with, ready and unacknowledged, to tell a lost task message from one a consumer holds; unset = AMQP_URL's "
+        "host on port 15672 with its credentials (a private node of `devart up`: its own); where it does not "
+        "answer, lost messages are not looked for and their tasks end by their start timeout",
     )
     max_republish: int = Field(
         default=3, ge=0,
