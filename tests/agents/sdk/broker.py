@@ -18,6 +18,7 @@ from agents.sdk.connection import connect_robust
 from agents.sdk.messages import HEADER_TRACEPARENT, decode_events, event_headers
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges, declare_pool_queue
 from agents.sdk.trust import HEADER_SIGNATURE, REGISTER_PATH, MessageSigner
+from control_plane.queue_counts import QueueCounts
 from tests.support import loopback
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
@@ -57,8 +58,10 @@ class ControlPlane:
     """Publishes tasks and commands like the real control plane (signed with ``signer``) and records
     every event."""
 
-    def __init__(self, channel: AbstractChannel, topology: Topology, received: Received, signer: MessageSigner) -> None:
+    def __init__(self, channel: AbstractChannel, topology: Topology, received: Received, signer: MessageSigner,
+                 queue_counts: QueueCounts) -> None:
         self.channel = channel
+        self.queue_counts = queue_counts
         self.topology = topology
         self.received = received
         self.signer = signer
@@ -108,16 +111,17 @@ class ControlPlane:
             mandatory=True,
         )
 
-    async def pool_depth(self, pool_id: str) -> int:
-        """Messages ready in the pool queue as the declare-ok reports them: 0 whenever the quorum
-        queue does not answer the broker's stat query within 250 ms (RabbitMQ 3.10), so only a
-        count seen above 0 is certain."""
-        queue = await self.channel.declare_queue(self.topology.pool_queue(pool_id), passive=True)
-        return queue.declaration_result.message_count
+    async def pool_holds(self, pool_id: str, n: int) -> bool:
+        """Whether the pool queue holds ``n`` messages, ready or unacknowledged, as the broker's
+        management API counts them: a count a few seconds old, so wait for it (``until``). The
+        declare-ok count is no use here: it leaves out unacknowledged messages, and a quorum queue
+        answers it with 0 whenever it does not answer the broker's stat query within 250 ms."""
+        return await self.queue_counts.messages(self.topology.pool_queue(pool_id)) == n
 
     async def take_from_pool(self, pool_id: str) -> AbstractIncomingMessage | None:
         """The next ready message of the pool queue, acked, or None: a basic.get, which the queue
-        answers however long it takes, unlike the count of :meth:`pool_depth`."""
+        answers however long it takes. With no consumer left (an agent drained), None means the
+        queue is empty."""
         queue = await self.channel.declare_queue(self.topology.pool_queue(pool_id), passive=True)
         return await queue.get(no_ack=True, fail=False)
 
@@ -134,7 +138,7 @@ async def control_plane(amqp_url: str, topology: Topology, signer: MessageSigner
         events = await declare_events_queue(channel, topology)
         received = Received()
         await events.consume(received.on_message)
-        yield ControlPlane(channel, topology, received, signer)
+        yield ControlPlane(channel, topology, received, signer, QueueCounts.for_broker(None, amqp_url))
 
 
 async def until(condition: Callable[[], Any], within: float = 15.0, what: str = "condition") -> None:

@@ -75,7 +75,7 @@ async def test_sigterm_drains_the_running_task(cp: ControlPlane, spawn_agent: Sp
         lambda e: e.agent_id == hello.agent_id and e.kind in ("hello", "heartbeat", "bye")
     )
     assert max(agent_events, key=lambda e: e.seq) is bye
-    assert await cp.pool_depth(hello.pool_id) == 0
+    assert await cp.take_from_pool(hello.pool_id) is None, "a task message was left in the pool queue"
 
 
 async def test_sigkill_hands_the_task_to_another_agent(
@@ -95,7 +95,7 @@ async def test_sigkill_hands_the_task_to_another_agent(
     terminal = cp.received.matching(lambda e: e.kind in TERMINAL_EVENT_KINDS and e.task_id == task.task_id)
     assert terminal == [done]
     assert sample_agent.RUNS[task.task_id] == 1
-    assert await cp.pool_depth(hello.pool_id) == 0
+    assert await cp.take_from_pool(hello.pool_id) is None, "a task message was left in the pool queue"
 
 
 async def test_noop_agent_cli(cp: ControlPlane, spawn_agent: SpawnAgent) -> None:

@@ -140,7 +140,7 @@ async def test_poison_messages_reach_the_dead_queue(cp: ControlPlane, start_agen
     assert reasons[unknown.model_dump_json().encode()][0] == "unknown task type 'paint'"
     assert not cp.received.matching(lambda e: isinstance(e, TaskStarted))
     await runtime.drain()
-    assert await cp.pool_depth(pool) == 0
+    assert await cp.take_from_pool(pool) is None, "a poison message went back to the pool queue"
 
 
 async def test_redelivered_attempt_is_reported_not_rerun(cp: ControlPlane, start_agent: StartAgent) -> None:
@@ -163,7 +163,7 @@ async def test_redelivered_attempt_is_reported_not_rerun(cp: ControlPlane, start
     await cp.received.wait_for(_of(slow.task_id, TaskSucceeded))
     assert sample_agent.RUNS[first.task_id] == 1 and sample_agent.RUNS[slow.task_id] == 1
     assert await runtime.drain()
-    assert await cp.pool_depth(pool) == 0
+    assert await cp.take_from_pool(pool) is None, "a duplicate went back to the pool queue"
     assert (
         len(cp.received.matching(lambda e: e.kind in TERMINAL_EVENT_KINDS and e.task_id == slow.task_id)) == 1
     )
@@ -180,7 +180,8 @@ async def test_pause_and_resume(cp: ControlPlane, start_agent: StartAgent) -> No
     # heartbeats are the clock: three more of them pass while the task stays queued
     await cp.received.wait_for(lambda e: isinstance(e, AgentHeartbeat) and e.seq >= paused.seq + 3)
     assert not cp.received.matching(_of(task.task_id, TaskStarted))
-    assert await cp.pool_depth(runtime.agent.pool_id) == 1
+    await until(lambda: cp.pool_holds(runtime.agent.pool_id, 1), within=30,
+                what="the task's message counted in the pool queue")
 
     await cp.command(agent_id, ControlCommand(action="resume"))
     await cp.received.wait_for(_of(task.task_id, TaskSucceeded))
@@ -206,7 +207,7 @@ async def test_drain_command_says_bye(cp: ControlPlane, start_agent: StartAgent)
     bye = await cp.received.wait_for(lambda e: e.kind == "bye")
     done = cp.received.matching(_of(task.task_id, TaskSucceeded))
     assert len(done) == 1 and bye.agent_id == runtime.agent.agent_id
-    assert await cp.pool_depth(runtime.agent.pool_id) == 0
+    assert await cp.take_from_pool(runtime.agent.pool_id) is None, "the drained task went back to the pool queue"
 
 
 async def test_drain_timeout_leaves_the_task_to_the_broker(cp: ControlPlane, start_agent: StartAgent) -> None:
