@@ -96,13 +96,16 @@ async def test_agent_killed_mid_task_hands_it_over(
     admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool, base_url: str,
     database_url: str,
 ) -> None:
+    """The killed agent's connection closes, so the broker gives its unacknowledged task message to
+    the other agent at once: the task ends on it well before its hour's timeout (and the 10 s lease
+    of these tests), its one attempt delivered twice, and the reaper never acts on it."""
     token = await make_token(database_url, "agent")
     processes = [_agent_process(runtime_settings, base_url, token) for _ in range(2)]
     try:
         await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM agents WHERE state = 'active'"),
                        what="two agents")
         created = (await admin.post("/api/v1/tasks", json={
-            "type": "sleep", "input": {"seconds": 2}, "requires": ["test"]})).json()
+            "type": "sleep", "input": {"seconds": 2}, "requires": ["test"], "timeout_s": 3600})).json()
         running = await wait_for(lambda: db.fetchrow(
             "SELECT agent_id FROM tasks WHERE id = $1 AND status = 'running'", uuid.UUID(created["id"])),
             what="the task to start")
@@ -118,6 +121,10 @@ async def test_agent_killed_mid_task_hands_it_over(
         assert task["attempts"][0]["deliveries"] == 2
         succeeded = [t for t in task["transitions"] if t["to_status"] == "succeeded"]
         assert len(succeeded) == 1
+        assert [t["to_status"] for t in task["transitions"]] == ["pending", "queued", "running", "running", "succeeded"]
+        assert not [t for t in task["transitions"] if t["actor"] == "reaper"]
+        await wait_for(lambda: db.fetchval("SELECT state = 'gone' FROM agents WHERE id = $1", running["agent_id"]),
+                       what="the killed agent to be marked gone")
         # both agents numbered their lines of the attempt from 0, and every line is kept, in order
         assert [(line["agent_id"], line["seq"], line["line"]) for line in await _lines(admin, logs_url)] == [
             (running["agent_id"], 0, "sleeping 2.0s"), (task["agent_id"], 0, "sleeping 2.0s"),
