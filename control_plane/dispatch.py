@@ -142,6 +142,21 @@ async def queue_attempt(
     await enqueue(conn, [outbox_for_attempt(task, attempt=attempt, pool_id=pool_id, topology=topology, delay_s=delay_s)])
 
 
+async def queue_retry(
+    conn: asyncpg.Connection, task_id: UUID, failed_attempt: int, *, delay_s: float | None, agent_ttl_s: float,
+    topology: Topology,
+) -> None:
+    """Queue the attempt after ``failed_attempt`` of ``task_id`` (locked, just failed, attempts left) on
+    the best live pool (else its last one), after ``delay_s`` or the task's backoff (caller's tx)."""
+    task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task_id)
+    delay = delay_s if delay_s is not None else BackoffPolicy.from_json(task["backoff"]).delay(failed_attempt)
+    pool = await choose_pool(conn, type=task["type"], requires=list(task["requires"]), agent_ttl_s=agent_ttl_s)
+    await queue_attempt(
+        conn, task, attempt=failed_attempt + 1, pool_id=pool or task["pool_id"], topology=topology, actor="retry",
+        reason=f"retry {failed_attempt + 1}/{task['max_attempts']} in {delay:.2f}s", delay_s=delay,
+    )
+
+
 async def dispatch_pending(
     conn: asyncpg.Connection, *, topology: Topology, agent_ttl_s: float, limit: int = 500
 ) -> int:

@@ -44,7 +44,7 @@ from agents.sdk.telemetry import extract_context
 from agents.sdk.topology import Topology, declare_events_queue, declare_exchanges
 from agents.sdk.trust import HEADER_SIGNATURE
 from control_plane.agent_keys import DeliverySecrets, EventVerifier
-from control_plane.dispatch import BackoffPolicy, choose_pool, queue_attempt
+from control_plane.dispatch import queue_retry
 from control_plane.outbox import OutboxMessage, enqueue
 from control_plane.tasks import TERMINAL, TaskEndHook, cancel_command
 
@@ -255,17 +255,9 @@ class EventApplier:
             return
         if task_status == "dead":
             await enqueue(conn, [_dead_copy(self._config.topology, task, ev, reason)])
-        if not retry:
-            return
-        delay = ev.retry_delay_s if ev.retry_delay_s is not None else BackoffPolicy.from_json(task["backoff"]).delay(ev.attempt)
-        pool = await choose_pool(
-            conn, type=task["type"], requires=list(task["requires"]), agent_ttl_s=self._config.agent_ttl_s
-        ) or task["pool_id"]
-        failed_task = await conn.fetchrow("SELECT * FROM tasks WHERE id = $1", task["id"])
-        await queue_attempt(
-            conn, failed_task, attempt=ev.attempt + 1, pool_id=pool, topology=self._config.topology,
-            actor="retry", reason=f"retry {ev.attempt + 1}/{task['max_attempts']} in {delay:.2f}s", delay_s=delay,
-        )
+        if retry:
+            await queue_retry(conn, task["id"], ev.attempt, delay_s=ev.retry_delay_s,
+                              agent_ttl_s=self._config.agent_ttl_s, topology=self._config.topology)
 
 
 @dataclass(frozen=True)

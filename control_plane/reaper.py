@@ -26,7 +26,13 @@ from pydantic import ValidationError
 
 from agents.sdk.messages import TaskMessage
 from agents.sdk.topology import Topology
-from control_plane.dispatch import choose_pool, outbox_for_attempt, queue_attempt, record_transition
+from control_plane.dispatch import (
+    choose_pool,
+    outbox_for_attempt,
+    queue_attempt,
+    queue_retry,
+    record_transition,
+)
 from control_plane.loops import LoopService
 from control_plane.outbox import enqueue
 from control_plane.queue_counts import QueueCounts
@@ -116,17 +122,51 @@ class Reaper(LoopService):
     async def _time_out_running(self, conn: asyncpg.Connection) -> int:
         async with conn.transaction():
             expired = await conn.fetch(
-                """SELECT id, attempt, agent_id, status, lease_expires_at < now() AS lease_lost FROM tasks
+                """SELECT id, attempt, max_attempts, agent_id, status,
+                          deadline_at + make_interval(secs => $1) < now() AS deadline_passed FROM tasks
                    WHERE status = 'running'
                      AND (lease_expires_at < now() OR deadline_at + make_interval(secs => $1) < now())
                    FOR UPDATE SKIP LOCKED""",
                 self._grace_s,
             )
             for task in expired:
-                lost = f"agent {task['agent_id']} went silent past its lease"
-                await self._time_out(conn, task, lost if task["lease_lost"] else "deadline exceeded")
+                if task["deadline_passed"]:
+                    await self._time_out(conn, task, "deadline exceeded")
+                else:
+                    await self._agent_gone(conn, task)
             await self._ended(conn, [task["id"] for task in expired])
             return len(expired)
+
+    async def _agent_gone(self, conn: asyncpg.Connection, task: asyncpg.Record) -> None:
+        """Fail the running attempt of ``task`` (locked by the caller) whose agent went silent past
+        its lease, as a retryable error: the next attempt is queued per the task's policy, or the
+        task is dead once its attempts are used up. The agent is told to cancel, should it come back.
+
+        A dead agent's connection closes and the broker hands its message to another agent at once
+        (the attempt is redelivered, no lease lapses); this is for an agent that stopped without its
+        connection closing (frozen, cut off), whose message the broker keeps until its heartbeat
+        timeout says the connection is dead."""
+        silent = f"agent {task['agent_id']} is gone: silent past its lease"
+        exhausted = task["attempt"] >= task["max_attempts"]
+        reason = f"attempts exhausted ({task['attempt']}/{task['max_attempts']}): {silent}" if exhausted else silent
+        error = {"message": silent, "type": "AgentGone", "reason": "error", "retryable": True}
+        await conn.execute(
+            """UPDATE attempts SET status = 'failed', finished_at = now(), error = $3
+               WHERE task_id = $1 AND attempt = $2 AND finished_at IS NULL""",
+            task["id"], task["attempt"], error,
+        )
+        await conn.execute(
+            """UPDATE tasks SET status = $2, status_reason = $3, error = $4, finished_at = now(), updated_at = now(),
+                      lease_expires_at = NULL
+               WHERE id = $1""",
+            task["id"], "dead" if exhausted else "failed", reason[:500], error,
+        )
+        await record_transition(conn, task["id"], task["attempt"], "running", "dead" if exhausted else "failed",
+                                "reaper", reason[:500])
+        await enqueue(conn, [cancel_command(self._topology, task["agent_id"], task["id"], task["attempt"], silent)])
+        if not exhausted:
+            await queue_retry(conn, task["id"], task["attempt"], delay_s=None, agent_ttl_s=self._agent_ttl_s,
+                              topology=self._topology)
 
     async def _ended(self, conn: asyncpg.Connection, task_ids: list[UUID]) -> None:
         if task_ids and self._on_tasks_ended is not None:

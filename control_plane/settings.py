@@ -154,7 +154,9 @@ class Settings(BaseSettings):
         default=20.0, gt=0, description="an agent silent this long is gone; its pool may lose its tasks"
     )
     lease_s: float = Field(
-        default=60.0, gt=0, description="a running task whose agent has not reported it for this long is timed out"
+        default=60.0, gt=0,
+        description="a running attempt whose agent has not reported it for this long fails as the agent gone and is "
+        "retried per the task's policy",
     )
     deadline_grace_s: float = Field(default=30.0, ge=0, description="slack past a task's deadline before the reaper acts")
     reaper_interval_s: float = Field(default=2.0, gt=0, description="period of the reaper loop")

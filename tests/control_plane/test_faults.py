@@ -92,6 +92,21 @@ def _agent_process(runtime_settings: AgentRuntimeSettings, base_url: str, token:
     return subprocess.Popen([sys.executable, "-m", "tests.agents.sdk.sample_agent", "--slots", "1"], env=env)
 
 
+async def _running_on_one_of_two(admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings,
+                                 db: asyncpg.Pool, base_url: str, token: str, processes: list[subprocess.Popen[bytes]],
+                                 task: dict) -> tuple[str, str]:
+    """Start two agent processes (into ``processes``, for the caller to kill), submit ``task`` (a
+    sleep, with an hour's timeout) and wait until it runs: its id and the agent running it."""
+    processes.extend(_agent_process(runtime_settings, base_url, token) for _ in range(2))
+    await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM agents WHERE state = 'active'"), what="two agents")
+    created = (await admin.post("/api/v1/tasks", json={
+        "type": "sleep", "requires": ["test"], "timeout_s": 3600, **task})).json()
+    running = await wait_for(lambda: db.fetchrow(
+        "SELECT agent_id FROM tasks WHERE id = $1 AND status = 'running'", uuid.UUID(created["id"])),
+        what="the task to start")
+    return created["id"], running["agent_id"]
+
+
 async def test_agent_killed_mid_task_hands_it_over(
     admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool, base_url: str,
     database_url: str,
@@ -99,35 +114,30 @@ async def test_agent_killed_mid_task_hands_it_over(
     """The killed agent's connection closes, so the broker gives its unacknowledged task message to
     the other agent at once: the task ends on it well before its hour's timeout (and the 10 s lease
     of these tests), its one attempt delivered twice, and the reaper never acts on it."""
-    token = await make_token(database_url, "agent")
-    processes = [_agent_process(runtime_settings, base_url, token) for _ in range(2)]
+    processes: list[subprocess.Popen[bytes]] = []
     try:
-        await wait_for(lambda: db.fetchval("SELECT count(*) = 2 FROM agents WHERE state = 'active'"),
-                       what="two agents")
-        created = (await admin.post("/api/v1/tasks", json={
-            "type": "sleep", "input": {"seconds": 2}, "requires": ["test"], "timeout_s": 3600})).json()
-        running = await wait_for(lambda: db.fetchrow(
-            "SELECT agent_id FROM tasks WHERE id = $1 AND status = 'running'", uuid.UUID(created["id"])),
-            what="the task to start")
-        logs_url = f"/api/v1/tasks/{created['id']}/logs"
+        task_id, first = await _running_on_one_of_two(admin, runtime_settings, db, base_url,
+                                                      await make_token(database_url, "agent"), processes,
+                                                      {"input": {"seconds": 2}})
+        logs_url = f"/api/v1/tasks/{task_id}/logs"
         await wait_for(lambda: _lines(admin, logs_url), what="the first agent's log line")
-        pid = await db.fetchval("SELECT pid FROM agents WHERE id = $1", running["agent_id"])
+        pid = await db.fetchval("SELECT pid FROM agents WHERE id = $1", first)
         os.kill(pid, signal.SIGKILL)
 
-        task = await _finished(admin, created["id"], timeout_s=30)
+        task = await _finished(admin, task_id, timeout_s=30)
         assert task["status"] == "succeeded"
-        assert task["agent_id"] != running["agent_id"]
+        assert task["agent_id"] != first
         assert len(task["attempts"]) == 1
         assert task["attempts"][0]["deliveries"] == 2
         succeeded = [t for t in task["transitions"] if t["to_status"] == "succeeded"]
         assert len(succeeded) == 1
         assert [t["to_status"] for t in task["transitions"]] == ["pending", "queued", "running", "running", "succeeded"]
         assert not [t for t in task["transitions"] if t["actor"] == "reaper"]
-        await wait_for(lambda: db.fetchval("SELECT state = 'gone' FROM agents WHERE id = $1", running["agent_id"]),
+        await wait_for(lambda: db.fetchval("SELECT state = 'gone' FROM agents WHERE id = $1", first),
                        what="the killed agent to be marked gone")
         # both agents numbered their lines of the attempt from 0, and every line is kept, in order
         assert [(line["agent_id"], line["seq"], line["line"]) for line in await _lines(admin, logs_url)] == [
-            (running["agent_id"], 0, "sleeping 2.0s"), (task["agent_id"], 0, "sleeping 2.0s"),
+            (first, 0, "sleeping 2.0s"), (task["agent_id"], 0, "sleeping 2.0s"),
             (task["agent_id"], 1, "woke up"),
         ]
     finally:
@@ -236,3 +246,33 @@ async def test_a_control_plane_refused_by_the_broker_leaves_nothing_open(setting
     broker = settings.broker.model_copy(update={"amqp_url": wrong_password(settings.broker.amqp_url)})
     plane = ControlPlane(settings.model_copy(update={"broker": broker}))
     await assert_failed_connect_leaves_nothing(plane.__aenter__, BrokerUnavailable)
+
+
+async def test_a_frozen_agents_attempt_fails_as_agent_gone_and_is_retried(
+    admin: httpx.AsyncClient, runtime_settings: AgentRuntimeSettings, db: asyncpg.Pool, base_url: str,
+    database_url: str,
+) -> None:
+    """An agent that stops without its connection closing (SIGSTOP: frozen, or cut off) keeps its
+    task message unacknowledged until the broker's heartbeat timeout; its heartbeats stop, so once
+    its lease (10 s here) lapses the reaper fails the attempt as the agent gone and queues the next,
+    which the other agent runs, long before the task's hour's timeout."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        task_id, first = await _running_on_one_of_two(admin, runtime_settings, db, base_url,
+                                                      await make_token(database_url, "agent"), processes,
+                                                      {"input": {"seconds": 2}, "max_attempts": 2, "backoff": {"base_s": 0.1}})
+        pid = await db.fetchval("SELECT pid FROM agents WHERE id = $1", first)
+        os.kill(pid, signal.SIGSTOP)
+
+        task = await _finished(admin, task_id, timeout_s=60)
+        assert task["status"] == "succeeded", task["status_reason"]
+        assert task["agent_id"] != first
+        assert [(a["attempt"], a["status"]) for a in task["attempts"]] == [(1, "failed"), (2, "succeeded")]
+        assert task["attempts"][0]["error"]["type"] == "AgentGone"
+        gone = [t for t in task["transitions"] if t["actor"] == "reaper"]
+        assert [(t["from_status"], t["to_status"]) for t in gone] == [("running", "failed")]
+        assert gone[0]["reason"] == f"agent {first} is gone: silent past its lease"
+    finally:
+        for process in processes:
+            process.kill()
+            process.wait()
