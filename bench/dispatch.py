@@ -58,6 +58,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agents.sdk.connection import connect_robust
 from bench.cpu import CpuMeter, children, pids_by_command
 from bench.percentiles import p50_p99
+from bench.pgstats import PgCounter, per_task
 from bench.pyspy import Profile, profile_processes
 from control_plane.serving import free_port
 
@@ -96,6 +97,9 @@ class DispatchBenchSettings(BaseSettings):
     phase_timeout_s: float = Field(default=120.0, gt=0, description="longest wait for one phase to complete")
     profile_dir: Path | None = Field(default=None, description="sample devart's processes with py-spy, write here")
     profile_rate: int = Field(default=250, ge=1, le=2000, description="py-spy samples per second")
+    pg_stats: bool = Field(
+        default=False, description="print devart's Postgres writes per task during the throughput load (WAL, rows "
+        "per table, HOT updates, NOTIFYs); waits 11 s before and after the load for the statistics to settle")
 
     @field_validator("systems")
     @classmethod
@@ -135,6 +139,8 @@ class Result:
     extra: dict[str, str] = field(default_factory=dict)
     cpu_ms: dict[str, float] = field(default_factory=dict)
     """CPU milliseconds per task of each process group during the throughput load."""
+    pg_lines: list[str] = field(default_factory=list)
+    """With ``--pg-stats``: Postgres's writes per task during the throughput load."""
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -701,9 +707,16 @@ async def bench_devart(
         groups = {"control plane": lambda: [s.pid for s in serves], "agent": lambda: [agent.pid],
                   **database.cpu_group()}
         profiled = {"control plane": serves[0].pid, "agent": agent.pid} if control_planes == 1 else {}
+        counter = None
+        if settings.pg_stats:
+            counter = PgCounter(await stack.enter_async_context(db.acquire()))
+            await counter.start()
+            stack.push_async_callback(counter.stop)
+            before = await counter.snapshot()
         async with profile_processes(profiled, settings.profile_dir if profiled else None,
                                      rate=settings.profile_rate, tasks=settings.tasks) as profile:
             rate, cpu = await _measure(settings.tasks, driver.run(settings.tasks, settings.concurrency), groups)
+        pg_lines = per_task(before, await counter.snapshot(), settings.tasks) if counter is not None else []
         if profile is not None:
             profile.cpu_ms = {name: cpu[name] for name in ("control plane", "agent")}
         if settings.batch_size and batched_load:
@@ -718,7 +731,7 @@ async def bench_devart(
                            *(f"{prefix}devart.pool.{p}" for p in pool_ids)]
         exchanges = [f"{prefix}devart.{name}" for name in ("tasks", "retry", "dead", "events", "control")]
         await _delete_names(settings.amqp_url, topology_queues, exchanges)
-    results = [Result(name, rate, start_ms=start_ms, done_ms=done_ms, cpu_ms=cpu,
+    results = [Result(name, rate, start_ms=start_ms, done_ms=done_ms, cpu_ms=cpu, pg_lines=pg_lines,
                       extra={"POST /api/v1/tasks answered p50/p99 (light)": _p50_p99(light_submit_ms),
                              "GET /healthz answered p50/p99 (idle)": _p50_p99(healthz_ms),
                              "light-load timeline, p50 ms from tasks.created_at": timeline})]
@@ -755,6 +768,9 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
     for r in results:
         parts = ", ".join(f"{name} {ms:.2f}" for name, ms in r.cpu_ms.items())
         lines.append(f"  {r.system:<14}total {sum(r.cpu_ms.values()):6.2f}: {parts}")
+    for r in results:
+        if r.pg_lines:
+            lines.extend(["", f"Postgres per task during {r.system}'s throughput load (--pg-stats)", *r.pg_lines])
     by_name = {r.system: r for r in results}
     devart = by_name.get("devart")
     lines.append("")
