@@ -51,13 +51,20 @@ WITH candidates AS (
     WHERE p.skills @> $1::text[] AND $2 = ANY (p.types) AND ($4::text IS NULL OR p.id <> $4)
     GROUP BY p.id
 )
-SELECT c.id
-FROM candidates c
-CROSS JOIN LATERAL (SELECT count(*) AS n FROM tasks t WHERE t.pool_id = c.id AND t.status = 'queued') queued
-ORDER BY c.free - queued.n > 0 DESC, c.n_skills, queued.n, c.id
-LIMIT 1
+SELECT id FROM candidates WHERE (SELECT count(*) FROM candidates) = 1
+UNION ALL
+(SELECT c.id
+ FROM candidates c
+ CROSS JOIN LATERAL (SELECT count(*) AS n FROM tasks t WHERE t.pool_id = c.id AND t.status = 'queued') queued
+ WHERE (SELECT count(*) FROM candidates) > 1
+ ORDER BY c.free - queued.n > 0 DESC, c.n_skills, queued.n, c.id
+ LIMIT 1)
 """
-"""The best pool for a task: $1 requires, $2 type, $3 agent TTL (s), $4 a pool to leave out or NULL."""
+"""The best pool for a task: $1 requires, $2 type, $3 agent TTL (s), $4 a pool to leave out or NULL.
+
+Only several candidates are ranked: counting a pool's queued tasks reads an index entry and a heap
+tuple per queued or running task of the pool (and per version not yet pruned), which the usual
+case, one pool for the task's type, does not need on every submit."""
 
 
 async def choose_pool(
