@@ -60,6 +60,7 @@ from bench.cpu import CpuMeter, children, pids_by_command
 from bench.percentiles import p50_p99
 from bench.pgstats import PgCounter, per_task
 from bench.pyspy import Profile, profile_processes
+from control_plane.api.hub import events_of
 from control_plane.serving import free_port
 
 SYSTEMS = ("raw", "celery", "celery-durable", "devart")
@@ -565,11 +566,12 @@ class _DevartDriver:
         return task_id
 
     def on_transition(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        change = json.loads(payload)
-        if change.get("to") == "succeeded":
-            future = self._finished.pop(change["task_id"], None)
-            if future is not None and not future.done():
-                future.set_result(None)
+        for line in events_of(payload):
+            change = json.loads(line)
+            if change.get("to") == "succeeded":
+                future = self._finished.pop(change["task_id"], None)
+                if future is not None and not future.done():
+                    future.set_result(None)
 
     async def healthz(self, _: int) -> float:
         """Milliseconds of one liveness request: the HTTP stack alone."""

@@ -47,6 +47,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from bench.dispatch import _delete_names, _postgres, _process, _wait_until
 from bench.options import settings_parser
 from bench.percentiles import p50_p99
+from control_plane.api.hub import events_of
 from control_plane.serving import free_port
 
 MODES = ("engine", "client")
@@ -133,7 +134,10 @@ class _Driver:
         self._waiting: dict[str, asyncio.Future[None]] = {}
 
     def on_event(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
-        event = json.loads(payload)
+        for line in events_of(payload):
+            self._ended(json.loads(line))
+
+    def _ended(self, event: dict[str, Any]) -> None:
         key = {"task": "task_id", "run": "run_id"}.get(event.get("kind", ""))
         if key is None or event.get("to") not in ("succeeded", "failed", "dead", "cancelled", "timed_out"):
             return

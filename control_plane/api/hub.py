@@ -200,10 +200,11 @@ class EventHub(LoopService):
         frames, tasks = [], set()
         for n in pending:
             if n.channel == "devart_events":
-                document = _document(n.payload)
-                frames.append(f"event: {document.get('kind', 'task')}\ndata: {n.payload}\n\n".encode())
-                if task_id := document.get("task_id"):
-                    tasks.add(str(task_id))
+                for line in events_of(n.payload):
+                    document = _document(line)
+                    frames.append(f"event: {document.get('kind', 'task')}\ndata: {line}\n\n".encode())
+                    if task_id := document.get("task_id"):
+                        tasks.add(str(task_id))
             else:  # devart_logs: the payload is the task id
                 tasks.add(n.payload)
         if frames:
@@ -322,6 +323,12 @@ class EventHub(LoopService):
             news = await follower._take()
             if news is not None:
                 yield news
+
+
+def events_of(payload: str) -> list[str]:
+    """The JSON documents of one ``devart_events`` notification: one per line (a statement's
+    transitions share a notification, migration 0093)."""
+    return payload.split("\n")
 
 
 def _document(payload: str) -> dict[str, Any]:
