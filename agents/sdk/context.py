@@ -36,6 +36,27 @@ class TaskLogger(logging.LoggerAdapter):
 task_logger = TaskLogger(_logger, {})
 
 
+class CancelRequest(asyncio.Event):
+    """``ctx.cancelled``: an :class:`asyncio.Event` that also calls back whoever waits for an
+    attempt's end, so the runtime needs no task parked in ``wait()`` for every attempt."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def set(self) -> None:
+        if not self.is_set():
+            super().set()
+            for callback in self._callbacks:
+                callback()
+
+    def add_callback(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def remove_callback(self, callback: Callable[[], None]) -> None:
+        self._callbacks.remove(callback)
+
+
 async def _discard_log(stream: str, line: str) -> None:
     return None
 
@@ -57,7 +78,7 @@ class TaskContext:
     agent_id: str = ""
     sandbox: dict[str, Any] = field(default_factory=dict)
     traceparent: str | None = None
-    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: CancelRequest = field(default_factory=CancelRequest)
     deadline: float = 0.0
     """``loop.time()`` after which the attempt is out of time (set by the runtime)."""
     _log_sink: LogSink = _discard_log

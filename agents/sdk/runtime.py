@@ -37,6 +37,7 @@ from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk import eventloop
+from agents.sdk.acks import Acker
 from agents.sdk.agent import Agent
 from agents.sdk.batcher import EventBatcher, Outgoing
 from agents.sdk.connection import connect_robust
@@ -253,55 +254,103 @@ async def execute_attempt(
     ``grace_s`` to return, and the attempt counts as cancelled however it returns. If the caller is
     cancelled, the handler is cancelled too.
     """
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    try:
-        parsed = handler.parse_input(data)
-    except ValidationError as exc:
-        return AttemptOutcome(
-            status="failed",
-            error=describe_validation_error(exc),
-            error_type="ValidationError",
-            reason="error",
-            retryable=False,
-            duration_s=loop.time() - started,
-        )
-    ctx.deadline = started + ctx.timeout_s
-    with ctx.activate():
-        run = asyncio.create_task(
-            handler(ctx, parsed), name=f"handler-{ctx.type}-{ctx.task_id}-{ctx.attempt}"
-        )
-    cancel_requested = asyncio.create_task(ctx.cancelled.wait())
-    try:
-        done, _ = await asyncio.wait(
-            {run, cancel_requested}, timeout=ctx.timeout_s + grace_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        if ctx.cancelled.is_set():
-            # a cancel request wins over whatever the handler did after seeing it
-            await asyncio.wait({run}, timeout=grace_s)
-            if not run.done():
-                await _stop(run, grace_s)
-            return _cancelled(run, loop.time() - started)
-        if run in done:
-            if run.cancelled():
-                return _failure(asyncio.CancelledError("handler cancelled itself"), loop.time() - started)
-            exc = run.exception()
-            if exc is not None:
-                return _failure(exc, loop.time() - started)
-            try:
-                return AttemptOutcome(
-                    status="succeeded", result=_result_dict(run.result()), duration_s=loop.time() - started
-                )
-            except (NonRetryableError, ValueError, TypeError) as bad_result:
-                return _failure(NonRetryableError(str(bad_result)), loop.time() - started)
-        await _stop(run, grace_s)
-        return _failure(
-            TimeoutError(f"attempt exceeded its timeout of {ctx.timeout_s:g}s"), loop.time() - started
-        )
-    finally:
-        cancel_requested.cancel()
-        if not run.done():
+    return await Execution(handler, ctx, data).outcome(grace_s=grace_s)
+
+
+class Execution:
+    """One handler running for one attempt: it starts when made; :meth:`outcome` waits for its end.
+
+    Waiting is one future woken by whatever comes first (the handler's end, a cancel request, a
+    timer), not a task per thing waited for: the runtime pays this for every task it takes.
+    """
+
+    def __init__(self, handler: HandlerDefinition, ctx: TaskContext, data: dict[str, Any]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ctx = ctx
+        self.started = self._loop.time()
+        self._invalid: AttemptOutcome | None = None
+        self._run: asyncio.Task[Any] | None = None
+        try:
+            parsed = handler.parse_input(data)
+        except ValidationError as exc:
+            self._invalid = AttemptOutcome(
+                status="failed",
+                error=describe_validation_error(exc),
+                error_type="ValidationError",
+                reason="error",
+                retryable=False,
+                duration_s=self._loop.time() - self.started,
+            )
+            return
+        ctx.deadline = self.started + ctx.timeout_s
+        with ctx.activate():
+            self._run = asyncio.create_task(
+                handler(ctx, parsed), name=f"handler-{ctx.type}-{ctx.task_id}-{ctx.attempt}"
+            )
+
+    @property
+    def done(self) -> bool:
+        """Whether the handler has returned (or never ran: its input was invalid)."""
+        return self._run is None or self._run.done()
+
+    async def wait(self, timeout_s: float) -> None:
+        """Wait until the handler has returned, a cancel is requested or ``timeout_s`` has passed."""
+        run, cancelled = self._run, self._ctx.cancelled
+        if run is None or run.done() or cancelled.is_set():
+            return
+        waiter = self._loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        run.add_done_callback(wake)
+        cancelled.add_callback(wake)
+        timer = self._loop.call_later(timeout_s, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            run.remove_done_callback(wake)
+            cancelled.remove_callback(wake)
+
+    async def outcome(self, *, grace_s: float) -> AttemptOutcome:
+        """How the attempt ended; the handler is stopped if it overran (or if the caller is cancelled)."""
+        if self._run is None:
+            assert self._invalid is not None
+            return self._invalid
+        run, ctx, loop = self._run, self._ctx, self._loop
+        try:
+            await self.wait(self.started + ctx.timeout_s + grace_s - loop.time())
+            if ctx.cancelled.is_set():
+                # a cancel request wins over whatever the handler did after seeing it
+                await asyncio.wait({run}, timeout=grace_s)
+                if not run.done():
+                    await _stop(run, grace_s)
+                return _cancelled(run, loop.time() - self.started)
+            if run.done():
+                if run.cancelled():
+                    return _failure(asyncio.CancelledError("handler cancelled itself"), loop.time() - self.started)
+                exc = run.exception()
+                if exc is not None:
+                    return _failure(exc, loop.time() - self.started)
+                try:
+                    return AttemptOutcome(
+                        status="succeeded", result=_result_dict(run.result()), duration_s=loop.time() - self.started
+                    )
+                except (NonRetryableError, ValueError, TypeError) as bad_result:
+                    return _failure(NonRetryableError(str(bad_result)), loop.time() - self.started)
             await _stop(run, grace_s)
+            return _failure(
+                TimeoutError(f"attempt exceeded its timeout of {ctx.timeout_s:g}s"), loop.time() - self.started
+            )
+        finally:
+            await self.stop(grace_s)
+
+    async def stop(self, grace_s: float) -> None:
+        """Cancel the handler if it still runs, and wait (bounded) for it to unwind."""
+        if self._run is not None and not self._run.done():
+            await _stop(self._run, grace_s)
 
 
 # --- the broker side -------------------------------------------------------------------------------
@@ -356,6 +405,9 @@ class _Attempt:
     progress_message: str | None = None
     cancel_reason: str = ""
     task: asyncio.Task[None] | None = None
+    flusher: asyncio.Task[None] | None = None
+    """Publishes log lines periodically; started at the attempt's first log line."""
+    ended: bool = False
     unannounced: TaskStarted | None = None
     """The started event while it is not published yet (the coalescing window)."""
 
@@ -407,6 +459,7 @@ class AgentRuntime:
         self._consuming_lock = asyncio.Lock()
         self._closed = False
         self._batcher: EventBatcher | None = None
+        self._acker = Acker()
 
     # lifecycle
 
@@ -522,6 +575,7 @@ class AgentRuntime:
             )
         except _PublishFailed as exc:
             log.warning("could not publish bye: %s", exc)
+        await self._acker.flush()
         await self._connection.close()
         self._stop_requested.set()
         log.info("agent %s left (clean=%s)", self.agent.agent_id, clean)
@@ -593,7 +647,7 @@ class AgentRuntime:
             running.deliveries.append(delivery)
             return
         if self.state != "active":
-            await _settle(delivery, requeue=True)
+            await self._acker.nack(delivery, requeue=True)
             return
         secret = delivery_secret((delivery.headers or {}).get(HEADER_DELIVERY_SECRET))
         attempt = _Attempt(
@@ -619,6 +673,8 @@ class AgentRuntime:
             proof=delivery_proof(secret, self.agent.agent_id) if secret is not None else None,
         )
         self._running[key] = attempt
+        # a task of its own: the channel cancels its delivery callbacks when it closes, and an
+        # attempt outlives a lost connection
         attempt.task = asyncio.create_task(self._run(attempt), name=f"attempt-{key[0]}-{key[1]}")
 
     async def _run(self, attempt: _Attempt) -> None:
@@ -654,24 +710,20 @@ class AgentRuntime:
             window = 0.0 if attempt.deliveries[0].redelivered else self.settings.coalesce_start_s
             if window <= 0 and not await self._announce_start(attempt):
                 return
-            flusher = asyncio.create_task(self._flush_periodically(attempt), name="attempt-log-flush")
-            run = asyncio.create_task(execute_attempt(
-                attempt.handler, attempt.ctx, message.input, grace_s=self.settings.timeout_grace_s
-            ), name=f"execute-{message.task_id}-{message.attempt}")
+            grace_s = self.settings.timeout_grace_s
+            execution = Execution(attempt.handler, attempt.ctx, message.input)
             try:
                 # A short attempt's start rides in its terminal event (one message instead of two);
                 # a longer one announces its start once the window has passed, or before its first
                 # log line or progress report, whichever comes first.
-                finished_early = window > 0 and bool((await asyncio.wait({run}, timeout=window))[0])
-                if not finished_early and not await self._announce_start(attempt):
-                    await _stop(run, self.settings.timeout_grace_s)
+                if window > 0:
+                    await execution.wait(window)
+                if not execution.done and not await self._announce_start(attempt):
                     return
-                outcome = await run
+                outcome = await execution.outcome(grace_s=grace_s)
             finally:
-                flusher.cancel()
-                await asyncio.gather(flusher, return_exceptions=True)
-                if not run.done():
-                    await _stop(run, self.settings.timeout_grace_s)
+                await execution.stop(grace_s)
+                await self._stop_flusher(attempt)
             await self._flush_logs(attempt)
             async with attempt.lock:
                 terminal = self._terminal_event(attempt, outcome, started_at=started.ts)
@@ -679,6 +731,7 @@ class AgentRuntime:
             await self._report_and_ack(terminal, attempt.headers, attempt.deliveries)
         finally:
             self._running.pop(attempt.key, None)
+            await self._stop_flusher(attempt)
 
     async def _announce_start(self, attempt: _Attempt) -> bool:
         """Publish the attempt's started event unless it was already; False, with the deliveries
@@ -692,7 +745,7 @@ class AgentRuntime:
             await self._publish_holding(attempt.deliveries, announce)
         except _PublishFailed as exc:
             log.warning("task %s attempt %d: start not confirmed (%s); leaving it to the broker", *attempt.key, exc)
-            await _settle_all(attempt.deliveries, requeue=True)
+            await self._requeue(attempt.deliveries)
             return False
         return True
 
@@ -749,9 +802,14 @@ class AgentRuntime:
                 terminal.attempt,
                 exc,
             )
-            await _settle_all(deliveries, requeue=True)
+            await self._requeue(deliveries)
             return
-        await _settle_all(deliveries, requeue=None)
+        for delivery in deliveries:
+            self._acker.ack(delivery)
+
+    async def _requeue(self, deliveries: list[AbstractIncomingMessage]) -> None:
+        for delivery in deliveries:
+            await self._acker.nack(delivery, requeue=True)
 
     async def _dead_letter(self, delivery: AbstractIncomingMessage, reason: str) -> None:
         log.warning("poison message on %s: %s", self.agent.pool_id, reason)
@@ -772,9 +830,9 @@ class AgentRuntime:
             )
         except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.DeliveryError, ConnectionError) as exc:
             log.warning("could not dead-letter a poison message (%s); the broker keeps it", exc)
-            await _settle(delivery, requeue=True)
+            await self._acker.nack(delivery, requeue=True)
             return
-        await _settle(delivery, requeue=None)
+        self._acker.ack(delivery)
 
     # what handlers report
 
@@ -782,6 +840,15 @@ class AgentRuntime:
         attempt.log.add(stream, text)
         if len(attempt.log.pending) >= self.settings.log_batch_lines:
             await self._flush_logs(attempt)
+        elif attempt.flusher is None and not attempt.ended:
+            attempt.flusher = asyncio.create_task(self._flush_periodically(attempt), name="attempt-log-flush")
+
+    async def _stop_flusher(self, attempt: _Attempt) -> None:
+        """Stop the periodic log flush, and start none later: the caller flushes what is left."""
+        attempt.ended = True
+        if attempt.flusher is not None:
+            attempt.flusher.cancel()
+            await asyncio.gather(attempt.flusher, return_exceptions=True)
 
     async def _flush_logs(self, attempt: _Attempt) -> None:
         while attempt.log.pending:
@@ -1017,27 +1084,6 @@ def _held(delivery: AbstractIncomingMessage) -> bool:
     except aio_pika.exceptions.ChannelInvalidStateError:
         return False
     return True
-
-
-async def _settle(delivery: AbstractIncomingMessage, *, requeue: bool | None) -> None:
-    """Ack (``requeue=None``) or nack a delivery; a delivery of a lost channel is the broker's again."""
-    try:
-        if requeue is None:
-            await delivery.ack()
-        else:
-            await delivery.nack(requeue=requeue)
-    except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
-        log.info(
-            "delivery %s not settled (%s: %s); the broker redelivers it",
-            delivery.delivery_tag,
-            type(exc).__name__,
-            exc,
-        )
-
-
-async def _settle_all(deliveries: list[AbstractIncomingMessage], *, requeue: bool | None) -> None:
-    for delivery in deliveries:
-        await _settle(delivery, requeue=requeue)
 
 
 def _one_line(exc: Exception) -> str:

@@ -29,8 +29,9 @@ import hashlib
 import hmac
 
 import httpx
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+import nacl.exceptions
+import nacl.signing
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ConfigDict, Field
 
 HEADER_SIGNATURE = "x-devart-signature"
@@ -101,9 +102,14 @@ class MessageSigner:
 
 
 @functools.lru_cache(maxsize=8)
-def _public_key(raw: bytes) -> Ed25519PublicKey:
-    """The key object of a raw public key, loaded once per key rather than once per message."""
-    return Ed25519PublicKey.from_public_bytes(raw)
+def _public_key(raw: bytes) -> nacl.signing.VerifyKey:
+    """The key object of a raw public key, loaded once per key rather than once per message.
+
+    Verifying goes through libsodium (PyNaCl): it checks the same Ed25519 signatures as OpenSSL
+    (``cryptography``, which signs them) in about half the time, and an agent verifies every task
+    message it takes.
+    """
+    return nacl.signing.VerifyKey(raw)
 
 
 def verify_signed(public_key: bytes, body: bytes, signature: object) -> str | None:
@@ -113,8 +119,8 @@ def verify_signed(public_key: bytes, body: bytes, signature: object) -> str | No
     if not isinstance(signature, str) or not signature:
         return "unsigned: not published by the control plane"
     try:
-        _public_key(public_key).verify(base64.b64decode(signature, validate=True), body)
-    except (InvalidSignature, ValueError):
+        _public_key(public_key).verify(body, base64.b64decode(signature, validate=True))
+    except (nacl.exceptions.CryptoError, ValueError):
         return "forged: the signature is not the control plane's"
     return None
 
