@@ -24,6 +24,7 @@ import asyncpg
 import httpx
 from pydantic import BaseModel
 
+from agents import noop
 from agents.sdk import (
     Agent,
     AgentHeartbeat,
@@ -44,7 +45,7 @@ from tests.control_plane.test_end_to_end import _finished
 from tests.security import delivery_agent
 from tests.security.test_events_forged import _rows, _task
 from tests.security.test_events_pools import _heartbeat_after, _signed_publish, _status, _token
-from tests.support.system import StartAgent, wait_for
+from tests.support.system import StartAgent, wait_all_succeeded, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 releases: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
@@ -222,6 +223,46 @@ async def test_a_task_redelivered_after_its_agent_is_killed_finishes_on_the_othe
             ("succeeded", survivor, f"succeeded on {survivor}"),
         ]
         assert not await db.fetch("SELECT reason FROM dead_letters WHERE reason LIKE 'agent event%'")
+    finally:
+        for process in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+
+
+async def test_an_agent_killed_amid_a_burst_leaves_no_task_lost_or_ended_twice(
+    admin: httpx.AsyncClient, base_url: str, broker_settings: BrokerSettings, db: asyncpg.Pool,
+) -> None:
+    """Results of several tasks are confirmed by the broker together, and their acks go out after
+    that turn of the agent's loop, coalesced into as few frames as the tags allow. SIGKILL amid a
+    burst leaves deliveries whose results were confirmed but not acked, and others not reported
+    yet: the broker hands them all to the next agent of the pool, and every task ends once."""
+    pool = noop.build_agent().pool_id
+    env = dict(os.environ, **broker_settings.environment(), DEVART_AGENT_API_URL=base_url,
+               DEVART_AGENT_TOKEN=await _token(admin, "burst", [pool]), DEVART_AGENT_HEARTBEAT_INTERVAL_S="0.3")
+
+    async def spawn() -> asyncio.subprocess.Process:
+        return await asyncio.create_subprocess_exec(sys.executable, "-m", "agents.noop", "--slots", "8",
+                                                    cwd=ROOT, env=env)
+
+    processes = [await spawn()]
+    try:
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 1 FROM agents WHERE pool_id = $1 AND state = 'active'",
+                                           pool), what="the agent of the pool", timeout_s=60)
+        response = await admin.post("/api/v1/tasks/batch", json={"tasks": [
+            {"type": "noop", "requires": ["noop"]} for _ in range(200)]})
+        assert response.status_code == 201, response.text
+        ids = [t["id"] for t in response.json()["tasks"]]
+        await wait_for(lambda: db.fetchval("SELECT count(*) >= 20 FROM tasks WHERE id = ANY($1) AND status = "
+                                           "'succeeded'", [uuid.UUID(i) for i in ids]), what="a part of the burst")
+        processes[0].send_signal(signal.SIGKILL)
+        await processes[0].wait()
+        processes.append(await spawn())
+
+        await wait_all_succeeded(db, ids, timeout_s=60)
+        ends = await db.fetch("SELECT task_id, count(*) AS ends FROM task_transitions WHERE task_id = ANY($1) "
+                              "AND to_status = 'succeeded' GROUP BY task_id", [uuid.UUID(i) for i in ids])
+        assert len(ends) == len(ids) and {r["ends"] for r in ends} == {1}
     finally:
         for process in processes:
             if process.returncode is None:
