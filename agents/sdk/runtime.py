@@ -408,8 +408,9 @@ class _Attempt:
     flusher: asyncio.Task[None] | None = None
     """Publishes log lines periodically; started at the attempt's first log line."""
     ended: bool = False
-    unannounced: TaskStarted | None = None
-    """The started event while it is not published yet (the coalescing window)."""
+    started_at: datetime = field(default_factory=utcnow)
+    announced: bool = False
+    """Whether the started event was published (not yet during the coalescing window)."""
 
     @property
     def key(self) -> tuple[UUID, int]:
@@ -701,9 +702,6 @@ class AgentRuntime:
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
         message = attempt.message
-        started = attempt.unannounced = TaskStarted(
-            agent_id=self.agent.agent_id, seq=0, task_id=message.task_id, attempt=message.attempt,
-            pool_id=self.agent.pool_id, proof=attempt.proof)
         try:
             # A redelivered attempt may still be bound to the agent that had it (and died): the
             # control plane takes its result only once a started event has moved it here.
@@ -726,7 +724,7 @@ class AgentRuntime:
                 await self._stop_flusher(attempt)
             await self._flush_logs(attempt)
             async with attempt.lock:
-                terminal = self._terminal_event(attempt, outcome, started_at=started.ts)
+                terminal = self._terminal_event(attempt, outcome, started_at=attempt.started_at)
                 self._remember(terminal)
             await self._report_and_ack(terminal, attempt.headers, attempt.deliveries)
         finally:
@@ -751,9 +749,12 @@ class AgentRuntime:
 
     async def _announce(self, attempt: _Attempt) -> None:
         """Publish the started event first if it is still due (the caller holds ``attempt.lock``)."""
-        if attempt.unannounced is not None:
-            await self._publish(attempt.unannounced.model_copy(update={"seq": attempt.take_seq()}), attempt.headers)
-            attempt.unannounced = None
+        if not attempt.announced:
+            message = attempt.message
+            await self._publish(TaskStarted(
+                ts=attempt.started_at, agent_id=self.agent.agent_id, seq=attempt.take_seq(), task_id=message.task_id,
+                attempt=message.attempt, pool_id=self.agent.pool_id, proof=attempt.proof), attempt.headers)
+            attempt.announced = True
 
     def _terminal_event(
         self, attempt: _Attempt, outcome: AttemptOutcome, *, started_at: datetime | None = None
@@ -1040,9 +1041,10 @@ class AgentRuntime:
         if self._events is None:
             raise _PublishFailed("runtime is not started")
         routing_key = event_routing_key(event)
-        # A PRODUCER span under the current one (the attempt's consumer span for task events);
-        # heartbeats are dropped by the sampler (agents.sdk.telemetry.DropHeartbeats).
-        with _tracer.start_as_current_span(
+        # A PRODUCER span under the current one (the attempt's consumer span for task events), not
+        # made current itself: nothing runs under it but the publish. Heartbeats are dropped by the
+        # sampler (agents.sdk.telemetry.DropHeartbeats).
+        span = _tracer.start_span(
             f"publish {self._events.name}",
             kind=trace.SpanKind.PRODUCER,
             attributes={
@@ -1051,9 +1053,10 @@ class AgentRuntime:
                 "messaging.destination.name": self._events.name,
                 ROUTING_KEY_ATTRIBUTE: routing_key,
             },
-        ):
+        )
+        try:
             carrier: dict[str, Any] = dict(headers or {})
-            inject_headers(carrier)
+            inject_headers(carrier, trace.set_span_in_context(span))
             body = event.model_dump_json().encode()
             carrier[HEADER_SIGNATURE] = self.credentials.sign_event(body)
             try:
@@ -1075,6 +1078,12 @@ class AgentRuntime:
                 RuntimeError,
             ) as exc:
                 raise _PublishFailed(f"{type(exc).__name__}: {exc}") from exc
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            span.end()
 
 
 def _held(delivery: AbstractIncomingMessage) -> bool:
