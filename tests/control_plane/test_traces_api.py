@@ -178,3 +178,31 @@ async def test_one_trace_from_the_rest_call_to_the_sandboxed_process(
         assert applied.kind == "consumer" and applied.parent_id in {e.span_id for e in events}, name
         assert applied.service == server.service
         assert applied.attributes["messaging.batch.message_count"] >= 1
+
+
+async def test_a_request_span_continues_the_callers_trace_under_its_route_template(
+    admin: httpx.AsyncClient, cp: ControlPlane
+) -> None:
+    trace_id, caller = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    traceparent = {"traceparent": f"00-{trace_id}-{caller}-01"}
+    created = await admin.post("/api/v1/tasks", json={"type": "noop"}, headers=traceparent)
+    assert created.status_code == 201, created.text
+    assert created.json()["trace_id"] == trace_id  # the task joins the caller's trace
+    missing = await admin.get(f"/api/v1/tasks/{uuid.uuid4()}", headers=traceparent)
+    assert missing.status_code == 404
+
+    async def servers() -> list[Span]:
+        async with cp.span_pool.acquire() as conn:
+            spans = await store.trace(conn, trace_id=trace_id)
+        return found if len(found := [s for s in spans if s.kind == "server"]) == 2 else []
+
+    submit, read = sorted(await wait_for(servers, timeout_s=15, what="both request spans in the store"),
+                          key=lambda s: s.start_ns)
+    assert submit.name == "POST /api/v1/tasks" and read.name == "GET /api/v1/tasks/{task_id}"
+    for span, status in ((submit, 201), (read, 404)):
+        assert span.parent_id == caller and span.status == "unset"
+        assert span.attributes["http.response.status_code"] == status
+        assert span.attributes["http.request.method"] == span.name.split()[0]
+        assert span.attributes["http.route"] == span.name.split()[1]
+    assert submit.attributes["url.path"] == "/api/v1/tasks"
+    assert read.attributes["url.path"] == missing.request.url.path
