@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -26,7 +27,7 @@ from control_plane.settings import Settings
 from tests.control_plane.test_end_to_end import _finished
 from tests.support.connections import assert_failed_connect_leaves_nothing, wrong_password
 from tests.support.processes import marker, running
-from tests.support.system import StartAgent, make_token, wait_for
+from tests.support.system import StartAgent, make_token, post_until_created, wait_for
 
 
 async def _publish(amqp_url: str, exchange: str, routing_key: str, body: bytes, signer: MessageSigner,
@@ -276,3 +277,41 @@ async def test_a_frozen_agents_attempt_fails_as_agent_gone_and_is_retried(
         for process in processes:
             process.kill()
             process.wait()
+
+
+async def test_a_connection_lost_mid_transaction_answers_503_and_writes_nothing(
+    admin: httpx.AsyncClient, database_url: str, db: asyncpg.Pool
+) -> None:
+    blocker, terminator = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        async with blocker.transaction():
+            # Both requests' transactions stop at their first read of tasks, and each backend that
+            # waits there is ended, as a failover or an operator ends a session.
+            await blocker.execute("LOCK TABLE tasks IN ACCESS EXCLUSIVE MODE")
+            single = asyncio.create_task(admin.post("/api/v1/tasks", json={"type": "noop"},
+                                                    headers={"Idempotency-Key": "lost-single"}))
+            batch = asyncio.create_task(admin.post("/api/v1/tasks/batch", json={"tasks": [{"type": "noop"}] * 2},
+                                                   headers={"Idempotency-Key": "lost-batch"}))
+
+            async def answered() -> bool:
+                # outside the blocker's transaction, which would see one snapshot of pg_stat_activity
+                await terminator.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = current_database() AND wait_event_type = 'Lock'")
+                return single.done() and batch.done()
+
+            await wait_for(answered, what="both requests to be answered")
+    finally:
+        await blocker.close()
+        await terminator.close()
+    for response in (single.result(), batch.result()):
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "2"
+        assert response.json()["error"]["message"].startswith("the database is unavailable")
+    for table in ("tasks", "attempts", "task_transitions", "outbox"):
+        assert await db.fetchval(f"SELECT count(*) FROM {table}") == 0, f"a row of {table} outlived its transaction"
+    # the client retries, with the same keys, and gets its tasks once each
+    await post_until_created(lambda: admin, "/api/v1/tasks", {"type": "noop"}, idempotency_key="lost-single")
+    await post_until_created(lambda: admin, "/api/v1/tasks/batch", {"tasks": [{"type": "noop"}] * 2},
+                             idempotency_key="lost-batch")
+    assert await db.fetchval("SELECT count(*) FROM tasks") == 3
