@@ -1128,6 +1128,7 @@ async def _serve_runtime(agent: Agent, settings: AgentRuntimeSettings) -> int:
     async with runtime:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, runtime.request_stop)
+        eventloop.settle_collector()
         clean = await runtime.run_until_stopped()
     with contextlib.suppress(NotImplementedError):
         for signum in (signal.SIGTERM, signal.SIGINT):

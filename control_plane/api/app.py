@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -17,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import dashboard
+from agents.sdk import eventloop
 from control_plane.api import (
     agents,
     approvals,
@@ -48,8 +48,6 @@ from control_plane.supabase.tokens import SupabaseTokens
 from control_plane.telemetry import RequestSpans
 
 log = logging.getLogger("devart.api")
-
-_GC_YOUNG_THRESHOLD = 20_000
 
 _CODES = {404: "not_found", 409: "conflict", 422: "invalid_input", 403: "forbidden", 401: "unauthorized",
           413: "too_large", 400: "bad_request", 429: "too_many_requests", 503: "unavailable", 405: "method_not_allowed", 415: "unsupported_media_type"}
@@ -225,14 +223,7 @@ async def _per_process(app: FastAPI, cp: ControlPlane) -> AsyncIterator[None]:
     await hub.listen()
     hub.start()
     app.state.hub = hub
-    # What exists once the API is up lives as long as the process: left out of the collector's
-    # full passes, which otherwise stall the loop for a few hundred ms under many streams.
-    gc.freeze()
-    # A request allocates thousands of container objects that reference counting frees anyway; at
-    # the default threshold (700) the young generation was collected several times per request and
-    # its survivors kept feeding older collections: 7% of the control plane's CPU at the dispatch
-    # benchmark's load, 2% at this threshold (docs/benchmarks.md).
-    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    eventloop.settle_collector()
     try:
         yield
     finally:
