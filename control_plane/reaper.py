@@ -272,7 +272,8 @@ class Reaper(LoopService):
         now = time.monotonic()
         suspected: dict[UUID, float] = {}
         recovered = 0
-        if stale and await self._results_waiting():
+        # one message in the events queue may carry the results of many tasks, each queued until applied
+        if stale and await self._messages_held(self._topology.events_queue):
             stale = []
         for row in stale:
             if await self._messages_held(self._topology.pool_queue(row["pool_id"])):
@@ -289,11 +290,6 @@ class Reaper(LoopService):
                 del suspected[task_id]
         self._suspected_lost = suspected
         return recovered
-
-    async def _results_waiting(self) -> bool:
-        """Whether the events queue holds agent events (each may carry many tasks' results), ready
-        or being applied; True too when the broker cannot say."""
-        return await self._messages_held(self._topology.events_queue)
 
     async def _messages_held(self, queue: str) -> bool:
         """Whether ``queue`` holds any message, ready or unacknowledged; True too when the broker cannot say."""

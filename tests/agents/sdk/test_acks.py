@@ -3,6 +3,9 @@ not asked for, and a connection lost with acks pending gives every unacked deliv
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
@@ -50,14 +53,22 @@ async def _nothing_ready(channel: aio_pika.abc.AbstractChannel, queue: str) -> b
     return await (await channel.declare_queue(queue, passive=True)).get(no_ack=True, fail=False) is None
 
 
-async def test_acks_of_a_turn_settle_exactly_the_deliveries_asked_for(amqp_url: str, topology: Topology) -> None:
+@asynccontextmanager
+async def _pool_queue_of(
+    amqp_url: str, topology: Topology, count: int
+) -> AsyncIterator[tuple[aio_pika.abc.AbstractChannel, str]]:
+    """The pool queue with ``count`` messages published to it: a channel of the publisher and its name."""
     publisher = await connect_robust(amqp_url)
     async with publisher:
         channel = await publisher.channel()
         await declare_exchanges(channel, topology)
         queue = (await declare_pool_queue(channel, topology, POOL)).name
-        await _publish(channel, queue, 8)
+        await _publish(channel, queue, count)
+        yield channel, queue
 
+
+async def test_acks_of_a_turn_settle_exactly_the_deliveries_asked_for(amqp_url: str, topology: Topology) -> None:
+    async with _pool_queue_of(amqp_url, topology, 8) as (channel, queue):
         connection, held = await _take(amqp_url, topology, 8)
         acker = Acker()
         async with connection:
@@ -76,12 +87,7 @@ async def test_acks_of_a_turn_settle_exactly_the_deliveries_asked_for(amqp_url: 
 
 
 async def test_a_run_of_consecutive_tags_is_one_ack(amqp_url: str, topology: Topology) -> None:
-    publisher = await connect_robust(amqp_url)
-    async with publisher:
-        channel = await publisher.channel()
-        await declare_exchanges(channel, topology)
-        queue = (await declare_pool_queue(channel, topology, POOL)).name
-        await _publish(channel, queue, 6)
+    async with _pool_queue_of(amqp_url, topology, 6) as (channel, queue):
         connection, held = await _take(amqp_url, topology, 6)
         async with connection:
             consumer_channel = held[0].channel
