@@ -1,9 +1,12 @@
 """Dispatch throughput and latency on one broker: the raw aio-pika floor, Celery, and devart's full path.
 
-    python -m bench.dispatch [--tasks 2000] [--light-tasks 200] [--slots 8] [--profile-dir DIR]
+    python -m bench.dispatch [--tasks 2000] [--light-tasks 200] [--slots 8] [--rounds 3] [--profile-dir DIR]
 
 Every system runs no-op tasks on the same RabbitMQ, with names under a private prefix
-(``bench-<random>.``) that are deleted at the end. Consumers get the same number of slots.
+(``bench-<random>.``) that are deleted at the end. Consumers get the same number of slots. The
+systems run one after the other, ``--rounds`` times, each round starting with the next system, so
+that a machine whose speed drifts (a shared VM's does, by up to 2x within minutes) moves every
+system's figures alike; ratios are taken within each round.
 
 - **raw**: the driver publishes a persistent message with publisher confirms to a quorum queue; an
   echo process (``bench.raw_echo``, prefetch = slots) publishes a confirmed reply and acks.
@@ -37,6 +40,7 @@ import json
 import os
 import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
@@ -95,6 +99,9 @@ class DispatchBenchSettings(BaseSettings):
     control_planes: str = Field(
         default="1,2", description="comma-separated numbers of devart control planes to measure, one run each"
     )
+    rounds: int = Field(
+        default=3, ge=1, le=20, description="times every system runs, interleaved (round r starts with the r-th "
+        "system): tasks/s and CPU per task are medians over the rounds, ratios medians of each round's ratio")
     phase_timeout_s: float = Field(default=120.0, gt=0, description="longest wait for one phase to complete")
     profile_dir: Path | None = Field(default=None, description="sample devart's processes with py-spy, write here")
     profile_rate: int = Field(default=250, ge=1, le=2000, description="py-spy samples per second")
@@ -142,6 +149,33 @@ class Result:
     """CPU milliseconds per task of each process group during the throughput load."""
     pg_lines: list[str] = field(default_factory=list)
     """With ``--pg-stats``: Postgres's writes per task during the throughput load."""
+    round_rates: list[float] = field(default_factory=list)
+    """Tasks/s of each round, in round order (one entry for a single round)."""
+
+
+def combine(rounds: list[list[Result]]) -> list[Result]:
+    """One result per system out of every round's: tasks/s and CPU per task are the medians over the
+    rounds (each round's rate kept in ``round_rates``), latencies pooled; the rest is round 1's."""
+    by_name: dict[str, list[Result]] = {}
+    for measured in rounds:
+        for result in measured:
+            by_name.setdefault(result.system, []).append(result)
+    combined = []
+    for name, results in by_name.items():
+        first = results[0]
+        cpu_ms = {group: statistics.median(r.cpu_ms[group] for r in results if group in r.cpu_ms)
+                  for group in first.cpu_ms}
+        combined.append(Result(
+            name, statistics.median(r.tasks_per_s for r in results),
+            start_ms=[ms for r in results for ms in r.start_ms], done_ms=[ms for r in results for ms in r.done_ms],
+            extra=first.extra, cpu_ms=cpu_ms, pg_lines=first.pg_lines, round_rates=[r.tasks_per_s for r in results]))
+    return combined
+
+
+def ratio(system: Result, peer: Result) -> float:
+    """``system``'s tasks/s over ``peer``'s: the median of the ratios within each round (neighbours in
+    time, so a machine that speeds up or slows down between rounds moves both)."""
+    return statistics.median(a / b for a, b in zip(system.round_rates, peer.round_rates, strict=True))
 
 
 # --- shared helpers -----------------------------------------------------------------------------
@@ -776,25 +810,38 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
     by_name = {r.system: r for r in results}
     devart = by_name.get("devart")
     lines.append("")
+    if settings.rounds > 1:
+        lines.append(f"{settings.rounds} rounds: tasks/s and CPU per task above are medians over the rounds, latencies "
+                     "pooled, the other lines round 1's; a ratio is the median of the rounds' ratios")
+        lines.extend(f"  {r.system:<14}tasks/s by round: {', '.join(f'{rate:.0f}' for rate in r.round_rates)}"
+                     for r in results)
+
+    def compared(system: Result, peer: Result) -> str:
+        value = ratio(system, peer)
+        if len(system.round_rates) == 1:
+            return f"{value:.2f}x"
+        rounds = ", ".join(f"{a / b:.2f}" for a, b in zip(system.round_rates, peer.round_rates, strict=True))
+        return f"{value:.2f}x; by round {rounds}"
+
     peers = ("celery", "celery durable", "raw aio-pika")
     for name in [r.system for r in results if r.system.startswith("devart")]:
         for peer in peers:
             if peer in by_name:
-                lines.append(f"{name} / {peer}: {by_name[name].tasks_per_s / by_name[peer].tasks_per_s:.2f}x tasks/s")
+                lines.append(f"{name} / {peer}: {compared(by_name[name], by_name[peer])} tasks/s")
     if devart is not None:
         for peer, target in (("celery", 1.5), ("celery durable", 3.0)):
             if peer in by_name:
-                ratio = devart.tasks_per_s / by_name[peer].tasks_per_s
+                met = ratio(devart, by_name[peer]) >= target
                 lines.append(f"target devart >= {target:g}x {peer} tasks/s: "
-                             f"{'met' if ratio >= target else 'NOT met'} ({ratio:.2f}x)")
+                             f"{'met' if met else 'NOT met'} ({compared(devart, by_name[peer])})")
         p50, p99 = p50_p99(devart.start_ms)
         lines.append(f"target submit->start p50 <= 5 ms: {'met' if p50 <= 5 else 'NOT met'} ({p50:.1f} ms)")
         lines.append(f"target submit->start p99 <= 25 ms: {'met' if p99 <= 25 else 'NOT met'} ({p99:.1f} ms)")
         for name, result in by_name.items():
             if name.startswith("devart ") and name.endswith("cp"):
-                ratio = result.tasks_per_s / devart.tasks_per_s
+                met = ratio(result, devart) >= 1.6
                 lines.append(f"target {name} >= 1.6x devart (needs the cores for it; this machine has "
-                             f"{os.cpu_count()}): {'met' if ratio >= 1.6 else 'NOT met'} ({ratio:.2f}x)")
+                             f"{os.cpu_count()}): {'met' if met else 'NOT met'} ({compared(result, devart)})")
     load = os.getloadavg()
     lines.append(f"load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     return "\n".join(lines)
@@ -803,33 +850,50 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
 async def run(
     settings: DispatchBenchSettings, workdir: Path, *, prefix: str | None = None
 ) -> tuple[list[Result], Profile | None]:
-    """Run the selected systems one after the other (scratch files in ``workdir``).
+    """Run the selected systems ``rounds`` times, interleaved (scratch files in ``workdir``); the
+    profile and the Postgres statistics come from round 1 only, as they slow what they watch.
 
     Every broker name starts with ``prefix`` (default ``bench-<random>.``) and is deleted at the
-    end. Returns the results and devart's profile (None without ``profile_dir``).
+    end. Returns one result per system (:func:`combine`) and devart's profile (None without
+    ``profile_dir``).
     """
     prefix = prefix or f"bench-{uuid.uuid4().hex[:8]}."
-    results: list[Result] = []
+    systems = settings.selected()
+    rounds: list[list[Result]] = []
     profile = None
     async with _postgres(settings, workdir) as database:
-        for system in settings.selected():
+        for number in range(settings.rounds):
+            watched = settings if number == 0 else settings.model_copy(update={"profile_dir": None, "pg_stats": False})
+            order = systems[number % len(systems):] + systems[:number % len(systems)]
             measured: list[Result] = []
-            if system == "devart":
-                for i, count in enumerate(settings.control_plane_counts()):
-                    runs, run_profile = await bench_devart(settings, prefix, workdir, database, control_planes=count,
-                                                           batched_load=i == 0)
-                    measured.extend(runs)
-                    profile = profile or run_profile
-            elif system == "celery-durable":
-                measured = [await bench_celery(settings, prefix, workdir, database)]
-            elif system == "celery":
-                measured = [await bench_celery(settings, prefix, workdir)]
-            else:
-                measured = [await bench_raw(settings, prefix, workdir)]
-            results.extend(measured)
-            for result in measured:
-                print(f"  {result.system}: {result.tasks_per_s:.0f} tasks/s", file=sys.stderr, flush=True)
-    return results, profile
+            for system in order:
+                results, run_profile = await _bench_system(system, watched, prefix, workdir, database)
+                profile = profile or run_profile
+                measured.extend(results)
+                for result in results:
+                    print(f"  round {number + 1}: {result.system}: {result.tasks_per_s:.0f} tasks/s",
+                          file=sys.stderr, flush=True)
+            rounds.append(measured)
+    return combine(rounds), profile
+
+
+async def _bench_system(
+    system: str, settings: DispatchBenchSettings, prefix: str, workdir: Path, database: _Postgres
+) -> tuple[list[Result], Profile | None]:
+    if system == "devart":
+        measured: list[Result] = []
+        profile = None
+        for i, count in enumerate(settings.control_plane_counts()):
+            runs, run_profile = await bench_devart(settings, prefix, workdir, database, control_planes=count,
+                                                   batched_load=i == 0)
+            measured.extend(runs)
+            profile = profile or run_profile
+        return measured, profile
+    if system == "celery-durable":
+        return [await bench_celery(settings, prefix, workdir, database)], None
+    if system == "celery":
+        return [await bench_celery(settings, prefix, workdir)], None
+    return [await bench_raw(settings, prefix, workdir)], None
 
 
 def _parser() -> argparse.ArgumentParser:

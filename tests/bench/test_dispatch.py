@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from bench.dispatch import DispatchBenchSettings, report, run
+from bench.dispatch import DispatchBenchSettings, Result, combine, ratio, report, run
 from tests.support.services import queue_exists
 
 
@@ -24,7 +24,7 @@ async def test_every_system_completes_a_tiny_load_and_cleans_up(
 ) -> None:
     settings = DispatchBenchSettings(
         amqp_url=amqp_url, database_url=database_url, tasks=50, concurrency=8, light_tasks=10, warmup_tasks=5,
-        light_rate=200, slots=4, phase_timeout_s=60, batch_size=7,
+        light_rate=200, slots=4, phase_timeout_s=60, batch_size=7, rounds=1,
     )
     prefix = f"t-bench-{uuid.uuid4().hex[:8]}."
 
@@ -66,3 +66,38 @@ def test_unknown_system_is_refused_naming_the_field() -> None:
 def test_limits_are_validated() -> None:
     with pytest.raises(ValidationError, match="tasks"):
         DispatchBenchSettings(tasks=0)
+
+
+async def test_every_round_runs_the_system_again(amqp_url: str, database_url: str, tmp_path: Path) -> None:
+    settings = DispatchBenchSettings(amqp_url=amqp_url, database_url=database_url, systems="raw", tasks=20,
+                                     concurrency=4, light_tasks=5, warmup_tasks=2, light_rate=200, rounds=2)
+
+    (raw,), _ = await run(settings, tmp_path, prefix=f"t-bench-{uuid.uuid4().hex[:8]}.")
+
+    assert len(raw.round_rates) == 2 and all(rate > 0 for rate in raw.round_rates)
+    assert len(raw.done_ms) == 10  # both rounds' light loads
+
+
+def test_rounds_combine_into_medians_and_ratios_within_rounds() -> None:
+    rounds = [
+        [Result("celery", 400.0, start_ms=[4.0], cpu_ms={"worker": 2.0}),
+         Result("devart", 200.0, start_ms=[6.0], cpu_ms={"control plane": 3.0}, extra={"load": "round 1"})],
+        [Result("devart", 600.0, start_ms=[5.0], cpu_ms={"control plane": 1.0}, extra={"load": "round 2"}),
+         Result("celery", 1000.0, start_ms=[3.0], cpu_ms={"worker": 1.0})],
+        [Result("celery", 500.0, start_ms=[2.0], cpu_ms={"worker": 3.0}),
+         Result("devart", 400.0, start_ms=[7.0], cpu_ms={"control plane": 2.0}, extra={"load": "round 3"})],
+    ]
+
+    celery, devart = combine(rounds)
+
+    assert (celery.system, devart.system) == ("celery", "devart")  # round 1's order
+    assert devart.tasks_per_s == 400.0 and devart.round_rates == [200.0, 600.0, 400.0]
+    assert devart.cpu_ms == {"control plane": 2.0}
+    assert sorted(devart.start_ms) == [5.0, 6.0, 7.0]
+    assert devart.extra == {"load": "round 1"}
+    # within rounds 0.5, 0.6 and 0.8: the median 0.6, not the ratio of the medians (400 / 500 = 0.8)
+    assert ratio(devart, celery) == pytest.approx(0.6)
+    printed = report([celery, devart], DispatchBenchSettings(rounds=3))
+    assert "devart / celery: 0.60x; by round 0.50, 0.60, 0.80 tasks/s" in printed
+    assert "target devart >= 1.5x celery tasks/s: NOT met" in printed
+    assert "devart        tasks/s by round: 200, 600, 400" in printed
