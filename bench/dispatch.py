@@ -56,7 +56,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 import aiohttp
 import asyncpg
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk.connection import connect_robust
@@ -67,7 +67,7 @@ from bench.pyspy import Profile, profile_processes
 from control_plane.api.hub import events_of
 from control_plane.serving import free_port
 
-SYSTEMS = ("raw", "celery", "celery-durable", "devart")
+SYSTEMS = ("raw", "celery", "celery-durable", "devart", "devart-baseline")
 _QUORUM = {"x-queue-type": "quorum"}
 _T = TypeVar("_T")
 
@@ -85,7 +85,12 @@ class DispatchBenchSettings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="Postgres for devart (a scratch database); unset = embedded pgserver in a temp dir"
     )
-    systems: str = Field(default=",".join(SYSTEMS), description="comma-separated subset of raw,celery,celery-durable,devart")
+    systems: str = Field(default="raw,celery,celery-durable,devart",
+                         description=f"comma-separated subset of {','.join(SYSTEMS)}")
+    baseline: Path | None = Field(
+        default=None, description="a checkout of an earlier devart, for the system devart-baseline: its control "
+        "planes and agent run that checkout's code on a database its own migrations made, so that before and "
+        "after are measured in the same rounds")
     tasks: int = Field(default=2000, ge=1, description="tasks of the throughput load")
     concurrency: int = Field(default=32, ge=1, description="submissions in flight during the throughput load")
     light_tasks: int = Field(default=200, ge=1, description="tasks of the light load, one at a time")
@@ -128,6 +133,14 @@ class DispatchBenchSettings(BaseSettings):
         if not counts or any(not 1 <= n <= 8 for n in counts):
             raise ValueError(f"control_planes must be numbers from 1 to 8, comma-separated, not {value!r}")
         return ",".join(map(str, counts))
+
+    @model_validator(mode="after")
+    def _baseline_given(self) -> DispatchBenchSettings:
+        if "devart-baseline" in self.selected() and self.baseline is None:
+            raise ValueError("the system devart-baseline needs baseline (a checkout of the code to compare with)")
+        if self.baseline is not None and not (self.baseline / "control_plane" / "cli.py").is_file():
+            raise ValueError(f"baseline {self.baseline} is not a devart checkout (no control_plane/cli.py)")
+        return self
 
     def selected(self) -> list[str]:
         return self.systems.split(",")
@@ -232,10 +245,13 @@ def _broker_pids() -> list[int]:
 
 
 @asynccontextmanager
-async def _process(argv: list[str], *, env: dict[str, str], log_path: Path) -> AsyncIterator[_Child]:
+async def _process(
+    argv: list[str], *, env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> AsyncIterator[_Child]:
     """A child process, stopped with SIGTERM (then killed) on exit; its output goes to ``log_path``."""
     with log_path.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(*argv, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(*argv, env=env, cwd=cwd, stdout=out,
+                                                    stderr=asyncio.subprocess.STDOUT)
         try:
             yield _Child(proc, " ".join(argv[:4]), log_path)
         finally:
@@ -671,17 +687,29 @@ class _DevartDriver:
 
 async def bench_devart(
     settings: DispatchBenchSettings, prefix: str, workdir: Path, database: _Postgres, *, control_planes: int = 1,
-    batched_load: bool = True,
+    batched_load: bool = True, code: Path | None = None,
 ) -> tuple[list[Result], Profile | None]:
     """``control_planes`` x ``devart serve`` + a noop agent as subprocesses on a scratch database;
     REST in (round robin over the control planes), Postgres out. With ``batch_size`` and
-    ``batched_load``, a second throughput load submits through the batch endpoint ("devart batch")."""
+    ``batched_load``, a second throughput load submits through the batch endpoint ("devart batch").
+    With ``code``, the processes run that checkout ("devart baseline"), on its own migrations, unprofiled."""
     from control_plane.auth import create_token
     from control_plane.db import SERVICE_ROLE, connect, create_pool, migrate_database
 
-    name = "devart" if control_planes == 1 else f"devart {control_planes}cp"
-    async with database.scratch(f"devart{control_planes}") as database_url, contextlib.AsyncExitStack() as stack:
-        await migrate_database(database_url)
+    name = "devart" if code is None else "devart baseline"
+    if control_planes > 1:
+        name += f" {control_planes}cp"
+    cwd = code  # ``python -m`` puts the working directory first on the path, ahead of the installed checkout
+    async with database.scratch(name.replace(" ", "_")) as database_url, contextlib.AsyncExitStack() as stack:
+        env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
+                   DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING")
+        if code is None:
+            await migrate_database(database_url)
+        else:
+            async with _process([sys.executable, "-m", "control_plane.cli", "migrate"], env=env, cwd=cwd,
+                                log_path=workdir / "baseline-migrate.log") as migrating:
+                if await migrating.proc.wait() != 0:
+                    migrating.check_alive()
         conn = await connect(database_url)
         try:
             _, token = await create_token(conn, name=f"{prefix}bench", role="ci", created_by="bench")
@@ -689,8 +717,6 @@ async def bench_devart(
         finally:
             await conn.close()
         ports = [free_port() for _ in range(control_planes)]
-        env = dict(os.environ, DATABASE_URL=database_url, AMQP_URL=settings.amqp_url, DEVART_BROKER_PREFIX=prefix,
-                   DEVART_EMBEDDED_BROKER="false", DEVART_HOME=str(workdir / "home"), DEVART_LOG_LEVEL="WARNING")
         db = await create_pool(database_url, role=SERVICE_ROLE, min_size=1, max_size=4)
         stack.push_async_callback(db.close)
         listener = await db.acquire()
@@ -710,8 +736,8 @@ async def bench_devart(
         serves = []
         for i, port in enumerate(ports):
             serve = await stack.enter_async_context(_process(
-                [sys.executable, "-m", "control_plane.cli", "serve", "--port", str(port)], env=env,
-                log_path=workdir / f"serve-{control_planes}-{i}.log"))
+                [sys.executable, "-m", "control_plane.cli", "serve", "--port", str(port)], env=env, cwd=cwd,
+                log_path=workdir / f"serve-{name}-{i}.log"))
             serves.append(serve)
 
             async def api_ready(serve: _Child = serve, session: aiohttp.ClientSession = sessions[i]) -> bool:
@@ -727,7 +753,7 @@ async def bench_devart(
         agent_env = dict(env, DEVART_AGENT_API_URL=f"http://127.0.0.1:{ports[0]}", DEVART_AGENT_TOKEN=agent_token)
         agent = await stack.enter_async_context(_process(
             [sys.executable, "-m", "agents.noop", "--slots", str(settings.slots), "--skills", "noop"],
-            env=agent_env, log_path=workdir / f"agent-{control_planes}.log"))
+            env=agent_env, cwd=cwd, log_path=workdir / f"agent-{name}.log"))
 
         async def agent_ready() -> bool:
             agent.check_alive()
@@ -742,7 +768,7 @@ async def bench_devart(
         healthz_ms = await _one_at_a_time(50, settings.light_rate, driver.healthz)
         groups = {"control plane": lambda: [s.pid for s in serves], "agent": lambda: [agent.pid],
                   **database.cpu_group()}
-        profiled = {"control plane": serves[0].pid, "agent": agent.pid} if control_planes == 1 else {}
+        profiled = {"control plane": serves[0].pid, "agent": agent.pid} if control_planes == 1 and code is None else {}
         counter = None
         if settings.pg_stats:
             counter = PgCounter(await stack.enter_async_context(db.acquire()))
@@ -794,16 +820,16 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
         f"{settings.light_tasks} light-load tasks one at a time, {settings.slots} slots per consumer, "
         f"{os.cpu_count()} CPUs",
         "",
-        f"{'system':<14}{'tasks/s':>10}   {'submit->start p50/p99':<24}{'submit->done p50/p99':<24}",
+        f"{'system':<22}{'tasks/s':>10}   {'submit->start p50/p99':<24}{'submit->done p50/p99':<24}",
     ]
     for r in results:
-        lines.append(f"{r.system:<14}{r.tasks_per_s:>10.0f}   {_p50_p99(r.start_ms):<24}{_p50_p99(r.done_ms):<24}")
-        lines.extend(f"{'':<14}{key}: {value}" for key, value in r.extra.items())
+        lines.append(f"{r.system:<22}{r.tasks_per_s:>10.0f}   {_p50_p99(r.start_ms):<24}{_p50_p99(r.done_ms):<24}")
+        lines.extend(f"{'':<22}{key}: {value}" for key, value in r.extra.items())
     lines.append("")
     lines.append("CPU per task during the throughput load (ms; the broker's figure includes anyone else using it)")
     for r in results:
         parts = ", ".join(f"{name} {ms:.2f}" for name, ms in r.cpu_ms.items())
-        lines.append(f"  {r.system:<14}total {sum(r.cpu_ms.values()):6.2f}: {parts}")
+        lines.append(f"  {r.system:<22}total {sum(r.cpu_ms.values()):6.2f}: {parts}")
     for r in results:
         if r.pg_lines:
             lines.extend(["", f"Postgres per task during {r.system}'s throughput load (--pg-stats)", *r.pg_lines])
@@ -813,7 +839,7 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
     if settings.rounds > 1:
         lines.append(f"{settings.rounds} rounds: tasks/s and CPU per task above are medians over the rounds, latencies "
                      "pooled, the other lines round 1's; a ratio is the median of the rounds' ratios")
-        lines.extend(f"  {r.system:<14}tasks/s by round: {', '.join(f'{rate:.0f}' for rate in r.round_rates)}"
+        lines.extend(f"  {r.system:<22}tasks/s by round: {', '.join(f'{rate:.0f}' for rate in r.round_rates)}"
                      for r in results)
 
     def compared(system: Result, peer: Result) -> str:
@@ -828,6 +854,8 @@ def report(results: list[Result], settings: DispatchBenchSettings) -> str:
         for peer in peers:
             if peer in by_name:
                 lines.append(f"{name} / {peer}: {compared(by_name[name], by_name[peer])} tasks/s")
+    if devart is not None and "devart baseline" in by_name:
+        lines.append(f"devart / devart baseline: {compared(devart, by_name['devart baseline'])} tasks/s")
     if devart is not None:
         for peer, target in (("celery", 1.5), ("celery durable", 3.0)):
             if peer in by_name:
@@ -880,12 +908,13 @@ async def run(
 async def _bench_system(
     system: str, settings: DispatchBenchSettings, prefix: str, workdir: Path, database: _Postgres
 ) -> tuple[list[Result], Profile | None]:
-    if system == "devart":
+    if system in ("devart", "devart-baseline"):
         measured: list[Result] = []
         profile = None
+        code = settings.baseline if system == "devart-baseline" else None
         for i, count in enumerate(settings.control_plane_counts()):
             runs, run_profile = await bench_devart(settings, prefix, workdir, database, control_planes=count,
-                                                   batched_load=i == 0)
+                                                   batched_load=i == 0, code=code)
             measured.extend(runs)
             profile = profile or run_profile
         return measured, profile

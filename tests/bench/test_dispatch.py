@@ -78,6 +78,28 @@ async def test_every_round_runs_the_system_again(amqp_url: str, database_url: st
     assert len(raw.done_ms) == 10  # both rounds' light loads
 
 
+@pytest.mark.timeout(300)
+async def test_a_baseline_checkout_runs_as_its_own_system(amqp_url: str, database_url: str, tmp_path: Path) -> None:
+    checkout = Path(__file__).resolve().parents[2]  # this checkout stands in for an earlier one
+    settings = DispatchBenchSettings(
+        amqp_url=amqp_url, database_url=database_url, systems="devart,devart-baseline", baseline=checkout,
+        tasks=20, concurrency=4, light_tasks=5, warmup_tasks=2, light_rate=200, slots=2, phase_timeout_s=60,
+        batch_size=0, control_planes="1", rounds=1)
+
+    results, _ = await run(settings, tmp_path, prefix=f"t-bench-{uuid.uuid4().hex[:8]}.")
+
+    assert [r.system for r in results] == ["devart", "devart baseline"]
+    assert all(len(r.done_ms) == 5 and r.cpu_ms["control plane"] > 0 for r in results)
+    assert "devart / devart baseline: " in report(results, settings)
+
+
+def test_the_baseline_system_needs_a_checkout(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="devart-baseline needs baseline"):
+        DispatchBenchSettings(systems="devart,devart-baseline")
+    with pytest.raises(ValidationError, match="not a devart checkout"):
+        DispatchBenchSettings(systems="devart-baseline", baseline=tmp_path)
+
+
 def test_rounds_combine_into_medians_and_ratios_within_rounds() -> None:
     rounds = [
         [Result("celery", 400.0, start_ms=[4.0], cpu_ms={"worker": 2.0}),
@@ -100,4 +122,4 @@ def test_rounds_combine_into_medians_and_ratios_within_rounds() -> None:
     printed = report([celery, devart], DispatchBenchSettings(rounds=3))
     assert "devart / celery: 0.60x; by round 0.50, 0.60, 0.80 tasks/s" in printed
     assert "target devart >= 1.5x celery tasks/s: NOT met" in printed
-    assert "devart        tasks/s by round: 200, 600, 400" in printed
+    assert "devart                tasks/s by round: 200, 600, 400" in printed
