@@ -134,3 +134,63 @@ async def test_a_batch_not_signed_by_the_agent_all_its_events_name_is_set_aside(
     await wait_for(both_succeeded, what="the real agent's results")
     for task_id in ids:
         assert (await admin.get(f"/api/v1/tasks/{task_id}")).json()["result"] == {"task": task_id}
+
+
+async def test_results_delivered_twice_in_one_batch_or_again_later_apply_once(
+    admin: httpx.AsyncClient, start_agent: StartAgent, broker_settings: BrokerSettings, db: asyncpg.Pool,
+    cp: ControlPlane,
+) -> None:
+    """A batch of results is applied by one statement outside a transaction; the same batch again,
+    a batch naming one attempt twice, a late result of the attempt and one of an attempt that does
+    not exist change nothing more, and the agent's own results, arriving last, are ignored."""
+    release.clear()
+    runtime = await start_agent(Agent("holder", skills=["python"], slots=2, handlers=[hold]))
+    agent_id = runtime.agent.agent_id
+    created = (await admin.post("/api/v1/tasks/batch", json={"tasks": [
+        {"type": "hold", "requires": ["python"]} for _ in range(2)]})).json()["tasks"]
+    ids = [t["id"] for t in created]
+
+    async def both_running() -> bool:
+        return await _statuses(admin, ids) == ["running"] * 2
+
+    await wait_for(both_running, what="two tasks running on the real agent")
+
+    def result(task_id: str, attempt: int, by: str) -> bytes:
+        proof = delivery_proof(cp.deliveries.secret(UUID(task_id), attempt), agent_id)
+        return TaskSucceeded(agent_id=agent_id, seq=99, task_id=task_id, attempt=attempt, proof=proof,
+                             started_at=datetime.now(UTC), result={"by": by}).model_dump_json().encode()
+
+    both = b"[" + b",".join(result(i, 1, "the first batch") for i in ids) + b"]"
+    twice = b"[" + result(ids[0], 1, "a duplicate") + b"," + result(ids[0], 1, "a duplicate") + b"]"
+    late = b"[" + result(ids[1], 1, "a late copy") + b"," + result(ids[1], 2, "no such attempt") + b"]"
+    assert cp.workers is not None
+    applied_before = cp.workers.events.applied
+    connection = await aio_pika.connect(broker_settings.amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        events = await channel.get_exchange(broker_settings.topology().events)
+        for body in (both, both, twice, late):
+            await events.publish(aio_pika.Message(body, type=BATCH_TYPE, delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                                                  headers={HEADER_SIGNATURE: runtime.credentials.sign_event(body)}),
+                                 routing_key=batch_routing_key(agent_id))
+
+    async def all_applied() -> bool:
+        return cp.workers is not None and cp.workers.events.applied >= applied_before + 8
+
+    await wait_for(all_applied, what="the four batches applied")
+    release.set()  # the agent's own results come last, then a third task's: once it succeeded, they were applied
+    third = (await admin.post("/api/v1/tasks", json={"type": "hold", "requires": ["python"]})).json()["id"]
+
+    async def third_succeeded() -> bool:
+        return await _statuses(admin, [third]) == ["succeeded"]
+
+    await wait_for(third_succeeded, what="a task after the agent's own results")
+    assert await db.fetchval("SELECT count(*) FROM dead_letters") == 0
+    for task_id in ids:
+        task = (await admin.get(f"/api/v1/tasks/{task_id}")).json()
+        assert (task["status"], task["result"]) == ("succeeded", {"by": "the first batch"}), task
+        history = await db.fetch("SELECT to_status FROM task_transitions WHERE task_id = $1 ORDER BY id", UUID(task_id))
+        assert [r["to_status"] for r in history] == ["pending", "queued", "running", "succeeded"]
+        attempts = await db.fetch("SELECT attempt, status, result FROM attempts WHERE task_id = $1", UUID(task_id))
+        assert [(a["attempt"], a["status"], json.loads(a["result"])) for a in attempts] == [
+            (1, "succeeded", {"by": "the first batch"})]
