@@ -19,8 +19,7 @@ import logging
 from dataclasses import dataclass, field
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
-from aiormq.abc import AbstractChannel
+from aiormq.abc import AbstractChannel, DeliveredMessage
 
 log = logging.getLogger("devart.agent")
 
@@ -74,7 +73,7 @@ class Acker:
         self._sender: asyncio.Task[None] | None = None
         self._scheduled = False
 
-    def ack(self, delivery: AbstractIncomingMessage) -> None:
+    def ack(self, delivery: DeliveredMessage) -> None:
         """Ack ``delivery`` after this turn of the event loop (a lost channel's is the broker's again)."""
         channel = _open_channel(delivery)
         if channel is None or delivery.delivery_tag is None:
@@ -84,16 +83,17 @@ class Acker:
             self._scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
-    async def nack(self, delivery: AbstractIncomingMessage, *, requeue: bool) -> None:
+    async def nack(self, delivery: DeliveredMessage, *, requeue: bool) -> None:
         """Nack ``delivery`` now (a lost channel's is the broker's again)."""
+        channel = _open_channel(delivery)
+        if channel is None or delivery.delivery_tag is None:
+            return
         try:
-            await delivery.nack(requeue=requeue)
+            await channel.basic_nack(delivery.delivery_tag, requeue=requeue)
         except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             _not_settled(delivery.delivery_tag, exc)
             return
-        channel = _open_channel(delivery)
-        if channel is not None and delivery.delivery_tag is not None:
-            self._state(channel).settled(delivery.delivery_tag)
+        self._state(channel).settled(delivery.delivery_tag)
 
     async def flush(self) -> None:
         """Send the acks still due and wait until they are written (before closing the connection)."""
@@ -128,12 +128,16 @@ class Acker:
                 _not_settled(tag, exc)
 
 
-def _open_channel(delivery: AbstractIncomingMessage) -> AbstractChannel | None:
-    try:
-        return delivery.channel
-    except aio_pika.exceptions.ChannelInvalidStateError:
+def held(delivery: DeliveredMessage) -> bool:
+    """Whether the channel ``delivery`` came on is still open (else the broker has it back)."""
+    return not delivery.channel.is_closed
+
+
+def _open_channel(delivery: DeliveredMessage) -> AbstractChannel | None:
+    if not held(delivery):
         log.info("delivery %s not settled (its channel is closed); the broker redelivers it", delivery.delivery_tag)
         return None
+    return delivery.channel
 
 
 def _not_settled(tag: int | None, exc: BaseException) -> None:

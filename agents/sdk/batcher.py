@@ -13,10 +13,8 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import aio_pika
-from aio_pika.abc import AbstractExchange
-
 from agents.sdk.messages import BATCH_TYPE, HEADER_TRACEPARENT, HEADER_TRACEPARENTS, batch_routing_key
+from agents.sdk.publisher import ConfirmedPublisher
 from agents.sdk.trust import HEADER_SIGNATURE
 
 
@@ -33,9 +31,10 @@ class Outgoing:
 
 class EventBatcher:
     def __init__(
-        self, exchange: AbstractExchange, agent_id: str, sign: Callable[[bytes], str], *, window_s: float,
-        max_events: int,
+        self, publisher: ConfirmedPublisher, exchange: str, agent_id: str, sign: Callable[[bytes], str], *,
+        window_s: float, max_events: int,
     ) -> None:
+        self._publisher = publisher
         self._exchange = exchange
         self._agent_id = agent_id
         self._sign = sign
@@ -70,13 +69,12 @@ class EventBatcher:
     async def _publish(self, events: list[Outgoing]) -> None:
         if len(events) == 1:
             one = events[0]
-            message = aio_pika.Message(one.body, content_type="application/json", headers=one.headers,
-                                       delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type=one.kind)
-            await self._exchange.publish(message, routing_key=one.routing_key, mandatory=True)
+            await self._publisher.publish(self._exchange, one.routing_key, one.body, one.headers, message_type=one.kind)
             return
         body = b"[" + b",".join(e.body for e in events) + b"]"
-        headers = {HEADER_SIGNATURE: self._sign(body),
-                   HEADER_TRACEPARENTS: [str(e.headers.get(HEADER_TRACEPARENT, "")) for e in events]}
-        message = aio_pika.Message(body, content_type="application/json", headers=headers,
-                                   delivery_mode=aio_pika.DeliveryMode.PERSISTENT, type=BATCH_TYPE)
-        await self._exchange.publish(message, routing_key=batch_routing_key(self._agent_id), mandatory=True)
+        headers: dict[str, object] = {
+            HEADER_SIGNATURE: self._sign(body),
+            HEADER_TRACEPARENTS: [str(e.headers.get(HEADER_TRACEPARENT, "")) for e in events],
+        }
+        await self._publisher.publish(self._exchange, batch_routing_key(self._agent_id), body, headers,
+                                      message_type=BATCH_TYPE)

@@ -24,23 +24,19 @@ from typing import Any, Literal, NoReturn
 from uuid import UUID
 
 import aio_pika
-from aio_pika.abc import (
-    AbstractChannel,
-    AbstractExchange,
-    AbstractIncomingMessage,
-    AbstractQueue,
-    AbstractRobustConnection,
-)
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 from opentelemetry import trace
 from pydantic import AliasChoices, BaseModel, Field, ValidationError
 from pydantic_core import to_jsonable_python
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from agents.sdk import eventloop
-from agents.sdk.acks import Acker
+from agents.sdk.acks import Acker, held
 from agents.sdk.agent import Agent
 from agents.sdk.batcher import EventBatcher, Outgoing
 from agents.sdk.connection import connect_robust
+from agents.sdk.consumer import QueueConsumer
 from agents.sdk.context import TaskContext
 from agents.sdk.errors import NonRetryableError, RetryableError
 from agents.sdk.eventloop import EventLoop
@@ -67,6 +63,7 @@ from agents.sdk.messages import (
     event_routing_key,
     utcnow,
 )
+from agents.sdk.publisher import ConfirmedPublisher
 from agents.sdk.settings import BrokerPrefixUnset, BrokerSettings
 from agents.sdk.telemetry import (
     ROUTING_KEY_ATTRIBUTE,
@@ -396,7 +393,7 @@ class _Attempt:
     ctx: TaskContext
     headers: dict[str, str]
     log: _AttemptLog
-    deliveries: list[AbstractIncomingMessage]
+    deliveries: list[DeliveredMessage]
     proof: str | None
     """The proof of delivery every event about this attempt carries (None: the message had no secret)."""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -421,8 +418,12 @@ class _Attempt:
         return seq
 
 
-def _trace_headers(delivery: AbstractIncomingMessage) -> dict[str, str]:
-    headers = delivery.headers or {}
+def _headers(delivery: DeliveredMessage) -> dict[str, Any]:
+    return delivery.header.properties.headers or {}
+
+
+def _trace_headers(delivery: DeliveredMessage) -> dict[str, str]:
+    headers = _headers(delivery)
     found = {}
     for name in (HEADER_TRACEPARENT, HEADER_TRACESTATE):
         value = headers.get(name)
@@ -447,17 +448,14 @@ class AgentRuntime:
         self.state: AgentState = "active"
         self._agent_seq = 0
         self._connection: AbstractRobustConnection | None = None
-        self._events: AbstractExchange | None = None
-        self._dead: AbstractExchange | None = None
-        self._pool_queue: AbstractQueue | None = None
-        self._consumer_tag: str | None = None
+        self._publisher: ConfirmedPublisher | None = None
+        self._consumer: QueueConsumer | None = None
         self._running: dict[tuple[UUID, int], _Attempt] = {}
         self._finished: OrderedDict[tuple[UUID, int], TaskSucceeded | TaskFailed] = OrderedDict()
         self._background: list[asyncio.Task[None]] = []
         self._settling: set[asyncio.Task[Any]] = set()
         """Delivery callbacks still publishing (poison, re-reports); a drain waits for them too."""
         self._stop_requested = asyncio.Event()
-        self._consuming_lock = asyncio.Lock()
         self._closed = False
         self._batcher: EventBatcher | None = None
         self._acker = Acker()
@@ -517,16 +515,18 @@ class AgentRuntime:
 
     async def _open(self, connection: AbstractRobustConnection) -> None:
         publish = await connection.channel(publisher_confirms=True, on_return_raises=True)
-        exchanges = await declare_exchanges(publish, self.topology)
-        self._events, self._dead = exchanges["events"], exchanges["dead"]
-        self._batcher = EventBatcher(self._events, self.agent.agent_id, self.credentials.sign_event,
-                                     window_s=self.settings.event_batch_s, max_events=self.settings.event_batch_max)
+        await declare_exchanges(publish, self.topology)
+        self._publisher = ConfirmedPublisher(publish)
+        self._batcher = EventBatcher(self._publisher, self.topology.events, self.agent.agent_id,
+                                     self.credentials.sign_event, window_s=self.settings.event_batch_s,
+                                     max_events=self.settings.event_batch_max)
         await declare_events_queue(publish, self.topology)
         await declare_dead_queue(publish, self.topology)
 
         consume = await connection.channel()
         await consume.set_qos(prefetch_count=self.agent.slots)
-        self._pool_queue = await declare_pool_queue(consume, self.topology, self.agent.pool_id)
+        pool_queue = await declare_pool_queue(consume, self.topology, self.agent.pool_id)
+        self._consumer = QueueConsumer(consume, pool_queue, self._on_delivery)
 
         await self._consume_control(await connection.channel())
         connection.reconnect_callbacks.add(self._on_reconnect)
@@ -577,6 +577,8 @@ class AgentRuntime:
         except _PublishFailed as exc:
             log.warning("could not publish bye: %s", exc)
         await self._acker.flush()
+        if self._consumer is not None:
+            await self._consumer.close()
         await self._connection.close()
         self._stop_requested.set()
         log.info("agent %s left (clean=%s)", self.agent.agent_id, clean)
@@ -595,20 +597,17 @@ class AgentRuntime:
     # consuming
 
     async def _start_consuming(self) -> None:
-        async with self._consuming_lock:
-            if self._consumer_tag is None and self._pool_queue is not None:
-                self._consumer_tag = await self._pool_queue.consume(self._on_delivery, no_ack=False)
+        if self._consumer is not None:
+            await self._consumer.start()
 
     async def _stop_consuming(self) -> None:
-        async with self._consuming_lock:
-            if self._consumer_tag is not None and self._pool_queue is not None:
-                tag, self._consumer_tag = self._consumer_tag, None
-                try:
-                    await self._pool_queue.cancel(tag)
-                except aio_pika.exceptions.AMQPError as exc:
-                    log.warning("could not cancel the pool consumer: %s", exc)
+        if self._consumer is not None:
+            try:
+                await self._consumer.stop()
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
+                log.warning("could not cancel the pool consumer: %s", exc)
 
-    async def _on_delivery(self, delivery: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, delivery: DeliveredMessage) -> None:
         callback = asyncio.current_task()
         assert callback is not None
         self._settling.add(callback)
@@ -617,8 +616,8 @@ class AgentRuntime:
         finally:
             self._settling.discard(callback)
 
-    async def _take(self, delivery: AbstractIncomingMessage) -> None:
-        refused = self.credentials.verify_from_control_plane(delivery.body, (delivery.headers or {}).get(HEADER_SIGNATURE))
+    async def _take(self, delivery: DeliveredMessage) -> None:
+        refused = self.credentials.verify_from_control_plane(delivery.body, _headers(delivery).get(HEADER_SIGNATURE))
         if refused is not None:
             await self._dead_letter(delivery, f"task message {refused}")
             return
@@ -650,7 +649,7 @@ class AgentRuntime:
         if self.state != "active":
             await self._acker.nack(delivery, requeue=True)
             return
-        secret = delivery_secret((delivery.headers or {}).get(HEADER_DELIVERY_SECRET))
+        secret = delivery_secret(_headers(delivery).get(HEADER_DELIVERY_SECRET))
         attempt = _Attempt(
             message=message,
             handler=handler,
@@ -792,7 +791,7 @@ class AgentRuntime:
         self,
         terminal: TaskSucceeded | TaskFailed,
         headers: dict[str, str],
-        deliveries: list[AbstractIncomingMessage],
+        deliveries: list[DeliveredMessage],
     ) -> None:
         try:
             await self._publish_holding(deliveries, lambda: self._publish(terminal, headers))
@@ -808,28 +807,20 @@ class AgentRuntime:
         for delivery in deliveries:
             self._acker.ack(delivery)
 
-    async def _requeue(self, deliveries: list[AbstractIncomingMessage]) -> None:
+    async def _requeue(self, deliveries: list[DeliveredMessage]) -> None:
         for delivery in deliveries:
             await self._acker.nack(delivery, requeue=True)
 
-    async def _dead_letter(self, delivery: AbstractIncomingMessage, reason: str) -> None:
+    async def _dead_letter(self, delivery: DeliveredMessage, reason: str) -> None:
         log.warning("poison message on %s: %s", self.agent.pool_id, reason)
-        assert self._dead is not None
-        headers = dict(delivery.headers or {})
+        assert self._publisher is not None
+        headers = dict(_headers(delivery))
         headers.pop(HEADER_DELIVERY_SECRET, None)  # the dead letter is kept and shown; the secret is not
         headers[HEADER_DEAD_REASON] = reason
         try:
-            await self._dead.publish(
-                aio_pika.Message(
-                    delivery.body,
-                    headers=headers,
-                    content_type=delivery.content_type,
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                ),
-                routing_key="",
-                mandatory=True,
-            )
-        except (aio_pika.exceptions.AMQPError, aio_pika.exceptions.DeliveryError, ConnectionError) as exc:
+            await self._publisher.publish(self.topology.dead, "", delivery.body, headers,
+                                          content_type=delivery.header.properties.content_type)
+        except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
             log.warning("could not dead-letter a poison message (%s); the broker keeps it", exc)
             await self._acker.nack(delivery, requeue=True)
             return
@@ -1015,7 +1006,7 @@ class AgentRuntime:
             await self._publish(build(attempt.take_seq()), attempt.headers)
 
     async def _publish_holding(
-        self, deliveries: list[AbstractIncomingMessage], publish: Callable[[], Awaitable[None]]
+        self, deliveries: list[DeliveredMessage], publish: Callable[[], Awaitable[None]]
     ) -> None:
         """``publish()``, retried with backoff while the broker connection recovers, for as long as one
         of ``deliveries`` is still held on an open channel (at most ``publish_retry_s``).
@@ -1031,26 +1022,26 @@ class AgentRuntime:
                 await publish()
                 return
             except _PublishFailed:
-                if not any(_held(d) for d in deliveries) or loop.time() + delay > deadline:
+                if not any(held(d) for d in deliveries) or loop.time() + delay > deadline:
                     raise
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.settings.reconnect_interval_s)
 
     async def _publish(self, event: Event, headers: dict[str, str] | None = None) -> None:
         """Publish ``event`` persistently and mandatorily; return once the broker confirmed it."""
-        if self._events is None:
+        if self._publisher is None:
             raise _PublishFailed("runtime is not started")
         routing_key = event_routing_key(event)
         # A PRODUCER span under the current one (the attempt's consumer span for task events), not
         # made current itself: nothing runs under it but the publish. Heartbeats are dropped by the
         # sampler (agents.sdk.telemetry.DropHeartbeats).
         span = _tracer.start_span(
-            f"publish {self._events.name}",
+            f"publish {self.topology.events}",
             kind=trace.SpanKind.PRODUCER,
             attributes={
                 "messaging.system": "rabbitmq",
                 "messaging.operation.type": "publish",
-                "messaging.destination.name": self._events.name,
+                "messaging.destination.name": self.topology.events,
                 ROUTING_KEY_ATTRIBUTE: routing_key,
             },
         )
@@ -1063,20 +1054,9 @@ class AgentRuntime:
                 if isinstance(event, TaskSucceeded | TaskFailed) and self._batcher is not None:
                     await self._batcher.send(Outgoing(body, routing_key, event.kind, carrier))
                 else:
-                    message = aio_pika.Message(
-                        body,
-                        content_type="application/json",
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        headers=carrier,
-                        type=event.kind,
-                    )
-                    await self._events.publish(message, routing_key=routing_key, mandatory=True)
-            except (
-                aio_pika.exceptions.AMQPError,
-                aio_pika.exceptions.DeliveryError,
-                ConnectionError,
-                RuntimeError,
-            ) as exc:
+                    await self._publisher.publish(self.topology.events, routing_key, body, carrier,
+                                                  message_type=event.kind)
+            except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
                 raise _PublishFailed(f"{type(exc).__name__}: {exc}") from exc
         except BaseException as exc:
             span.record_exception(exc)
@@ -1084,15 +1064,6 @@ class AgentRuntime:
             raise
         finally:
             span.end()
-
-
-def _held(delivery: AbstractIncomingMessage) -> bool:
-    """Whether the channel ``delivery`` came on is still open (else the broker has it back)."""
-    try:
-        delivery.channel  # noqa: B018  # raises once the channel is closed
-    except aio_pika.exceptions.ChannelInvalidStateError:
-        return False
-    return True
 
 
 def _one_line(exc: Exception) -> str:

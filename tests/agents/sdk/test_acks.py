@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aiormq.abc import DeliveredMessage
 
 from agents.sdk.acks import Acker
 from agents.sdk.connection import connect_robust
@@ -23,18 +23,19 @@ async def _publish(channel: aio_pika.abc.AbstractChannel, queue: str, count: int
 
 
 async def _take(amqp_url: str, topology: Topology, count: int) -> tuple[aio_pika.abc.AbstractConnection,
-                                                                           list[AbstractIncomingMessage]]:
-    """A consumer connection holding ``count`` deliveries of the pool queue, in tag order."""
+                                                                           list[DeliveredMessage]]:
+    """A consumer connection holding ``count`` deliveries of the pool queue, in tag order (aiormq's
+    messages, as the agent's consumer gets them)."""
     connection = await connect_robust(amqp_url)
     channel = await connection.channel()
     await channel.set_qos(prefetch_count=count)
     queue = await declare_pool_queue(channel, topology, POOL)
-    held: list[AbstractIncomingMessage] = []
+    held: list[DeliveredMessage] = []
 
-    async def keep(message: AbstractIncomingMessage) -> None:
+    async def keep(message: DeliveredMessage) -> None:
         held.append(message)
 
-    await queue.consume(keep)
+    await (await channel.get_underlay_channel()).basic_consume(queue.name, keep)
     await until(lambda: len(held) == count, what=f"{count} deliveries")
     held.sort(key=lambda m: m.delivery_tag or 0)
     return connection, held
@@ -45,7 +46,8 @@ async def _ready(amqp_url: str, topology: Topology, count: int) -> list[bytes]:
     connection, held = await _take(amqp_url, topology, count)
     async with connection:
         for message in held:
-            await message.ack()
+            assert message.delivery_tag is not None
+            await message.channel.basic_ack(message.delivery_tag)
         return sorted(m.body for m in held)
 
 

@@ -1,4 +1,5 @@
-"""A cut broker connection: the agent says hello again, and no result is lost or run twice."""
+"""A cut broker connection: the agent says hello again, and no result is lost or run twice; a deleted
+pool queue is declared again and consumed again."""
 
 from __future__ import annotations
 
@@ -6,10 +7,11 @@ from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
 import pytest
+from aiormq.exceptions import PublishError
 
-from agents.sdk import AgentHello, AgentRuntimeSettings, TaskStarted, TaskSucceeded
+from agents.sdk import AgentHello, AgentRuntimeSettings, TaskMessage, TaskStarted, TaskSucceeded
 from tests.agents.sdk import sample_agent
-from tests.agents.sdk.broker import ControlPlane, TcpProxy
+from tests.agents.sdk.broker import ControlPlane, TcpProxy, until
 from tests.support.system import StartAgent
 
 
@@ -58,3 +60,22 @@ async def test_cut_during_a_task_loses_nothing(
     assert all(r == done for r in results)
     assert sample_agent.RUNS[task.task_id] == 1
     assert await cp.take_from_pool(runtime.agent.pool_id) is None, "the cut delivery stayed in the pool queue"
+
+
+async def test_consuming_resumes_after_the_pool_queue_is_deleted(cp: ControlPlane, start_agent: StartAgent) -> None:
+    runtime = await start_agent(sample_agent.build_agent())
+    pool = runtime.agent.pool_id
+    await cp.received.wait_for(lambda e: isinstance(e, AgentHello))
+    # the broker cancels the agent's consumer; the agent declares its queue again and consumes again
+    await cp.channel.queue_delete(cp.topology.pool_queue(pool), if_unused=False, if_empty=False)
+    submitted: list[TaskMessage] = []
+
+    async def routed() -> bool:
+        try:
+            submitted.append(await cp.submit(pool, "echo", {"lines": 0}))
+        except PublishError:  # returned: no queue is bound yet
+            return False
+        return True
+
+    await until(routed, what="the pool queue declared again")
+    await cp.received.wait_for(lambda e: isinstance(e, TaskSucceeded) and e.task_id == submitted[0].task_id)
