@@ -26,6 +26,7 @@ from uuid import UUID
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from pydantic import AliasChoices, BaseModel, Field, ValidationError
 from pydantic_core import to_jsonable_python
@@ -68,10 +69,10 @@ from agents.sdk.settings import BrokerPrefixUnset, BrokerSettings
 from agents.sdk.telemetry import (
     ROUTING_KEY_ATTRIBUTE,
     agent_service,
-    current_traceparent,
     extract_context,
-    inject_headers,
+    record_failure,
     start_telemetry,
+    traceparent_of,
 )
 from agents.sdk.topology import (
     Topology,
@@ -681,9 +682,10 @@ class AgentRuntime:
         """One attempt under a CONSUMER span, child of the delivery's ``traceparent``, from the
         started event to the acked result; the handler sees this span as ``ctx.traceparent``."""
         message = attempt.message
-        with _tracer.start_as_current_span(
+        parent = extract_context(attempt.headers)
+        span = _tracer.start_span(
             f"task {message.type}",
-            context=extract_context(attempt.headers),
+            context=parent,
             kind=trace.SpanKind.CONSUMER,
             attributes={
                 "messaging.system": "rabbitmq",
@@ -695,9 +697,18 @@ class AgentRuntime:
                 "devart.pool": self.agent.pool_id,
                 "devart.agent_id": self.agent.agent_id,
             },
-        ):
-            attempt.ctx.traceparent = current_traceparent() or attempt.ctx.traceparent
+        )
+        # made current by hand, not by start_as_current_span's context managers (their cost shows per task)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            attempt.ctx.traceparent = traceparent_of(span) or attempt.ctx.traceparent
             await self._run_attempt(attempt)
+        except Exception as exc:
+            record_failure(span, exc)
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
 
     async def _run_attempt(self, attempt: _Attempt) -> None:
         message = attempt.message
@@ -1047,7 +1058,9 @@ class AgentRuntime:
         )
         try:
             carrier: dict[str, Any] = dict(headers or {})
-            inject_headers(carrier, trace.set_span_in_context(span))
+            traceparent = traceparent_of(span)
+            if traceparent is not None:
+                carrier[HEADER_TRACEPARENT] = traceparent
             body = event.model_dump_json().encode()
             carrier[HEADER_SIGNATURE] = self.credentials.sign_event(body)
             try:
@@ -1059,8 +1072,7 @@ class AgentRuntime:
             except (aio_pika.exceptions.AMQPError, ConnectionError, RuntimeError) as exc:
                 raise _PublishFailed(f"{type(exc).__name__}: {exc}") from exc
         except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            record_failure(span, exc)
             raise
         finally:
             span.end()

@@ -292,6 +292,26 @@ def extract_context(headers: Mapping[str, Any] | None) -> otel_context.Context:
     return _propagator.extract(carrier)
 
 
+def traceparent_of(span: trace.Span) -> str | None:
+    """The W3C ``traceparent`` naming ``span`` as the parent, None when its context is invalid (no
+    recording provider and no remote parent).
+
+    What the propagator's ``inject`` writes for it, without a context and a carrier built for the
+    purpose: the agent names two spans per task this way. A child span's ``tracestate`` is its
+    parent's, which the agent's headers carry on already.
+    """
+    context = span.get_span_context()
+    if not context.is_valid:
+        return None
+    return f"00-{context.trace_id:032x}-{context.span_id:016x}-{context.trace_flags:02x}"
+
+
+def record_failure(span: trace.Span, exc: BaseException) -> None:
+    """Mark ``span`` failed by ``exc``, as ``start_as_current_span`` does for what it lets through."""
+    span.record_exception(exc)
+    span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+
+
 def current_traceparent() -> str | None:
     """The W3C ``traceparent`` of the current span, None when there is none."""
     carrier: dict[str, str] = {}
