@@ -160,7 +160,9 @@ class EventApplier:
         """
         moving = sorted({e.task_id for e in events if isinstance(e, TaskStarted | TaskSucceeded | TaskFailed)})
         if moving:
-            await conn.execute("SELECT 1 FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", moving)
+            await conn.execute(
+                """SELECT 1 FROM tasks t, (SELECT $1::uuid[] AS ids OFFSET 0) AS p WHERE t.id = ANY(p.ids)
+                   ORDER BY t.id FOR UPDATE OF t""", moving)  # the arrays' subquery: see _FINISH
         for event in events:
             if isinstance(event, AgentHello | AgentHeartbeat | AgentBye):
                 await self.apply(conn, event, effects)
@@ -301,10 +303,12 @@ class _Finish(NamedTuple):
 # that is still open (and not already running on this agent: a duplicate), mark it running, open
 # the attempt and record the transition. Returns each named task as it was before, and whether the
 # event's agent has already finished that attempt (its start arrived after its result). The tasks
-# are locked by the caller. $1 tasks, $2 attempts, $3 agents, $4 lease (s), $5 agents' times.
+# are locked by the caller. The arrays go through a subquery for the reason given at _FINISH.
+# $1 tasks, $2 attempts, $3 agents, $4 lease (s), $5 agents' times.
 _START = """
 WITH ev AS (
-    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $5::timestamptz[]) AS e(task_id, attempt, agent_id, ts)
+    SELECT e.* FROM (SELECT $1::uuid[] AS a1, $2::int[] AS a2, $3::text[] AS a3, $5::timestamptz[] AS a5 OFFSET 0) AS p,
+         unnest(p.a1, p.a2, p.a3, p.a5) AS e(task_id, attempt, agent_id, ts)
 ),
 before AS (
     SELECT t.id, t.status, t.attempt, t.agent_id, ev.attempt AS ev_attempt, ev.agent_id AS ev_agent, ev.ts
