@@ -41,23 +41,33 @@ class BackoffPolicy:
         return cls(float(data["base_s"]), float(data["factor"]), float(data["cap_s"]), float(data["jitter"]))
 
 
-CANDIDATES = """
-WITH candidates AS (
+def live_pools(*, requires: str, type: str, agent_ttl_s: str, exclude: str = "NULL::text") -> str:
+    """The live pools that can take a task (its ``requires`` and ``type`` as SQL expressions), each
+    with its free slots (``free``) and number of skills (``n_skills``): the candidates of dispatch."""
+    return f"""
     SELECT p.id, cardinality(p.skills) AS n_skills,
            coalesce(sum(a.free_slots) FILTER (WHERE a.state = 'active'), 0) AS free
     FROM pools p
     JOIN agents a ON a.pool_id = p.id AND a.state IN ('active', 'paused')
-                 AND a.last_heartbeat > now() - make_interval(secs => $3)
-    WHERE p.skills @> $1::text[] AND $2 = ANY (p.types) AND ($4::text IS NULL OR p.id <> $4)
-    GROUP BY p.id
-)
+                 AND a.last_heartbeat > now() - make_interval(secs => {agent_ttl_s})
+    WHERE p.skills @> {requires} AND {type} = ANY (p.types) AND ({exclude} IS NULL OR p.id <> {exclude})
+    GROUP BY p.id"""
+
+
+def pool_rank(*, free: str, queued: str, n_skills: str, pool_id: str) -> str:
+    """The ORDER BY of candidates, best first: free capacity beyond the queue, fewest skills, shortest queue."""
+    return f"{free} - {queued} > 0 DESC, {n_skills}, {queued}, {pool_id}"
+
+
+CANDIDATES = f"""
+WITH candidates AS ({live_pools(requires="$1::text[]", type="$2", agent_ttl_s="$3", exclude="$4::text")})
 SELECT id FROM candidates WHERE (SELECT count(*) FROM candidates) = 1
 UNION ALL
 (SELECT c.id
  FROM candidates c
  CROSS JOIN LATERAL (SELECT count(*) AS n FROM tasks t WHERE t.pool_id = c.id AND t.status = 'queued') queued
  WHERE (SELECT count(*) FROM candidates) > 1
- ORDER BY c.free - queued.n > 0 DESC, c.n_skills, queued.n, c.id
+ ORDER BY {pool_rank(free="c.free", queued="queued.n", n_skills="c.n_skills", pool_id="c.id")}
  LIMIT 1)
 """
 """The best pool for a task: $1 requires, $2 type, $3 agent TTL (s), $4 a pool to leave out or NULL.

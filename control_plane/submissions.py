@@ -27,9 +27,10 @@ import asyncio
 import contextvars
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 from opentelemetry import context as otel_context
@@ -43,8 +44,8 @@ from control_plane.schemas import InputSchemas
 
 log = logging.getLogger("devart.submissions")
 
-Created = tuple[asyncpg.Record, bool]
-"""The task's row and whether it existed already (an idempotent replay)."""
+Created = task_store.Created
+T = TypeVar("T")
 
 _CONNECTION_LOST = (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError, TimeoutError)
 
@@ -125,27 +126,26 @@ class Submissions:
             return
 
     async def _create_together(self, group: list[_Submission], outcomes: list[Created | DomainError]) -> None:
-        """Each task's outcome is appended to ``outcomes`` as it is created: all there, the failure was at COMMIT."""
-        # the transaction's own statements are spans of the first request's trace
+        """The tasks' outcomes are put in ``outcomes`` once they are written: there, the failure was at COMMIT."""
+        # the transaction's own statements, the create statement of its tasks too, are spans of the first request's trace
         with _traced(group[0]):
             async with self._pool.acquire() as conn:
                 async with identity.transaction_as(conn, group[0].who):
-                    for submission in group:
-                        try:
-                            outcomes.append(await self._create(conn, submission))
-                        except DomainError as exc:  # refused before any write (bad input, a key reused): the others go on
-                            outcomes.append(exc)
+                    outcomes.extend(await self._create(conn, group))
                 self._committed(group, outcomes)  # before the connection's release, which takes a round of the loop
 
     async def _create_alone(self, submission: _Submission) -> None:
         try:
             with _traced(submission):
-                async with self._pool.acquire() as conn:
-                    async with identity.transaction_as(conn, submission.who):
-                        outcome = await self._create(conn, submission)
-                    self._committed([submission], [outcome])
+                outcomes = await _once_more_on_race(lambda: self._write_alone(submission))
+                self._committed([submission], outcomes)
         except Exception as exc:  # noqa: BLE001 - handed to the request, whose handlers map it
             _answer(submission, exc)
+
+    async def _write_alone(self, submission: _Submission) -> list[Created | DomainError]:
+        async with self._pool.acquire() as conn:
+            async with identity.transaction_as(conn, submission.who):
+                return await self._create(conn, [submission])
 
     def _committed(self, group: list[_Submission], outcomes: list[Created | DomainError]) -> None:
         self._on_committed([message for submission, outcome in zip(group, outcomes, strict=True)
@@ -156,12 +156,53 @@ class Submissions:
         for submission, outcome in zip(group, outcomes, strict=True):
             asyncio.get_running_loop().call_soon(_answer, submission, outcome)
 
-    async def _create(self, conn: asyncpg.Connection, submission: _Submission) -> Created:
-        with _traced(submission):
-            task = submission.task
-            await self._input_schemas.validate(conn, type=task.type, requires=task.requires, data=task.input)
-            return await task_store.create_task(conn, task, submission.by, idempotency_key=submission.idempotency_key,
-                                                lease_s=self._lease_s)
+    async def _create(self, conn: asyncpg.Connection, group: list[_Submission]) -> list[Created | DomainError]:
+        """Each submission's task, or why it was refused before any write (bad input, a key reused),
+        while the others go on; all of them in one create statement."""
+        refused: list[DomainError | None] = []
+        for submission in group:
+            with _traced(submission):
+                task = submission.task
+                try:
+                    await self._input_schemas.validate(conn, type=task.type, requires=task.requires, data=task.input)
+                    refused.append(None)
+                except DomainError as exc:
+                    refused.append(exc)
+        created = iter(await task_store.create_each(
+            conn, [task_store.Creation(s.task, s.by, s.idempotency_key) for s, error in zip(group, refused, strict=True)
+                   if error is None],
+            lease_s=self._lease_s,
+        ))
+        return [error if error is not None else next(created) for error in refused]
+
+    async def submit_batch(
+        self, who: Principal, tasks: list[task_store.NewTask], by: task_store.Submitter, *, idempotency_key: str | None
+    ) -> tuple[list[asyncpg.Record], bool]:
+        """Validate ``tasks``' inputs (a refusal names ``body.tasks.<i>.input``) and create them all or
+        none as ``who``, in a transaction of their own (a batch is a group already); their messages
+        are handed to ``on_committed`` once committed, as single submissions' are."""
+
+        async def write() -> tuple[list[asyncpg.Record], bool]:
+            async with self._pool.acquire() as conn:
+                async with identity.transaction_as(conn, who):
+                    for i, task in enumerate(tasks):
+                        await self._input_schemas.validate(conn, type=task.type, requires=task.requires,
+                                                           data=task.input, field=f"body.tasks.{i}.input")
+                    rows, replayed = await task_store.create_tasks(conn, tasks, by, idempotency_key=idempotency_key,
+                                                                   lease_s=self._lease_s)
+                self._on_committed([message for row in rows if (message := task_store.task_message(row, by)) is not None])
+            return rows, replayed
+
+        return await _once_more_on_race(write)
+
+
+async def _once_more_on_race(write: Callable[[], Awaitable[T]]) -> T:
+    """Run ``write`` (one transaction) again when a concurrent transaction committed one of its
+    idempotency keys first, which aborted it: written again, its tasks are replays."""
+    try:
+        return await write()
+    except asyncpg.UniqueViolationError:
+        return await write()
 
 
 @contextmanager

@@ -17,10 +17,11 @@ import asyncpg
 from agents.sdk.messages import ControlCommand, TaskMessage
 from agents.sdk.topology import Topology
 from control_plane.dispatch import (
-    CANDIDATES,
     NO_POOL_REASON,
     choose_pool,
+    live_pools,
     message_headers,
+    pool_rank,
     queue_attempt,
     record_transition,
 )
@@ -55,18 +56,76 @@ def request_hash(task: NewTask) -> str:
 
 
 _CREATE = f"""
-WITH pool AS ({CANDIDATES}),
+WITH RECURSIVE kind AS (
+    SELECT k.n, k.type, ARRAY(SELECT jsonb_array_elements_text(k.requires::jsonb)) AS requires, k.reason
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k (type, requires, reason, n)
+),
+input AS (
+    SELECT * FROM unnest($5::uuid[], $6::int[], $7::jsonb[], $8::jsonb[], $9::int[], $10::float8[], $11::jsonb[],
+                         $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::jsonb[], $18::jsonb[],
+                         $19::text[], $20::float8[], $21::float8[])
+        WITH ORDINALITY AS i (id, kind, input, sandbox, max_attempts, timeout_s, backoff, idempotency_key, request_hash,
+                              created_by, trace_id, traceparent, message, headers, remote, start_timeout_s, deadline_s,
+                              ord)
+),
+existing AS (
+    SELECT t.* FROM input i
+    JOIN tasks t ON t.created_by = i.created_by AND t.idempotency_key = i.idempotency_key
+    WHERE t.idempotency_key IS NOT NULL
+),
+fresh AS (
+    SELECT i.* FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM existing e WHERE e.created_by = i.created_by
+                                                 AND e.idempotency_key = i.idempotency_key)
+),
+candidate AS (
+    SELECT kind.n, c.id, c.free, c.n_skills, count(*) OVER (PARTITION BY kind.n) AS rivals
+    FROM kind CROSS JOIN LATERAL ({live_pools(requires="kind.requires", type="kind.type", agent_ttl_s="$4")}) c
+),
+ranked AS (
+    SELECT n, id, free, n_skills,
+           (SELECT count(*) FROM tasks t WHERE t.pool_id = candidate.id AND t.status = 'queued') AS queued
+    FROM candidate WHERE rivals > 1
+),
+contested AS (
+    SELECT ord, kind, row_number() OVER (ORDER BY ord) AS step FROM fresh WHERE kind IN (SELECT n FROM ranked)
+),
+walk (step, ord, pool_id, added) AS (
+    SELECT 0::bigint, 0::bigint, NULL::text, '{{}}'::jsonb
+    UNION ALL
+    SELECT c.step, c.ord, pick.id, w.added || jsonb_build_object(pick.id, coalesce((w.added ->> pick.id)::int, 0) + 1)
+    FROM walk w
+    JOIN contested c ON c.step = w.step + 1
+    CROSS JOIN LATERAL (
+        SELECT r.id FROM ranked r
+        CROSS JOIN LATERAL (
+            SELECT r.queued + coalesce((w.added ->> r.id)::int, 0)
+                   + (SELECT count(*) FROM fresh f JOIN candidate sole ON sole.n = f.kind AND sole.rivals = 1
+                      WHERE f.ord < c.ord AND sole.id = r.id) AS n
+        ) queued
+        WHERE r.n = c.kind
+        ORDER BY {pool_rank(free="r.free", queued="queued.n", n_skills="r.n_skills", pool_id="r.id")}
+        LIMIT 1
+    ) pick
+),
+chosen AS (
+    SELECT f.*, coalesce(sole.id, w.pool_id) AS pool_id
+    FROM fresh f
+    LEFT JOIN candidate sole ON sole.n = f.kind AND sole.rivals = 1
+    LEFT JOIN walk w ON w.ord = f.ord
+),
 task AS (
     INSERT INTO tasks (id, type, requires, input, sandbox, status, status_reason, pool_id, attempt, max_attempts,
                        timeout_s, backoff, idempotency_key, request_hash, created_by, trace_id, traceparent,
                        start_timeout_s, start_deadline_at, deadline_s, expires_at)
-    SELECT $5, $2, $1, $6, $7,
-           CASE WHEN pool.id IS NULL THEN 'pending' ELSE 'queued' END,
-           CASE WHEN pool.id IS NULL THEN $8 ELSE 'dispatched to ' || pool.id END,
-           pool.id, CASE WHEN pool.id IS NULL THEN 0 ELSE 1 END,
-           $9, $10, $11, $12, $13, $14, $15, $16,
-           $21, now() + make_interval(secs => $21), $22::float8, now() + make_interval(secs => $22::float8)
-    FROM (VALUES (1)) AS one LEFT JOIN pool ON true
+    SELECT c.id, k.type, k.requires, c.input, c.sandbox,
+           CASE WHEN c.pool_id IS NULL THEN 'pending' ELSE 'queued' END,
+           CASE WHEN c.pool_id IS NULL THEN k.reason ELSE 'dispatched to ' || c.pool_id END,
+           c.pool_id, CASE WHEN c.pool_id IS NULL THEN 0 ELSE 1 END,
+           c.max_attempts, c.timeout_s, c.backoff, c.idempotency_key, c.request_hash, c.created_by, c.trace_id,
+           c.traceparent, c.start_timeout_s, now() + make_interval(secs => c.start_timeout_s),
+           c.deadline_s, now() + make_interval(secs => c.deadline_s)
+    FROM chosen c JOIN kind k ON k.n = c.kind
     RETURNING *
 ),
 history AS (
@@ -80,21 +139,32 @@ attempt AS (
     SELECT id, 1, pool_id, 'queued' FROM task WHERE pool_id IS NOT NULL
 ),
 outbound AS (
-    SELECT nextval('outbox_id_seq') AS id, pool_id,
-           convert_to(jsonb_set(jsonb_set($18::jsonb, '{{pool_id}}', to_jsonb(pool_id)),
-                                '{{submitted_at}}', to_jsonb(created_at))::text, 'UTF8') AS body
-    FROM task WHERE pool_id IS NOT NULL
+    SELECT nextval('outbox_id_seq') AS id, task.id AS task_id, task.pool_id, i.headers,
+           convert_to(jsonb_set(jsonb_set(i.message, '{{pool_id}}', to_jsonb(task.pool_id)),
+                                '{{submitted_at}}', to_jsonb(task.created_at))::text, 'UTF8') AS body
+    FROM task JOIN input i ON i.id = task.id WHERE task.pool_id IS NOT NULL
 ),
 message AS (
     INSERT INTO outbox (id, exchange, routing_key, body, headers, available_at)
-    SELECT id, $17, pool_id, body, $19, now() + make_interval(secs => $23) FROM outbound
+    SELECT id, $22, pool_id, body, headers, now() + make_interval(secs => $23) FROM outbound
 ),
 audited AS (
     INSERT INTO audit_log (actor, action, target, detail, remote)
-    SELECT created_by, 'task.create', id::text, jsonb_build_object('type', type), $20 FROM task
+    SELECT task.created_by, 'task.create', task.id::text, jsonb_build_object('type', task.type), i.remote
+    FROM task JOIN input i ON i.id = task.id
 )
-SELECT task.*, outbound.id AS outbox_id, outbound.body AS outbox_body FROM task LEFT JOIN outbound ON true
+SELECT task.*, outbound.id AS outbox_id, outbound.body AS outbox_body
+FROM task LEFT JOIN outbound ON outbound.task_id = task.id
+UNION ALL
+SELECT existing.*, NULL, NULL FROM existing
 """
+"""Creates a set of tasks in one statement: each queued on the best live pool for it or left pending
+with the reason, with its transitions, first attempt, outbox message and audit row. A task whose
+idempotency key its caller used before is not written; the existing one is returned instead.
+
+The pool of a task that one live pool can take is that pool. Tasks that several can take are placed
+one after the other in order (``walk``), each counting the queue with the set's tasks placed before
+it, so a set is spread over equal pools as the same tasks created one by one would be."""
 
 
 @dataclass(frozen=True)
@@ -109,51 +179,132 @@ class Submitter:
     remote: str = ""
 
 
+@dataclass(frozen=True)
+class Creation:
+    """One task to create, by whom (in the context of its request), under which idempotency key."""
+
+    task: NewTask
+    by: Submitter
+    idempotency_key: str | None = None
+
+
+Created = tuple[asyncpg.Record, bool]
+"""The task's row and whether it existed already (an idempotent replay)."""
+
+
+async def create_each(
+    conn: asyncpg.Connection, creations: Sequence[Creation], *, lease_s: float = 0.0
+) -> list[Created | Conflict]:
+    """Store the tasks of ``creations`` and queue each on the best live pool (or leave it pending
+    with the reason), with their transitions, first attempts, outbox messages and audit rows, in one
+    statement (one round trip), in the caller's transaction.
+
+    Returns, per creation in order, ``(task, replayed)``, or the :class:`Conflict` of an idempotency
+    key its caller used already with a different body (nothing is written for it). A key used again
+    with the same body, before or earlier in ``creations``, returns the existing task. A concurrent
+    transaction that commits one of the keys first makes the statement raise
+    ``asyncpg.UniqueViolationError`` (the transaction is aborted; written again, the task replays).
+    With ``lease_s``, the outbox rows are leased to the caller for that long (the other relays leave
+    them alone): the caller publishes them once committed, from :func:`task_message`.
+    """
+    first_of_key: dict[tuple[str, str], int] = {}
+    written = []
+    for i, creation in enumerate(creations):
+        key = creation.idempotency_key
+        if key is None or first_of_key.setdefault((creation.by.created_by, key), i) == i:
+            written.append(creation)
+    ids = [uuid.uuid4() for _ in written]
+    rows = await conn.fetch(_CREATE, *_parameters(written, ids, lease_s)) if written else []
+    by_id = {row["id"]: row for row in rows}
+    by_key = {(row["created_by"], row["idempotency_key"]): row for row in rows if row["idempotency_key"] is not None}
+    ours = iter(ids)
+    outcomes: list[Created | Conflict] = []
+    for i, creation in enumerate(creations):
+        key = creation.idempotency_key
+        first = key is None or first_of_key[(creation.by.created_by, key)] == i
+        row = by_id.get(next(ours)) if first else None
+        if row is not None:
+            outcomes.append((row, False))
+            continue
+        existing = by_key[(creation.by.created_by, key or "")]
+        if existing["request_hash"] != request_hash(creation.task):
+            outcomes.append(_reused(key or ""))
+        else:
+            outcomes.append((existing, True))
+    return outcomes
+
+
+def _parameters(creations: list[Creation], ids: list[UUID], lease_s: float) -> list[Any]:
+    kinds: dict[tuple[str, tuple[str, ...]], int] = {}
+    for creation in creations:
+        kinds.setdefault((creation.task.type, tuple(creation.task.requires)), len(kinds) + 1)
+    tasks = [creation.task for creation in creations]
+    traceparents = [creation.by.traceparent for creation in creations]
+    first = creations[0].by  # the topology and the agents' TTL are the process's
+    return [
+        # each kind's requires as JSON text: asyncpg would take a list of lists for a 2-dimensional array
+        [type for type, _ in kinds], [json.dumps(requires) for _, requires in kinds],
+        [NO_POOL_REASON.format(requires=sorted(requires), type=type) for type, requires in kinds],
+        first.agent_ttl_s,
+        ids, [kinds[(task.type, tuple(task.requires))] for task in tasks],
+        [task.input for task in tasks], [task.sandbox for task in tasks], [task.max_attempts for task in tasks],
+        [task.timeout_s for task in tasks], [task.backoff for task in tasks],
+        [creation.idempotency_key for creation in creations],
+        [request_hash(creation.task) if creation.idempotency_key is not None else None for creation in creations],
+        [creation.by.created_by for creation in creations],
+        [traceparent.split("-")[1] if traceparent else None for traceparent in traceparents], traceparents,
+        # the first attempt's message; the statement fills in the chosen pool and the creation time
+        [TaskMessage(task_id=task_id, attempt=1, type=task.type, input=task.input, requires=task.requires,
+                     timeout_s=task.timeout_s, max_attempts=task.max_attempts, pool_id="",
+                     sandbox=task.sandbox).model_dump(mode="json") for task_id, task in zip(ids, tasks, strict=True)],
+        [message_headers(traceparent) for traceparent in traceparents],
+        [creation.by.remote for creation in creations],
+        [task.start_timeout_s for task in tasks], [task.deadline_s for task in tasks],
+        first.topology.tasks, lease_s,
+    ]
+
+
 async def create_task(
     conn: asyncpg.Connection, task: NewTask, by: Submitter, *, idempotency_key: str | None, lease_s: float = 0.0
-) -> tuple[asyncpg.Record, bool]:
-    """Store a task and queue it on the best live pool (or leave it pending with the reason), with
-    its transitions, first attempt, outbox message and audit row, in one statement (so one round
-    trip and one implicit transaction).
-
-    Returns ``(task, replayed)``: with an idempotency key already used by this caller, the same
-    body returns the existing task and a different body is a conflict. With ``lease_s``, the outbox
-    row is leased to the caller for that long (the other relays leave it alone): the caller
-    publishes it once committed, from :func:`task_message`.
-    """
+) -> Created:
+    """:func:`create_each` for one task, raising its :class:`Conflict`; as the statement's own
+    implicit transaction, a concurrent request that won the race for the key is answered as a replay."""
     try:
-        return await _create(conn, task, by, idempotency_key, lease_s)
+        (outcome,) = await create_each(conn, [Creation(task, by, idempotency_key)], lease_s=lease_s)
     except asyncpg.UniqueViolationError:
-        # A concurrent request with the same key won the race: answer as a replay.
         existing = await _by_idempotency_key(conn, by.created_by, idempotency_key or "", request_hash(task))
         if existing is None:
             raise
         return existing, True
+    if isinstance(outcome, Conflict):
+        raise outcome
+    return outcome
 
 
 async def create_tasks(
-    conn: asyncpg.Connection, tasks: list[NewTask], by: Submitter, *, idempotency_key: str | None
+    conn: asyncpg.Connection, tasks: list[NewTask], by: Submitter, *, idempotency_key: str | None,
+    lease_s: float = 0.0,
 ) -> tuple[list[asyncpg.Record], bool]:
-    """Create ``tasks`` all or none, in one transaction, in order.
+    """Create ``tasks`` all or none, in order, in the caller's transaction (which an exception from
+    here must roll back: a :class:`Conflict` is raised once the others are written).
 
     With an idempotency key, task ``i`` is created under ``<key>#<i>``, so repeating the same batch
     returns the same tasks (``replayed`` is true when every one existed already).
     """
-    async def create_all() -> tuple[list[asyncpg.Record], bool]:
-        async with conn.transaction():
-            created = [await _create(conn, task, by, f"{idempotency_key}#{i}" if idempotency_key else None)
-                       for i, task in enumerate(tasks)]
-        return [row for row, _ in created], all(replayed for _, replayed in created)
-
-    try:
-        return await create_all()
-    except asyncpg.UniqueViolationError:
-        # A concurrent request with the same key created some of them: once more, now as replays.
-        return await create_all()
+    outcomes = await create_each(
+        conn, [Creation(task, by, f"{idempotency_key}#{i}" if idempotency_key else None) for i, task in enumerate(tasks)],
+        lease_s=lease_s,
+    )
+    created = []
+    for outcome in outcomes:
+        if isinstance(outcome, Conflict):
+            raise outcome
+        created.append(outcome)
+    return [row for row, _ in created], all(replayed for _, replayed in created)
 
 
 def task_message(row: asyncpg.Record, by: Submitter) -> Outbound | None:
-    """The outbox row :func:`create_task` wrote for ``row``'s first attempt, as stored; None for a
+    """The outbox row :func:`create_each` wrote for ``row``'s first attempt, as stored; None for a
     replay or a task left pending."""
     if row.get("outbox_id") is None:
         return None
@@ -161,31 +312,8 @@ def task_message(row: asyncpg.Record, by: Submitter) -> Outbound | None:
                     message_headers(by.traceparent))
 
 
-async def _create(
-    conn: asyncpg.Connection, task: NewTask, by: Submitter, idempotency_key: str | None, lease_s: float = 0.0
-) -> tuple[asyncpg.Record, bool]:
-    digest = None  # only a replay compares it
-    if idempotency_key is not None:
-        digest = request_hash(task)
-        existing = await _by_idempotency_key(conn, by.created_by, idempotency_key, digest)
-        if existing is not None:
-            return existing, True
-    task_id = uuid.uuid4()
-    trace_id = by.traceparent.split("-")[1] if by.traceparent else None
-    # The first attempt's message; the statement fills in the chosen pool and the creation time.
-    message = TaskMessage(
-        task_id=task_id, attempt=1, type=task.type, input=task.input, requires=task.requires,
-        timeout_s=task.timeout_s, max_attempts=task.max_attempts, pool_id="", sandbox=task.sandbox,
-    )
-    row = await conn.fetchrow(
-        _CREATE,
-        task.requires, task.type, by.agent_ttl_s, None, task_id, task.input, task.sandbox,
-        NO_POOL_REASON.format(requires=sorted(task.requires), type=task.type),
-        task.max_attempts, task.timeout_s, task.backoff, idempotency_key, digest, by.created_by, trace_id,
-        by.traceparent, by.topology.tasks, message.model_dump(mode="json"), message_headers(by.traceparent), by.remote,
-        task.start_timeout_s, task.deadline_s, lease_s,
-    )
-    return row, False
+def _reused(key: str) -> Conflict:
+    return Conflict(f"Idempotency-Key {key!r} was already used with a different request body", field="Idempotency-Key")
 
 
 async def _by_idempotency_key(
@@ -195,9 +323,7 @@ async def _by_idempotency_key(
     if row is None:
         return None
     if row["request_hash"] != digest:
-        raise Conflict(
-            f"Idempotency-Key {key!r} was already used with a different request body", field="Idempotency-Key"
-        )
+        raise _reused(key)
     return row
 
 

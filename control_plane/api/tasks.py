@@ -46,9 +46,9 @@ from control_plane.telemetry import server_traceparent
 router = APIRouter(prefix="/api/v1/tasks", tags=["tasks"])
 
 Reader = Annotated[Principal, Depends(require(READ))]
-Creator = Annotated[Principal, Depends(require(CREATE_TASKS))]
-# A single-task submit holds no request transaction: its task is written in one shared with concurrent ones.
-SingleCreator = Annotated[Principal, Depends(require_outside_transaction(CREATE_TASKS))]
+# A submit holds no request transaction: a single task is written in one shared with concurrent ones,
+# a batch in one of its own, so that both are published by this process once committed.
+Creator = Annotated[Principal, Depends(require_outside_transaction(CREATE_TASKS))]
 Operator = Annotated[Principal, Depends(require(OPERATE_TASKS))]
 
 
@@ -91,7 +91,7 @@ def _new_task(body: TaskCreate, settings: Settings) -> task_store.NewTask:
 async def create_task(
     body: TaskCreate,
     request: Request,
-    who: SingleCreator,
+    who: Creator,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same task")] = None,
 ) -> Response:
     # The control plane, the caller's address and traceparent are read from the request, not declared
@@ -112,13 +112,11 @@ async def create_task(
 )
 async def create_tasks(
     body: TaskBatchCreate,
-    conn: DbConn,
-    cp: ControlPlaneDep,
+    request: Request,
     who: Creator,
-    remote: Remote,
     idempotency_key: Annotated[str | None, Header(max_length=200, description="same key + same body = same tasks")] = None,
-    traceparent: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Response:
+    cp: ControlPlane = request.app.state.control_plane
     settings = cp.settings
     if len(body.tasks) > settings.max_batch_tasks:
         raise InvalidInput(f"a batch holds at most {settings.max_batch_tasks} tasks, not {len(body.tasks)}",
@@ -129,11 +127,8 @@ async def create_tasks(
             new.append(_new_task(task, settings))
         except InvalidInput as exc:
             raise InvalidInput(exc.message, field=f"body.tasks.{i}.{(exc.field or '').removeprefix('body.')}") from exc
-        await cp.input_schemas.validate(conn, type=new[-1].type, requires=new[-1].requires, data=new[-1].input,
-                                        field=f"body.tasks.{i}.input")
-    rows, replayed = await task_store.create_tasks(
-        conn, new, _submitter(cp, who, remote, traceparent), idempotency_key=idempotency_key
-    )
+    submitter = _submitter(cp, who, await remote_address(request), request.headers.get("traceparent"))
+    rows, replayed = await cp.submissions.submit_batch(who, new, submitter, idempotency_key=idempotency_key)
     return _created(TaskBatch(tasks=[_public(row) for row in rows]), {"Idempotent-Replayed": "true"} if replayed else {})
 
 

@@ -153,8 +153,9 @@ async def _pool_of_the_agent(db: asyncpg.Pool) -> str:
 async def test_two_control_planes_publish_each_submitted_task_once(
     database_url: str, broker_settings: BrokerSettings, db: asyncpg.Pool
 ) -> None:
-    """Each control plane publishes the tasks it committed itself; the other's relay, woken by nothing
-    and sweeping every 0.2 s, leaves them alone: one message per task reaches the broker."""
+    """Each control plane publishes the tasks it committed itself, single or batched; the other's
+    relay, woken by nothing and sweeping every 0.2 s, leaves them alone: one message per task
+    reaches the broker."""
     planes = _ControlPlanes(database_url, broker_settings)
     try:
         urls = [await planes.start(), await planes.start()]
@@ -172,10 +173,15 @@ async def test_two_control_planes_publish_each_submitted_task_once(
                         post_until_created(lambda: apis[next(turn) % 2], "/api/v1/tasks",
                                            {"type": "noop", "requires": ["noop"]}, idempotency_key=f"one-{i}")
                         for i in range(120)))
+                    batches = await asyncio.gather(*(
+                        post_until_created(lambda: apis[next(turn) % 2], "/api/v1/tasks/batch",
+                                           {"tasks": [{"type": "noop", "requires": ["noop"]}] * 10},
+                                           idempotency_key=f"ten-{i}")
+                        for i in range(6)))
                 finally:
                     for api in apis:
                         await api.aclose()
-                ids = [task["id"] for task in created]
+                ids = [task["id"] for task in created] + [task["id"] for batch in batches for task in batch["tasks"]]
                 await _assert_each_succeeded_once(db, ids, timeout_s=120)
                 # nothing left to publish: every copy the broker routed is in the spy queue by now
                 await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"), what="an empty outbox")
@@ -186,12 +192,17 @@ async def test_two_control_planes_publish_each_submitted_task_once(
         planes.stop_all()
 
 
+@pytest.mark.parametrize(("path", "body"), [
+    ("/api/v1/tasks", {"type": "noop", "requires": ["noop"]}),
+    ("/api/v1/tasks/batch", {"tasks": [{"type": "noop", "requires": ["noop"]}] * 3}),
+], ids=["single", "batch"])
 async def test_a_control_plane_killed_between_commit_and_publish_has_its_task_published_after_the_lease(
-    database_url: str, broker_settings: BrokerSettings, db: asyncpg.Pool
+    database_url: str, broker_settings: BrokerSettings, db: asyncpg.Pool, path: str, body: dict
 ) -> None:
-    """The control plane that commits a task talks to the broker through a proxy that passes nothing
-    on once the test holds it: the task is committed (201), its publish never reaches the broker,
-    and the process is killed. The other control plane's relay publishes it, once its lease passed."""
+    """The control plane that commits a task (or a batch) talks to the broker through a proxy that
+    passes nothing on once the test holds it: the tasks are committed (201), their publish never
+    reaches the broker, and the process is killed. The other control plane's relay publishes them,
+    once their lease passed."""
     lease_s = 3.0
     planes = _ControlPlanes(database_url, broker_settings, outbox_lease_s=lease_s)
     broker = urlsplit(broker_settings.amqp_url)
@@ -210,18 +221,19 @@ async def test_a_control_plane_killed_between_commit_and_publish_has_its_task_pu
                     base_url=stalled, headers={"Authorization": f"Bearer {await make_token(database_url, 'ci')}"},
                     timeout=30.0) as api:
                 proxy.hold()
-                answer = await api.post("/api/v1/tasks", json={"type": "noop", "requires": ["noop"]})
+                answer = await api.post(path, json=body)
                 assert answer.status_code == 201, answer.text
-                task_id = answer.json()["id"]
+                ids = [task["id"] for task in answer.json().get("tasks", [answer.json()])]
                 await planes.kill(1)
-                await wait_all_succeeded(db, [task_id], timeout_s=60)
+                await wait_all_succeeded(db, ids, timeout_s=60)
                 waited = await db.fetchval(
-                    """SELECT extract(epoch FROM a.started_at - t.created_at) FROM tasks t
-                       JOIN attempts a ON a.task_id = t.id AND a.attempt = 1 WHERE t.id = $1""", uuid.UUID(task_id))
-                # not published before its lease passed (the row was the dead writer's until then)
+                    """SELECT min(extract(epoch FROM a.started_at - t.created_at)) FROM tasks t
+                       JOIN attempts a ON a.task_id = t.id AND a.attempt = 1 WHERE t.id = ANY($1::uuid[])""",
+                    [uuid.UUID(i) for i in ids])
+                # not published before their lease passed (the rows were the dead writer's until then)
                 assert waited >= lease_s, waited
                 await wait_for(lambda: db.fetchval("SELECT count(*) = 0 FROM outbox"), what="an empty outbox")
-                assert await published() == Counter({task_id: 1})
+                assert await published() == Counter(dict.fromkeys(ids, 1))
     finally:
         planes.stop_all()
         await proxy.close()

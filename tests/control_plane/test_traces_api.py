@@ -162,7 +162,7 @@ async def test_one_trace_from_the_rest_call_to_the_sandboxed_process(
     assert consume.start_ns <= sandbox.start_ns <= sandbox.end_ns <= consume.end_ns
     # the request's own queries are client spans inside it, with the statement but not its arguments
     queries = [s for s in spans if s.attributes.get("db.system") == "postgresql"]
-    insert = next(q for q in queries if q.attributes["db.statement"].startswith("WITH pool AS"))  # the create
+    insert = next(q for q in queries if q.attributes["db.statement"].startswith("WITH RECURSIVE kind AS"))  # the create
     ancestors = [insert]
     while ancestors[-1].parent_id in by_id:
         ancestors.append(by_id[ancestors[-1].parent_id])
