@@ -1,12 +1,14 @@
-"""Single-task submissions of concurrent requests, written together (group commit).
+"""Task submissions: single tasks of concurrent requests written together (group commit), and batches.
 
 A ``POST /api/v1/tasks`` in a request transaction of its own costs BEGIN, the identity switch, the
 create statement and COMMIT: four round trips and a WAL flush per task. Here a request hands its task
 to :class:`Submissions` and waits; the tasks of one caller that arrive while earlier transactions are
 being written go into one transaction together: BEGIN with the identity switch (one round trip,
-``identity.transaction_as``), one create statement per task, COMMIT. A request is answered only
-once the transaction holding its task has committed, so an answered task is as durable as before,
-with the same rows (task, history, attempt, outbox message, audit row).
+``identity.transaction_as``), one create statement for all its tasks (``tasks.create_each``), COMMIT.
+A request is answered only once the transaction holding its task has committed, so an answered task
+is as durable as before, with the same rows (task, history, attempt, outbox message, audit row).
+A ``POST /api/v1/tasks/batch`` is written the same way in a transaction of its own
+(:meth:`Submissions.submit_batch`), all or none.
 
 Once committed, the tasks' messages are handed to ``on_committed`` (the process's relay publishes
 them from memory, :meth:`control_plane.outbox.OutboxRelay.publish_committed`), written leased to
@@ -16,9 +18,12 @@ due at once and any relay publishes them.
 Nothing waits for a window: with fewer than ``max_transactions`` transactions being written, a task
 starts one at once (at light load, a transaction of one task, as before). A shared transaction that
 fails is not the failure of its tasks: each is then created again in a transaction of its own, so an
-error (a conflicting idempotency key, a database that refused the row) reaches its own request only.
+error (a database that refused the row) reaches its own request only; a task refused before any
+write (bad input, a key reused with another body) is refused alone while the others are written.
 But for a connection lost at COMMIT: the transaction may have committed, so each of its requests gets
-that error (as a request in a transaction of its own would) and nothing is created again.
+that error (as a request in a transaction of its own would) and nothing is created again. A
+transaction aborted because a concurrent one committed one of its idempotency keys first is written
+once more, its tasks then replays.
 """
 
 from __future__ import annotations

@@ -57,21 +57,19 @@ def request_hash(task: NewTask) -> str:
 
 _CREATE = f"""
 WITH RECURSIVE kind AS (
-    SELECT k.n, k.type, ARRAY(SELECT jsonb_array_elements_text(k.requires::jsonb)) AS requires, k.reason
-    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k (type, requires, reason, n)
+    SELECT * FROM jsonb_to_recordset($1::jsonb) AS k (n int, type text, requires text[], reason text)
 ),
 input AS (
-    SELECT * FROM unnest($5::uuid[], $6::int[], $7::jsonb[], $8::jsonb[], $9::int[], $10::float8[], $11::jsonb[],
-                         $12::text[], $13::text[], $14::text[], $15::text[], $16::text[], $17::jsonb[], $18::jsonb[],
-                         $19::text[], $20::float8[], $21::float8[])
-        WITH ORDINALITY AS i (id, kind, input, sandbox, max_attempts, timeout_s, backoff, idempotency_key, request_hash,
-                              created_by, trace_id, traceparent, message, headers, remote, start_timeout_s, deadline_s,
-                              ord)
+    SELECT * FROM jsonb_to_recordset($3::jsonb)
+        AS i (ord int, id uuid, kind int, input jsonb, sandbox jsonb, max_attempts int, timeout_s float8, backoff jsonb,
+              idempotency_key text, request_hash text, created_by text, trace_id text, traceparent text, message jsonb,
+              headers jsonb, remote text, start_timeout_s float8, deadline_s float8)
 ),
-existing AS (
+existing AS (  -- LIMIT (the key is unique anyway): one index probe per keyed task, never a scan of tasks
     SELECT t.* FROM input i
-    JOIN tasks t ON t.created_by = i.created_by AND t.idempotency_key = i.idempotency_key
-    WHERE t.idempotency_key IS NOT NULL
+    CROSS JOIN LATERAL (SELECT * FROM tasks t WHERE t.created_by = i.created_by
+                                                AND t.idempotency_key = i.idempotency_key LIMIT 1) t
+    WHERE i.idempotency_key IS NOT NULL
 ),
 fresh AS (
     SELECT i.* FROM input i
@@ -80,7 +78,7 @@ fresh AS (
 ),
 candidate AS (
     SELECT kind.n, c.id, c.free, c.n_skills, count(*) OVER (PARTITION BY kind.n) AS rivals
-    FROM kind CROSS JOIN LATERAL ({live_pools(requires="kind.requires", type="kind.type", agent_ttl_s="$4")}) c
+    FROM kind CROSS JOIN LATERAL ({live_pools(requires="kind.requires", type="kind.type", agent_ttl_s="$2")}) c
 ),
 ranked AS (
     SELECT n, id, free, n_skills,
@@ -91,7 +89,7 @@ contested AS (
     SELECT ord, kind, row_number() OVER (ORDER BY ord) AS step FROM fresh WHERE kind IN (SELECT n FROM ranked)
 ),
 walk (step, ord, pool_id, added) AS (
-    SELECT 0::bigint, 0::bigint, NULL::text, '{{}}'::jsonb
+    SELECT 0::bigint, 0, NULL::text, '{{}}'::jsonb
     UNION ALL
     SELECT c.step, c.ord, pick.id, w.added || jsonb_build_object(pick.id, coalesce((w.added ->> pick.id)::int, 0) + 1)
     FROM walk w
@@ -146,7 +144,7 @@ outbound AS (
 ),
 message AS (
     INSERT INTO outbox (id, exchange, routing_key, body, headers, available_at)
-    SELECT id, $22, pool_id, body, headers, now() + make_interval(secs => $23) FROM outbound
+    SELECT id, $4, pool_id, body, headers, now() + make_interval(secs => $5) FROM outbound
 ),
 audited AS (
     INSERT INTO audit_log (actor, action, target, detail, remote)
@@ -164,7 +162,13 @@ idempotency key its caller used before is not written; the existing one is retur
 
 The pool of a task that one live pool can take is that pool. Tasks that several can take are placed
 one after the other in order (``walk``), each counting the queue with the set's tasks placed before
-it, so a set is spread over equal pools as the same tasks created one by one would be."""
+it, so a set is spread over equal pools as the same tasks created one by one would be.
+
+The tasks come as one JSON document ($3, one object per task; $1 the kinds of task, by type and
+requires), not as arrays: the planner's estimate of a JSON record set does not depend on its length
+(as that of an array's ``unnest`` does), so after its first runs the prepared statement keeps one
+generic plan instead of planning this statement again on every run (milliseconds, many times the
+run itself for a set of one)."""
 
 
 @dataclass(frozen=True)
@@ -207,14 +211,16 @@ async def create_each(
     With ``lease_s``, the outbox rows are leased to the caller for that long (the other relays leave
     them alone): the caller publishes them once committed, from :func:`task_message`.
     """
+    hashes = [request_hash(creation.task) if creation.idempotency_key is not None else None for creation in creations]
     first_of_key: dict[tuple[str, str], int] = {}
-    written = []
+    written: list[int] = []
     for i, creation in enumerate(creations):
         key = creation.idempotency_key
         if key is None or first_of_key.setdefault((creation.by.created_by, key), i) == i:
-            written.append(creation)
+            written.append(i)
     ids = [uuid.uuid4() for _ in written]
-    rows = await conn.fetch(_CREATE, *_parameters(written, ids, lease_s)) if written else []
+    rows = await conn.fetch(_CREATE, *_parameters(
+        [creations[i] for i in written], ids, [hashes[i] for i in written], lease_s)) if written else []
     by_id = {row["id"]: row for row in rows}
     by_key = {(row["created_by"], row["idempotency_key"]): row for row in rows if row["idempotency_key"] is not None}
     ours = iter(ids)
@@ -227,41 +233,38 @@ async def create_each(
             outcomes.append((row, False))
             continue
         existing = by_key[(creation.by.created_by, key or "")]
-        if existing["request_hash"] != request_hash(creation.task):
+        if existing["request_hash"] != hashes[i]:
             outcomes.append(_reused(key or ""))
         else:
             outcomes.append((existing, True))
     return outcomes
 
 
-def _parameters(creations: list[Creation], ids: list[UUID], lease_s: float) -> list[Any]:
+def _parameters(creations: list[Creation], ids: list[UUID], hashes: list[str | None], lease_s: float) -> list[Any]:
     kinds: dict[tuple[str, tuple[str, ...]], int] = {}
     for creation in creations:
         kinds.setdefault((creation.task.type, tuple(creation.task.requires)), len(kinds) + 1)
-    tasks = [creation.task for creation in creations]
-    traceparents = [creation.by.traceparent for creation in creations]
     first = creations[0].by  # the topology and the agents' TTL are the process's
-    return [
-        # each kind's requires as JSON text: asyncpg would take a list of lists for a 2-dimensional array
-        [type for type, _ in kinds], [json.dumps(requires) for _, requires in kinds],
-        [NO_POOL_REASON.format(requires=sorted(requires), type=type) for type, requires in kinds],
-        first.agent_ttl_s,
-        ids, [kinds[(task.type, tuple(task.requires))] for task in tasks],
-        [task.input for task in tasks], [task.sandbox for task in tasks], [task.max_attempts for task in tasks],
-        [task.timeout_s for task in tasks], [task.backoff for task in tasks],
-        [creation.idempotency_key for creation in creations],
-        [request_hash(creation.task) if creation.idempotency_key is not None else None for creation in creations],
-        [creation.by.created_by for creation in creations],
-        [traceparent.split("-")[1] if traceparent else None for traceparent in traceparents], traceparents,
-        # the first attempt's message; the statement fills in the chosen pool and the creation time
-        [TaskMessage(task_id=task_id, attempt=1, type=task.type, input=task.input, requires=task.requires,
-                     timeout_s=task.timeout_s, max_attempts=task.max_attempts, pool_id="",
-                     sandbox=task.sandbox).model_dump(mode="json") for task_id, task in zip(ids, tasks, strict=True)],
-        [message_headers(traceparent) for traceparent in traceparents],
-        [creation.by.remote for creation in creations],
-        [task.start_timeout_s for task in tasks], [task.deadline_s for task in tasks],
-        first.topology.tasks, lease_s,
-    ]
+    tasks = []
+    for position, (creation, task_id, digest) in enumerate(zip(creations, ids, hashes, strict=True), start=1):
+        task, traceparent = creation.task, creation.by.traceparent
+        tasks.append({
+            "ord": position, "id": str(task_id), "kind": kinds[(task.type, tuple(task.requires))], "input": task.input,
+            "sandbox": task.sandbox, "max_attempts": task.max_attempts, "timeout_s": task.timeout_s,
+            "backoff": task.backoff, "idempotency_key": creation.idempotency_key, "request_hash": digest,
+            "created_by": creation.by.created_by, "trace_id": traceparent.split("-")[1] if traceparent else None,
+            "traceparent": traceparent,
+            # the first attempt's message; the statement fills in the chosen pool and the creation time
+            "message": TaskMessage(task_id=task_id, attempt=1, type=task.type, input=task.input,
+                                   requires=task.requires, timeout_s=task.timeout_s, max_attempts=task.max_attempts,
+                                   pool_id="", sandbox=task.sandbox).model_dump(mode="json"),
+            "headers": message_headers(traceparent), "remote": creation.by.remote,
+            "start_timeout_s": task.start_timeout_s, "deadline_s": task.deadline_s,
+        })
+    kind_rows = [{"n": n, "type": type, "requires": list(requires),
+                  "reason": NO_POOL_REASON.format(requires=sorted(requires), type=type)}
+                 for (type, requires), n in kinds.items()]
+    return [kind_rows, first.agent_ttl_s, tasks, first.topology.tasks, lease_s]
 
 
 async def create_task(
