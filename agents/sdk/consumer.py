@@ -37,10 +37,6 @@ class QueueConsumer:
         self._restoring: set[asyncio.Task[None]] = set()
         channel.reopen_callbacks.add(self._on_reopen)
 
-    @property
-    def consuming(self) -> bool:
-        return self._tag is not None
-
     async def start(self) -> None:
         """Start consuming (nothing if already consuming)."""
         async with self._lock:
