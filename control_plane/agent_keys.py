@@ -140,12 +140,9 @@ class EventVerifier:
         asked = [(i, e) for i, e in enumerate(events) if isinstance(e, _TASK_EVENTS)]
         if not asked:
             return {}
-        # the arrays through a subquery kept as it is, so the plan made for them is no cheaper than
-        # the generic one and the statement is not planned again for every batch (events.py's _FINISH)
         rows = await conn.fetch(
             """SELECT a.task_id, a.attempt, a.pool_id FROM attempts a
-               JOIN (SELECT e.* FROM (SELECT $1::uuid[] AS tasks, $2::int[] AS attempts OFFSET 0) AS p,
-                                     unnest(p.tasks, p.attempts) AS e(task_id, attempt)) AS e USING (task_id, attempt)""",
+               JOIN unnest($1::uuid[], $2::int[]) AS e(task_id, attempt) USING (task_id, attempt)""",
             [e.task_id for _, e in asked], [e.attempt for _, e in asked],
         )
         pools = {(r["task_id"], r["attempt"]): r["pool_id"] for r in rows}

@@ -160,9 +160,7 @@ class EventApplier:
         """
         moving = sorted({e.task_id for e in events if isinstance(e, TaskStarted | TaskSucceeded | TaskFailed)})
         if moving:
-            await conn.execute(
-                """SELECT 1 FROM tasks t, (SELECT $1::uuid[] AS ids OFFSET 0) AS p WHERE t.id = ANY(p.ids)
-                   ORDER BY t.id FOR UPDATE OF t""", moving)  # the arrays' subquery: see _FINISH
+            await conn.execute("SELECT 1 FROM tasks WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE", moving)
         for event in events:
             if isinstance(event, AgentHello | AgentHeartbeat | AgentBye):
                 await self.apply(conn, event, effects)
@@ -303,12 +301,10 @@ class _Finish(NamedTuple):
 # that is still open (and not already running on this agent: a duplicate), mark it running, open
 # the attempt and record the transition. Returns each named task as it was before, and whether the
 # event's agent has already finished that attempt (its start arrived after its result). The tasks
-# are locked by the caller. The arrays go through a subquery for the reason given at _FINISH.
-# $1 tasks, $2 attempts, $3 agents, $4 lease (s), $5 agents' times.
+# are locked by the caller. $1 tasks, $2 attempts, $3 agents, $4 lease (s), $5 agents' times.
 _START = """
 WITH ev AS (
-    SELECT e.* FROM (SELECT $1::uuid[] AS a1, $2::int[] AS a2, $3::text[] AS a3, $5::timestamptz[] AS a5 OFFSET 0) AS p,
-         unnest(p.a1, p.a2, p.a3, p.a5) AS e(task_id, attempt, agent_id, ts)
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $5::timestamptz[]) AS e(task_id, attempt, agent_id, ts)
 ),
 before AS (
     SELECT t.id, t.status, t.attempt, t.agent_id, ev.attempt AS ev_attempt, ev.agent_id AS ev_agent, ev.ts
@@ -347,22 +343,17 @@ FROM before b LEFT JOIN attempts a ON a.task_id = b.id AND a.attempt = b.ev_atte
 # broker gave it to). A result whose start was not applied yet (sent with it, or applied later by
 # another control plane) records the start too: queued -> running -> the result, as if it had come
 # first. With $11, tasks a running workflow step waits for are left alone and returned (the engine
-# advances their runs in the transaction that ends them). The parameters reach the plan only through
-# a subquery the planner does not flatten, so a plan made for them (custom) is no cheaper than the
-# generic one, which is then chosen from the sixth execution on: without it, a batch of one result
-# was planned again every time (about 1 ms of Postgres's CPU). $1 tasks, $2 attempts, $3 agents,
+# advances their runs in the transaction that ends them). $1 tasks, $2 attempts, $3 agents,
 # $4 attempt statuses, $5 task statuses, $6 reasons, $7 results, $8 errors, $9 agents' end times,
 # $10 agents' start times.
 _FINISH = """
 WITH ev AS (
-    SELECT e.* FROM (SELECT $1::uuid[] AS a1, $2::int[] AS a2, $3::text[] AS a3, $4::text[] AS a4, $5::text[] AS a5,
-                            $6::text[] AS a6, $7::jsonb[] AS a7, $8::jsonb[] AS a8, $9::timestamptz[] AS a9,
-                            $10::timestamptz[] AS a10 OFFSET 0) AS p,
-         unnest(p.a1, p.a2, p.a3, p.a4, p.a5, p.a6, p.a7, p.a8, p.a9, p.a10)
-             AS e(task_id, attempt, agent_id, attempt_status, task_status, reason, result, error, ts, started_at)
+    SELECT * FROM unnest($1::uuid[], $2::int[], $3::text[], $4::text[], $5::text[], $6::text[], $7::jsonb[],
+                         $8::jsonb[], $9::timestamptz[], $10::timestamptz[])
+        AS e(task_id, attempt, agent_id, attempt_status, task_status, reason, result, error, ts, started_at)
 ),
 waited_for AS (
-    SELECT DISTINCT s.task_id FROM run_steps s JOIN ev USING (task_id) WHERE s.state = 'running' AND (SELECT $11::boolean)
+    SELECT DISTINCT s.task_id FROM run_steps s JOIN ev USING (task_id) WHERE $11 AND s.state = 'running'
 ),
 before AS (
     SELECT t.id, t.status AS from_status, t.attempt AS current_attempt, ev.*
