@@ -23,7 +23,7 @@ QUICK_FLAGS: dict[str, list[str]] = {
     "sandbox": ["--runs", "50"],
     "workflows": ["--rounds", "2"],
     "console": ["--tasks", "10000", "--requests", "100"],
-    "identity": ["--submits", "100", "--rounds", "4"],
+    "identity": ["--requests", "100", "--rounds", "4"],
     "proofs": ["--rounds", "10"],
 }
 

@@ -1,17 +1,17 @@
-"""Submit latency with and without the per-request identity switch (row-level security).
+"""Request latency with and without the per-request identity switch (row-level security).
 
-    python -m bench.identity [--submits 400] [--rounds 8]
+    python -m bench.identity [--requests 400] [--rounds 8]
 
 One control plane (no background loops) on an embedded pgserver (or ``--database-url``) serves two
 apps on two ports in this process: the real one, where each request's transaction runs ``SET LOCAL
 ROLE authenticated`` + the caller's claims as devart_app (row-level security applies), and the same
 app with the request connection overridden to what it was before row-level security: a pool of the
 owner's connections, no transaction around the request, no switch (FastAPI dependency overrides).
-A ``ci`` token submits tasks one at a time through aiohttp, alternating between the two apps
-round by round so both see the same machine load; p50/p99 of each and their ratio are printed.
-Each task goes through ``POST /api/v1/tasks/batch`` (a batch of one), which runs in the request's
-transaction: ``POST /api/v1/tasks`` writes its task in a transaction shared with concurrent
-submissions (control_plane/submissions.py), which the override does not reach.
+A ``ci`` token reads one task (``GET /api/v1/tasks/{id}``, its row, attempts and transitions) one
+request at a time through aiohttp, alternating between the two apps round by round so both see the
+same machine load; p50/p99 of each and their ratio are printed. A read, because both submit routes
+write their tasks in transactions of their own (control_plane/submissions.py), which the override
+does not reach.
 """
 
 from __future__ import annotations
@@ -45,19 +45,18 @@ class IdentityBenchSettings(BaseSettings):
                           validation_alias=AliasChoices("AMQP_URL", "DEVART_BENCH_AMQP_URL"),
                           description="RabbitMQ the control plane connects to")
     database_url: str | None = Field(default=None, description="Postgres (a scratch database); unset = embedded pgserver")
-    submits: int = Field(default=400, ge=10, description="submits per app, in total over the rounds")
+    requests: int = Field(default=400, ge=10, description="reads per app, in total over the rounds")
     rounds: int = Field(default=8, ge=1, description="rounds; each app takes its turn in every round")
 
 
-async def _submits(http: aiohttp.ClientSession, count: int) -> list[float]:
+async def _reads(http: aiohttp.ClientSession, count: int, task_id: str) -> list[float]:
     took = []
-    for i in range(count):
+    for _ in range(count):
         started = time.perf_counter()
-        body = {"tasks": [{"type": "bench-identity", "input": {"i": i}}]}
-        async with http.post("/api/v1/tasks/batch", json=body) as response:
+        async with http.get(f"/api/v1/tasks/{task_id}") as response:
             await response.read()
-            if response.status != 201:
-                raise RuntimeError(f"submit answered {response.status}: {await response.text()}")
+            if response.status != 200:
+                raise RuntimeError(f"read answered {response.status}: {await response.text()}")
         took.append((time.perf_counter() - started) * 1000)
     return took
 
@@ -116,21 +115,26 @@ async def run(settings: IdentityBenchSettings) -> str:
                     async with serve_in_process(create_app(control_plane=cp)) as with_switch, \
                             serve_in_process(_without_identity_switch(cp, owner_pool)) as without:
                         urls = {"switch": with_switch, "none": without}
+                        async with aiohttp.ClientSession(base_url=with_switch, headers=headers) as client, \
+                                client.post("/api/v1/tasks", json={"type": "bench-identity"}) as created:
+                            if created.status != 201:
+                                raise RuntimeError(f"submit answered {created.status}: {await created.text()}")
+                            task_id = (await created.json())["id"]
                         for url in urls.values():  # warm-up: connections, caches, token cache
                             async with aiohttp.ClientSession(base_url=url, headers=headers) as warm:
-                                await _submits(warm, 20)
-                        per_round = max(1, settings.submits // settings.rounds)
+                                await _reads(warm, 20, task_id)
+                        per_round = max(1, settings.requests // settings.rounds)
                         for round_no in range(settings.rounds):
                             order = ("switch", "none") if round_no % 2 == 0 else ("none", "switch")
                             for name in order:
                                 async with aiohttp.ClientSession(base_url=urls[name], headers=headers) as client:
-                                    took[name] += await _submits(client, per_round)
+                                    took[name] += await _reads(client, per_round, task_id)
                 finally:
                     await owner_pool.close()
     s50, s99 = p50_p99(took["switch"])
     n50, n99 = p50_p99(took["none"])
     return "\n".join([
-        f"POST /api/v1/tasks as a ci token, {len(took['switch'])} submits per app one at a time, "
+        f"GET /api/v1/tasks/{{id}} as a ci token, {len(took['switch'])} reads per app one at a time, "
         f"{settings.rounds} alternating rounds, no agent:",
         f"  without the identity switch (owner connection): p50 {n50:6.2f} ms   p99 {n99:6.2f} ms",
         f"  with it (devart_app -> authenticated + claims): p50 {s50:6.2f} ms   p99 {s99:6.2f} ms",
