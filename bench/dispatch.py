@@ -728,7 +728,9 @@ async def bench_devart(
             session = aiohttp.ClientSession(
                 base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {token}"},
                 timeout=aiohttp.ClientTimeout(total=settings.phase_timeout_s),
-                connector=aiohttp.TCPConnector(limit=settings.concurrency))
+                # idle connections closed before uvicorn's keep-alive timeout (5 s) closes them: a request
+                # sent on one the server is closing is reset (seen when a phase's tail took over 5 s)
+                connector=aiohttp.TCPConnector(limit=settings.concurrency, keepalive_timeout=4))
             stack.push_async_callback(session.close)
             sessions.append(session)
         driver = _DevartDriver(sessions, db, settings.phase_timeout_s)
