@@ -35,4 +35,4 @@ def test_help_lists_every_field_with_its_description(capsys: pytest.CaptureFixtu
         settings_parser(IdentityBenchSettings, prog="python -m bench.identity", doc="Identity.\n").parse_args(["--help"])
     printed = capsys.readouterr().out
     assert "Identity." in printed and "--amqp-url" in printed and "--rounds" in printed
-    assert "submits per app, in total over the rounds" in printed
+    assert "reads per app, in total over the rounds" in printed
